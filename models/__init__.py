@@ -1,0 +1,4 @@
+"""spinenode models: series selection, detection, grading, phantoms, training and evaluation.
+
+This package imports neither ``scp_node`` nor ``workers``.
+"""

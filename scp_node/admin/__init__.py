@@ -1,0 +1,1 @@
+"""The admin HTTP app (REST now; dashboard and metrics come with the admin issue)."""

@@ -1,0 +1,144 @@
+"""FastAPI admin app: health, studies, queue, retry. Reads the database; never logs patient data."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from sqlalchemy import func, select, text
+
+from scp_node import __version__
+from scp_node.db.models import Instance, Series, Study, StudyState
+from scp_node.db.session import Database
+from scp_node.errors import StudyNotFoundError
+from scp_node.queue_status import summary
+from scp_node.scheduler import Enqueue, requeue_studies
+from scp_node.settings import Settings
+
+
+@dataclass
+class AdminContext:
+    settings: Settings
+    db: Database
+    enqueue: Enqueue
+    depths: Any  # () -> dict[str, int | None]
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def study_row(study: Study, n_series: int, n_instances: int) -> dict[str, Any]:
+    return {
+        "study_uid": study.study_uid,
+        "state": study.state,
+        "failed_stage": study.failed_stage,
+        "reason": study.reason,
+        "region": study.region,
+        "modality": study.modality,
+        "generation": study.generation,
+        "series_count": n_series,
+        "instance_count": n_instances,
+        "first_received_at": _iso(study.first_received_at),
+        "last_received_at": _iso(study.last_received_at),
+        "state_changed_at": _iso(study.state_changed_at),
+    }
+
+
+def create_app(ctx: AdminContext) -> FastAPI:
+    app = FastAPI(title="spinenode admin", version=__version__)
+
+    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = ctx.settings.admin_token
+        if not token:
+            raise HTTPException(403, "write calls are disabled: SPINENODE_ADMIN_TOKEN is not set")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        try:
+            with ctx.db.session() as s:
+                s.execute(text("SELECT 1"))
+            db_ok = True
+        except Exception:
+            db_ok = False
+        return {
+            "status": "ok" if db_ok else "degraded",
+            "version": __version__,
+            "database": "ok" if db_ok else "unavailable",
+            "ae_title": ctx.settings.ae_title,
+            "dicom_port": ctx.settings.dicom_port,
+        }
+
+    @app.get("/api/studies")
+    def studies(
+        state: Annotated[StudyState | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        with ctx.db.session() as s:
+            n_series = (
+                select(Series.study_id, func.count().label("n")).group_by(Series.study_id).subquery()
+            )
+            n_inst = (
+                select(Instance.study_id, func.count().label("n")).group_by(Instance.study_id).subquery()
+            )
+            q = (
+                select(Study, n_series.c.n, n_inst.c.n)
+                .outerjoin(n_series, n_series.c.study_id == Study.id)
+                .outerjoin(n_inst, n_inst.c.study_id == Study.id)
+                .order_by(Study.last_received_at.desc())
+                .limit(limit)
+            )
+            if state is not None:
+                q = q.where(Study.state == state)
+            return [study_row(st, a or 0, b or 0) for st, a, b in s.execute(q).all()]
+
+    @app.get("/api/studies/{study_uid}")
+    def study(study_uid: str) -> dict[str, Any]:
+        with ctx.db.session() as s:
+            st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
+            if st is None:
+                raise HTTPException(404, "unknown study")
+            counts = dict(
+                s.execute(
+                    select(Instance.series_id, func.count()).where(Instance.study_id == st.id).group_by(Instance.series_id)
+                ).all()
+            )
+            series = [
+                {
+                    "series_uid": se.series_uid,
+                    "modality": se.modality,
+                    "series_number": se.series_number,
+                    "description": se.description,
+                    "instance_count": int(counts.get(se.id, 0)),
+                    "classification": se.classification,
+                }
+                for se in st.series
+            ]
+            events = [
+                {"at": _iso(e.at), "state": e.state, "stage": e.stage, "generation": e.generation, "detail": e.detail}
+                for e in st.events
+            ]
+            row = study_row(st, len(series), sum(x["instance_count"] for x in series))
+            row.update({"selection": st.selection, "series": series, "events": events, "results": [], "exports": []})
+            return row
+
+    @app.get("/api/queue")
+    def queue() -> dict[str, Any]:
+        return summary(ctx.db, ctx.depths())
+
+    @app.post("/api/studies/{study_uid}/retry", dependencies=[Depends(require_admin)])
+    def retry(study_uid: str) -> dict[str, Any]:
+        try:
+            uids = requeue_studies(ctx.db, ctx.enqueue, study_uid=study_uid, all_failed=False)
+        except StudyNotFoundError:
+            raise HTTPException(404, "unknown study") from None
+        if not uids:
+            raise HTTPException(409, "study is still receiving")
+        return {"requeued": uids}
+
+    return app

@@ -1,0 +1,99 @@
+"""The Celery app as the node sees it: configuration, queues, task names, sending.
+
+The node only *sends* tasks by name; ``workers.celery_app`` builds on the same
+configuration and registers the task functions. ``scp_node`` never imports
+``workers``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from scp_node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("gpu", "cpu", "export")
+TASK_ANALYZE = "spinenode.analyze"
+TASK_ROUTES = {TASK_ANALYZE: {"queue": "gpu"}}
+#: Longer than the longest task: a task still running after this is redelivered by Redis.
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_routes": TASK_ROUTES,
+        "task_default_queue": "cpu",
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "enable_utc": True,
+    }
+    if settings.embedded_broker:
+        folder = settings.broker_dir / "queue"
+        processed = settings.broker_dir / "processed"
+        folder.mkdir(parents=True, exist_ok=True)
+        processed.mkdir(parents=True, exist_ok=True)
+        conf["broker_url"] = "filesystem://"
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "processed_folder": str(processed),
+            "store_processed": False,
+            "polling_interval": 0.2,
+        }
+        # The filesystem transport has no fanout: no remote control, workers report
+        # their heartbeats to the database instead.
+        conf["worker_enable_remote_control"] = False
+    else:
+        conf["broker_url"] = settings.broker_url
+        conf["broker_transport_options"] = {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "unacked_restore_interval": 2,
+            "unacked_restore_throttle": 1,
+        }
+    return conf
+
+
+def make_celery(settings: Settings, name: str = "spinenode") -> Celery:
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class TaskSender:
+    """Sends pipeline tasks by name (after the caller's DB commit)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def analyze(self, study_uid: str, generation: int) -> None:
+        self.app.send_task(TASK_ANALYZE, args=[study_uid, generation], queue="gpu")
+        log.info("study %s (generation %d) enqueued to gpu", study_uid, generation)
+
+
+def queue_depths(app: Celery) -> dict[str, int | None]:
+    """Messages waiting in each queue (None when the broker cannot be asked)."""
+    depths: dict[str, int | None] = {}
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.default_channel
+            for q in QUEUES:
+                try:
+                    depths[q] = int(channel.queue_declare(queue=q, passive=True).message_count)
+                except Exception:  # queue not declared yet
+                    depths[q] = 0
+    except Exception as exc:
+        log.warning("cannot read queue depths from the broker: %s", type(exc).__name__)
+        return {q: None for q in QUEUES}
+    return depths

@@ -1,0 +1,193 @@
+"""The ``spinenode`` command.
+
+Each command builds the settings once, configures logging, and calls into the
+package; imports of heavy modules happen inside the commands so that
+``spinenode --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from scp_node.errors import ConfigError, SpinenodeError
+from scp_node.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="spinenode",
+    help="DICOM-native PACS integration node for spine AI.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="TOML settings file", exists=False)
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"spinenode: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO, including patient-level identifiers in
+    # debug dumps: keep it at WARNING unless the operator asks for DEBUG.
+    if settings.log_level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(config: ConfigOpt = None) -> None:
+    """Run the DICOM receiver, the scheduler and the admin HTTP API (and, with the
+    embedded broker, a worker for every queue as a child process)."""
+    settings = _settings(config)
+    _logging(settings)
+    from scp_node.node import run_node
+
+    try:
+        run_node(settings)
+    except SpinenodeError as exc:
+        typer.echo(f"spinenode: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    queues: Annotated[str, typer.Option(help="comma-separated: gpu,cpu,export")] = "gpu,cpu,export",
+    concurrency: Annotated[int, typer.Option(min=1, help="worker threads (GPU hosts: 1)")] = 1,
+    hostname: Annotated[Optional[str], typer.Option(help="Celery node name")] = None,
+) -> None:
+    """Run a Celery worker for the given queues."""
+    settings = _settings(config)
+    _logging(settings)
+    from workers.celery_app import run_worker
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    try:
+        run_worker(settings, wanted, concurrency=concurrency, hostname=hostname)
+    except SpinenodeError as exc:
+        typer.echo(f"spinenode: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Summary of studies per state and the queues."""
+    settings = _settings(config)
+    from scp_node.queue_status import queue_summary, render_summary
+
+    summary = queue_summary(settings)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        render_summary(summary)
+
+
+@app.command()
+def retry(
+    study_uid: Annotated[Optional[str], typer.Argument(help="Study Instance UID")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="requeue every FAILED study")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Requeue a study (or every failed one) from the start of the pipeline."""
+    settings = _settings(config)
+    _logging(settings)
+    if not study_uid and not failed:
+        typer.echo("spinenode: give a STUDY_UID or --failed", err=True)
+        raise typer.Exit(2)
+    from scp_node.scheduler import requeue
+
+    try:
+        uids = requeue(settings, study_uid=study_uid, all_failed=failed)
+    except SpinenodeError as exc:
+        typer.echo(f"spinenode: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for uid in uids:
+        typer.echo(f"requeued {uid}")
+    if not uids:
+        typer.echo("nothing to requeue")
+
+
+@app.command()
+def echo(
+    peer: Annotated[str, typer.Argument(help="AE@HOST:PORT")],
+    calling_ae: Annotated[str, typer.Option(help="our AE title")] = "SPINENODE",
+    timeout: Annotated[float, typer.Option(help="seconds")] = 10.0,
+) -> None:
+    """C-ECHO a DICOM peer."""
+    from scp_node.scu import echo as do_echo
+    from scp_node.settings import Destination
+
+    try:
+        dest = Destination.parse(peer)
+        status_code = do_echo(dest, calling_ae=calling_ae, timeout=timeout)
+    except (ValueError, SpinenodeError) as exc:
+        typer.echo(f"spinenode: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"C-ECHO {dest}: status 0x{status_code:04X}")
+    raise typer.Exit(0 if status_code == 0 else 1)
+
+
+@app.command()
+def send(
+    path: Annotated[Path, typer.Argument(help="a DICOM file or a directory of them")],
+    to: Annotated[str, typer.Option("--to", help="AE@HOST:PORT")],
+    calling_ae: Annotated[str, typer.Option(help="our AE title")] = "SPINENODE",
+    timeout: Annotated[float, typer.Option(help="seconds")] = 30.0,
+) -> None:
+    """C-STORE files to a DICOM peer."""
+    from scp_node.scu import send_files
+    from scp_node.settings import Destination
+
+    try:
+        dest = Destination.parse(to)
+        report = send_files(dest, path, calling_ae=calling_ae, timeout=timeout)
+    except (ValueError, SpinenodeError) as exc:
+        typer.echo(f"spinenode: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"sent {report.sent}, failed {report.failed} to {dest}")
+    raise typer.Exit(0 if report.failed == 0 else 1)
+
+
+def _register_optional() -> None:
+    """Commands that live with their packages (phantom, train, evaluate, demo)."""
+    import importlib
+
+    for module in ("models.phantom.cli", "models.cli", "workers.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        mod.register(app)
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The one exception hierarchy of spinenode.
+
+Every error the node raises on purpose derives from :class:`SpinenodeError`.
+``transient`` tells the pipeline whether a retry can help (a PACS that is down)
+or the stage must fail at once with its reason recorded.
+"""
+
+from __future__ import annotations
+
+
+class SpinenodeError(Exception):
+    """Base class of all spinenode errors."""
+
+    transient: bool = False
+
+
+class ConfigError(SpinenodeError):
+    """A setting is missing or invalid; the node refuses to start."""
+
+
+class InvalidUIDError(SpinenodeError):
+    """A UID is missing, malformed, or unsafe to use as a path component."""
+
+
+class InvalidDatasetError(SpinenodeError):
+    """A received dataset cannot be understood (truncated, garbage, missing attributes)."""
+
+
+class SOPClassMismatchError(SpinenodeError):
+    """The dataset's SOP Class or Instance UID disagrees with the C-STORE request."""
+
+
+class StorageError(SpinenodeError):
+    """Writing to the spool failed (disk full, I/O error)."""
+
+    transient = True
+
+
+class DatabaseError(SpinenodeError):
+    """The index database could not be written."""
+
+    transient = True
+
+
+class StudyNotFoundError(SpinenodeError):
+    """No study with the given Study Instance UID is known."""
+
+
+class AnalysisError(SpinenodeError):
+    """The analysis stage could not produce findings for a study."""
+
+
+class AnalyzerUnavailableError(AnalysisError):
+    """No analyzer (model weights) is installed on this worker."""
+
+
+class DicomNetworkError(SpinenodeError):
+    """A DICOM association to a peer failed (refused, aborted, timed out)."""
+
+    transient = True

@@ -1,0 +1,166 @@
+"""Index received instances: study, series and instance rows, and study reopening.
+
+Called by the C-STORE handler after the spool write and before the status is
+returned. One short transaction per instance; inserts are race-free upserts so
+that several associations (threads or processes) may deliver the same study.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from scp_node.db.models import Instance, Series, Study, StudyState, utcnow
+from scp_node.db.session import Database
+from scp_node.dicomio import InstanceMeta
+from scp_node.errors import DatabaseError
+from scp_node.states import record_event, transition
+from scp_node.storage import Spool
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+
+def _insert(session: Session, model: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(model)
+
+
+class Ingestor:
+    """Persists one received instance: spool file first, then the index row."""
+
+    def __init__(self, db: Database, spool: Spool, clock: Clock = utcnow) -> None:
+        self.db = db
+        self.spool = spool
+        self.clock = clock
+
+    def store(self, meta: InstanceMeta, data: bytes, calling_ae: str | None) -> None:
+        """Write and index one instance. Raises StorageError or DatabaseError."""
+        rel = self.spool.write(meta.study_uid, meta.series_uid, meta.sop_instance_uid, data)
+        self.index(meta, rel, len(data), calling_ae)
+
+    def index(self, meta: InstanceMeta, rel: Path, size: int, calling_ae: str | None) -> None:
+        now = self.clock()
+        stale: str | None = None
+        try:
+            with self.db.session() as s:
+                study_id = self._study(s, meta, now)
+                series_id = self._series(s, meta, study_id)
+                stale = self._instance(s, meta, study_id, series_id, str(rel), size, calling_ae, now)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"index write failed: {type(exc).__name__}") from exc
+        if stale and stale != str(rel):
+            # The same SOP Instance UID was re-sent under another study/series: the
+            # newest copy wins and the old file goes once the row points elsewhere.
+            old = self.spool.absolute(stale)
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+            log.warning("instance %s moved to series %s", meta.sop_instance_uid, meta.series_uid)
+
+    # --- the three upserts ----------------------------------------------------
+    def _study(self, s: Session, meta: InstanceMeta, now: dt.datetime) -> int:
+        stmt = (
+            _insert(s, Study)
+            .values(
+                study_uid=meta.study_uid,
+                state=StudyState.RECEIVING,
+                generation=0,
+                enqueue_count=0,
+                modality=meta.modality,
+                body_part=meta.body_part,
+                study_description=meta.study_description,
+                accession_number=meta.accession_number,
+                patient_id=meta.patient_id,
+                first_received_at=now,
+                last_received_at=now,
+                state_changed_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["study_uid"])
+        )
+        created = s.execute(stmt).rowcount == 1
+        # Fast path: a study already receiving only needs its quiet-period clock reset.
+        touched = s.execute(
+            update(Study)
+            .where(Study.study_uid == meta.study_uid, Study.state == StudyState.RECEIVING)
+            .values(last_received_at=now)
+            .returning(Study.id)
+        ).scalar_one_or_none()
+        if touched is not None:
+            if created:
+                study = s.get(Study, touched)
+                assert study is not None
+                record_event(s, study, state=StudyState.RECEIVING, detail="first instance received", now=now)
+                log.info("study %s: new, RECEIVING", meta.study_uid)
+            return int(touched)
+        study = s.execute(select(Study).where(Study.study_uid == meta.study_uid)).scalar_one()
+        # New instances reopen a study in any later state; running work for the
+        # old generation is dropped by the workers when they see the new one.
+        previous = study.state
+        study.generation += 1
+        study.last_received_at = now
+        transition(
+            s, study, StudyState.RECEIVING, detail=f"reopened by a new instance (was {previous})", now=now
+        )
+        return study.id
+
+    def _series(self, s: Session, meta: InstanceMeta, study_id: int) -> int:
+        stmt = (
+            _insert(s, Series)
+            .values(
+                study_id=study_id,
+                series_uid=meta.series_uid,
+                modality=meta.modality,
+                series_number=meta.series_number,
+                description=meta.series_description,
+                body_part=meta.body_part,
+            )
+            .on_conflict_do_nothing(index_elements=["series_uid"])
+        )
+        s.execute(stmt)
+        return int(s.execute(select(Series.id).where(Series.series_uid == meta.series_uid)).scalar_one())
+
+    def _instance(
+        self,
+        s: Session,
+        meta: InstanceMeta,
+        study_id: int,
+        series_id: int,
+        rel: str,
+        size: int,
+        calling_ae: str | None,
+        now: dt.datetime,
+    ) -> str | None:
+        old_path = s.execute(
+            select(Instance.path).where(Instance.sop_instance_uid == meta.sop_instance_uid)
+        ).scalar_one_or_none()
+        values = dict(
+            study_id=study_id,
+            series_id=series_id,
+            sop_class_uid=meta.sop_class_uid,
+            transfer_syntax_uid=meta.transfer_syntax_uid,
+            instance_number=meta.instance_number,
+            path=rel,
+            size_bytes=size,
+            calling_ae=calling_ae,
+            received_at=now,
+        )
+        stmt = (
+            _insert(s, Instance)
+            .values(sop_instance_uid=meta.sop_instance_uid, **values)
+            .on_conflict_do_update(index_elements=["sop_instance_uid"], set_=values)
+        )
+        s.execute(stmt)
+        return old_path

@@ -1,0 +1,227 @@
+"""The scheduler: completes quiet studies, routes them, enqueues after commit, recovers.
+
+The database is the source of truth. Each sweep is a pure read of the rows
+plus a few short transactions, so a lost broker message, a killed worker or a
+restarted node loses nothing: work whose state has not advanced is enqueued again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from scp_node.assembly import complete_cutoff, is_stalled
+from scp_node.db.models import Series, Study, StudyState, utcnow
+from scp_node.db.session import Database
+from scp_node.errors import StudyNotFoundError
+from scp_node.routing import EligibilityRules, StudyFacts, decide
+from scp_node.settings import Settings
+from scp_node.states import record_event, transition
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, int], None]
+Clock = Callable[[], dt.datetime]
+
+#: States a stalled study is handed back from (the worker died or the message was lost).
+RECOVERABLE = (StudyState.QUEUED, StudyState.ANALYZING)
+
+
+@dataclass
+class SweepReport:
+    completed: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    enqueue_failed: list[str] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        enqueue: Enqueue,
+        rules: EligibilityRules,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.enqueue = enqueue
+        self.rules = rules
+        self.clock = clock
+        #: (uid, generation) committed as QUEUED whose message could not be sent yet.
+        self._unsent: dict[str, int] = {}
+
+    # --- one sweep ---------------------------------------------------------------
+    def sweep(self) -> SweepReport:
+        report = SweepReport()
+        now = self.clock()
+        self._complete(now, report)
+        to_send = self._route(now, report)
+        to_send.update(self._recover(now, report))
+        to_send.update(self._unsent)
+        self._unsent.clear()
+        for uid, generation in to_send.items():
+            self._send(uid, generation, report)
+        return report
+
+    def recover_on_start(self) -> list[str]:
+        """After a restart every QUEUED study is sent again: the broker may have lost it."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Study.study_uid, Study.generation).where(Study.state == StudyState.QUEUED)
+            ).all()
+        report = SweepReport()
+        for uid, generation in rows:
+            self._send(uid, generation, report)
+        return [uid for uid, _ in rows]
+
+    def _complete(self, now: dt.datetime, report: SweepReport) -> None:
+        cutoff = complete_cutoff(now, self.settings.stable_seconds)
+        with self.db.session() as s:
+            studies = s.scalars(
+                select(Study)
+                .where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
+                .with_for_update(skip_locked=not self.db.is_sqlite)
+            ).all()
+            for study in studies:
+                quiet = (now - study.last_received_at).total_seconds()
+                transition(s, study, StudyState.COMPLETE, detail=f"no new instance for {quiet:.0f} s", now=now)
+                report.completed.append(study.study_uid)
+
+    def _route(self, now: dt.datetime, report: SweepReport) -> dict[str, int]:
+        queued: dict[str, int] = {}
+        with self.db.session() as s:
+            studies = s.scalars(select(Study).where(Study.state == StudyState.COMPLETE)).all()
+            for study in studies:
+                series = s.execute(
+                    select(Series.modality, Series.body_part, Series.description).where(
+                        Series.study_id == study.id
+                    )
+                ).all()
+                facts = StudyFacts(
+                    modalities=tuple(m or "" for m, _, _ in series),
+                    body_parts=tuple(b or "" for _, b, _ in series) + ((study.body_part or ""),),
+                    descriptions=tuple(d or "" for _, _, d in series) + ((study.study_description or ""),),
+                )
+                decision = decide(facts, self.rules)
+                if decision.eligible:
+                    study.region = decision.region
+                    study.enqueue_count += 1
+                    transition(s, study, StudyState.QUEUED, detail=decision.reason, now=now)
+                    queued[study.study_uid] = study.generation
+                    report.queued.append(study.study_uid)
+                else:
+                    transition(s, study, StudyState.SKIPPED, detail=decision.reason, now=now)
+                    report.skipped.append(study.study_uid)
+        return queued
+
+    def _recover(self, now: dt.datetime, report: SweepReport) -> dict[str, int]:
+        again: dict[str, int] = {}
+        with self.db.session() as s:
+            studies = s.scalars(select(Study).where(Study.state.in_(RECOVERABLE))).all()
+            for study in studies:
+                if not is_stalled(study.state_changed_at, now, self.settings.requeue_after):
+                    continue
+                previous = study.state
+                study.enqueue_count += 1
+                transition(
+                    s, study, StudyState.QUEUED,
+                    detail=f"requeued by the sweep: {previous} for over {self.settings.requeue_after:.0f} s",
+                    now=now,
+                )
+                again[study.study_uid] = study.generation
+                report.requeued.append(study.study_uid)
+        return again
+
+    def _send(self, uid: str, generation: int, report: SweepReport) -> None:
+        try:
+            self.enqueue(uid, generation)
+        except Exception as exc:  # broker down: keep it and try at the next sweep
+            log.warning("cannot enqueue study %s: %s; will retry", uid, type(exc).__name__)
+            self._unsent[uid] = generation
+            report.enqueue_failed.append(uid)
+
+    # --- the loop ------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        log.info(
+            "scheduler running: quiet period %.1f s, sweep every %.1f s",
+            self.settings.stable_seconds, self.settings.sweep_interval,
+        )
+        while not stop.is_set():
+            try:
+                self.sweep()
+            except SQLAlchemyError as exc:
+                log.error("sweep failed, database unavailable: %s", type(exc).__name__)
+            except Exception:
+                log.exception("sweep failed")
+            stop.wait(self.settings.sweep_interval)
+
+
+def requeue_studies(
+    db: Database, enqueue: Enqueue, *, study_uid: str | None, all_failed: bool, now: dt.datetime | None = None
+) -> list[str]:
+    """Send studies through the pipeline again (admin retry)."""
+    now = now or utcnow()
+    sent: list[tuple[str, int]] = []
+    with db.session() as s:
+        query = select(Study)
+        if study_uid:
+            query = query.where(Study.study_uid == study_uid)
+        else:
+            query = query.where(Study.state == StudyState.FAILED)
+        studies = s.scalars(query).all()
+        if study_uid and not studies:
+            raise StudyNotFoundError(f"no study {study_uid}")
+        for study in studies:
+            if study.state == StudyState.RECEIVING:
+                continue
+            study.enqueue_count += 1
+            transition(s, study, StudyState.QUEUED, detail=f"retry requested (was {study.state})", now=now)
+            sent.append((study.study_uid, study.generation))
+    for uid, generation in sent:
+        enqueue(uid, generation)
+    return [uid for uid, _ in sent]
+
+
+def requeue(settings: Settings, *, study_uid: str | None, all_failed: bool) -> list[str]:
+    """CLI entry: requeue using the configured database and broker."""
+    from scp_node.broker import TaskSender, make_celery
+
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    sender = TaskSender(make_celery(settings))
+    try:
+        return requeue_studies(db, sender.analyze, study_uid=study_uid, all_failed=all_failed)
+    finally:
+        db.dispose()
+
+
+def claim(db: Database, study_uid: str, generation: int, *, from_state: StudyState, to_state: StudyState,
+          stage: str, now: dt.datetime | None = None) -> bool:
+    """Atomically move a study from ``from_state`` to ``to_state`` for this generation.
+
+    Returns False when another delivery already took it or new instances reopened it.
+    """
+    now = now or utcnow()
+    with db.session() as s:
+        claimed = s.execute(
+            update(Study)
+            .where(Study.study_uid == study_uid, Study.state == from_state, Study.generation == generation)
+            .values(state=to_state, state_changed_at=now)
+            .returning(Study.id)
+        ).scalar_one_or_none()
+        if claimed is None:
+            return False
+        study = s.get(Study, claimed)
+        assert study is not None
+        record_event(s, study, state=to_state, stage=stage, now=now)
+    log.info("study %s: %s -> %s (%s)", study_uid, from_state, to_state, stage)
+    return True

@@ -1,0 +1,214 @@
+"""The DICOM receiver: a pynetdicom AE with Verification and every Storage SOP class.
+
+Handlers are bound with their dependencies, return named DIMSE status codes and
+never raise. An instance is acknowledged (0x0000) only after its bytes are on
+disk and its row is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from scp_node import status
+from scp_node.dicomio import parse_header
+from scp_node.errors import (
+    DatabaseError,
+    InvalidDatasetError,
+    InvalidUIDError,
+    SOPClassMismatchError,
+    StorageError,
+)
+from scp_node.ingest import Ingestor
+from scp_node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Admission check run when an association is requested (e.g. the disk watermark).
+Admission = Callable[[], str | None]
+
+
+@dataclass
+class ScpCounters:
+    """In-process counters (the admin metrics read them)."""
+
+    lock: Lock = field(default_factory=Lock)
+    instances: int = 0
+    bytes: int = 0
+    failures: dict[int, int] = field(default_factory=dict)
+    associations: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def stored(self, nbytes: int) -> None:
+        with self.lock:
+            self.instances += 1
+            self.bytes += nbytes
+
+    def failed(self, code: int) -> None:
+        with self.lock:
+            self.failures[code] = self.failures.get(code, 0) + 1
+
+    def reject(self, reason: str) -> None:
+        with self.lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+def handle_store(event: Any, ingestor: Ingestor, counters: ScpCounters) -> int:
+    """C-STORE: persist, then acknowledge. Returns a DIMSE status; never raises."""
+    request = event.request
+    sop_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "?")
+    calling = _calling_ae(event)
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        meta = parse_header(
+            data,
+            expected_sop_class=str(request.AffectedSOPClassUID or "") or None,
+            expected_sop_instance=str(request.AffectedSOPInstanceUID or "") or None,
+        )
+        ingestor.store(meta, data, calling)
+    except (InvalidDatasetError, InvalidUIDError) as exc:
+        return _fail(counters, status.CANNOT_UNDERSTAND, sop_uid, calling, exc)
+    except SOPClassMismatchError as exc:
+        return _fail(counters, status.DATASET_DOES_NOT_MATCH_SOP_CLASS, sop_uid, calling, exc)
+    except (StorageError, DatabaseError) as exc:
+        return _fail(counters, status.OUT_OF_RESOURCES, sop_uid, calling, exc)
+    except Exception as exc:  # a handler must never raise: map the unknown to a refusal
+        log.exception("unexpected error storing %s from %s", _safe(sop_uid), calling)
+        return _fail(counters, status.OUT_OF_RESOURCES, sop_uid, calling, exc)
+    counters.stored(len(data))
+    log.debug("stored %s from %s", meta.sop_instance_uid, calling)
+    return status.SUCCESS
+
+
+def _fail(counters: ScpCounters, code: int, sop_uid: str, calling: str, exc: BaseException) -> int:
+    counters.failed(code)
+    # The reason comes from our own exception texts, which never carry patient data.
+    log.warning(
+        "C-STORE of %s from %s refused 0x%04X %s: %s",
+        _safe(sop_uid), calling, code, status.NAMES.get(code, ""), exc,
+    )
+    return code
+
+
+def _safe(uid: str) -> str:
+    """A UID for the log: only digits and dots, capped, so crafted values can't inject."""
+    return "".join(c for c in uid[:64] if c.isdigit() or c == ".") or "?"
+
+
+def _calling_ae(event: Any) -> str:
+    try:
+        return str(event.assoc.requestor.ae_title).strip()
+    except AttributeError:
+        return "?"
+
+
+def handle_echo(event: Any) -> int:
+    return status.SUCCESS
+
+
+def handle_conn_open(event: Any) -> None:
+    """Disable Nagle on accepted sockets: one delayed ACK per C-STORE otherwise."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE not recognised
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognised
+REJECT_BUSY = (0x02, 0x03, 0x01)  # transient, service-provider (presentation), congestion
+
+
+def association_refusal(
+    called: str, calling: str, settings: Settings, admission: Admission | None
+) -> tuple[str, tuple[int, int, int]] | None:
+    """Why an association request must be refused, or None to go on negotiating."""
+    if called.strip() != settings.ae_title:
+        return "called_ae", REJECT_CALLED_AE
+    if settings.allowed_calling_aes and calling.strip() not in settings.allowed_calling_aes:
+        return "calling_ae", REJECT_CALLING_AE
+    reason = admission() if admission else None
+    if reason:
+        return reason, REJECT_BUSY
+    return None
+
+
+def handle_requested(
+    event: Any, settings: Settings, counters: ScpCounters, admission: Admission | None
+) -> None:
+    """Association request: refuse with A-ASSOCIATE-RJ and a logged reason, or go on."""
+    primitive = event.assoc.requestor.primitive
+    called = str(getattr(primitive, "called_ae_title", "") or "")
+    calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+    refusal = association_refusal(called, calling, settings, admission)
+    if refusal is None:
+        return
+    reason, (result, source, diagnostic) = refusal
+    counters.reject(reason)
+    log.warning("association from %s to %r refused: %s", calling, called.strip(), reason)
+    event.assoc.acse.send_reject(result, source, diagnostic)
+
+
+def handle_accepted(event: Any, counters: ScpCounters) -> None:
+    with counters.lock:
+        counters.associations += 1
+    log.info("association accepted from %s", _calling_ae(event))
+
+
+def build_ae(settings: Settings) -> AE:
+    """The node's AE with every storage context and every transfer syntax."""
+    # Accept Storage SOP classes pynetdicom does not list (private, retired, new).
+    pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = True
+    ae = AE(ae_title=settings.ae_title)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for ctx in AllStoragePresentationContexts:
+        assert ctx.abstract_syntax is not None
+        ae.add_supported_context(ctx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.require_called_aet = True
+    if settings.allowed_calling_aes:
+        ae.require_calling_aet = list(settings.allowed_calling_aes)
+    else:
+        log.warning("ALLOWED_CALLING_AES is empty: any calling AE title is accepted")
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.maximum_pdu_size = settings.max_pdu
+    return ae
+
+
+def start_scp(
+    settings: Settings,
+    ingestor: Ingestor,
+    counters: ScpCounters,
+    admission: Admission | None = None,
+) -> ThreadedAssociationServer:
+    """Start listening (non-blocking) and return the server; call ``shutdown()`` to stop."""
+    ae = build_ae(settings)
+    handlers = [
+        (evt.EVT_C_STORE, handle_store, [ingestor, counters]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_CONN_OPEN, handle_conn_open),
+        (evt.EVT_REQUESTED, handle_requested, [settings, counters, admission]),
+        (evt.EVT_ACCEPTED, handle_accepted, [counters]),
+    ]
+    server = ae.start_server(
+        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
+    )
+    assert isinstance(server, ThreadedAssociationServer)
+    log.info(
+        "DICOM receiver %s listening on %s:%d", settings.ae_title, *server.server_address[:2]
+    )
+    return server

@@ -1,0 +1,209 @@
+"""The node's one settings object (environment ``SPINENODE_*`` or a TOML file).
+
+Built once in the entry point and passed down; nothing reads the environment
+elsewhere. A bad value raises :class:`~scp_node.errors.ConfigError` with one
+line that names the setting, which the CLI prints before exiting.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from scp_node.errors import ConfigError
+
+ENV_PREFIX = "SPINENODE_"
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+_DEST_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+def validate_ae_title(value: str) -> str:
+    """Return ``value`` stripped if it is a valid AE title (1-16 chars, no backslash)."""
+    stripped = value.strip()
+    if not stripped or not _AE_RE.match(stripped):
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no '\\')")
+    return stripped
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A DICOM peer given as ``AE@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        m = _DEST_RE.match(text.strip())
+        if not m:
+            raise ValueError(f"{text!r} is not of the form AE@HOST:PORT")
+        port = int(m["port"])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} out of range in {text!r}")
+        return cls(validate_ae_title(m["ae"]), m["host"].strip("[]"), port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings of the node; names match ``SPINENODE_<NAME>`` in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="forbid", frozen=True
+    )
+
+    ae_title: str = "SPINENODE"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path("./spinenode-data")
+    database_url: str = ""
+    broker_url: str = ""
+    stable_seconds: float = Field(60.0, gt=0)
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    destinations: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admin_token: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # DICOM association limits
+    max_associations: int = Field(16, ge=1, le=512)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    max_pdu: int = Field(131072, ge=0)
+    scp_processes: int = Field(1, ge=1, le=32)
+
+    # scheduler
+    sweep_interval: float = Field(1.0, gt=0)
+    requeue_after: float = Field(900.0, gt=0)
+    eligibility_rules: Path | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return validate_ae_title(v)
+
+    @field_validator("allowed_calling_aes", mode="before")
+    @classmethod
+    def _calling(cls, v: Any) -> Any:
+        return _split_list(v)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _calling_valid(cls, v: list[str]) -> list[str]:
+        return [validate_ae_title(x) for x in v]
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _dest(cls, v: Any) -> Any:
+        return _split_list(v)
+
+    @field_validator("destinations")
+    @classmethod
+    def _dest_valid(cls, v: list[str]) -> list[str]:
+        return [str(Destination.parse(x)) for x in v]
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("database_url", "broker_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and "://" not in v:
+            raise ValueError(f"{v!r} is not a URL")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'spinenode.db'}")
+        return self
+
+    # derived values ---------------------------------------------------------
+    @property
+    def destination_list(self) -> list[Destination]:
+        return [Destination.parse(d) for d in self.destinations]
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.data_dir / "incoming"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as ``SPINENODE_*`` variables, for child processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            text = ",".join(value) if isinstance(value, list) else str(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = text
+        return env
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    section = raw.get("spinenode", raw)
+    return {str(k).lower(): v for k, v in section.items()}
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from a TOML file (optional), the environment and overrides.
+
+    Precedence: overrides > environment > file > defaults.
+
+    Raises
+    ------
+    ConfigError
+        With one line naming the first bad setting.
+    """
+    import os
+
+    file_values = _read_toml(config) if config else {}
+    env_names = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
+    init = {k: v for k, v in file_values.items() if k not in env_names}
+    init.update(overrides)
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        where = f"{ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
+        raise ConfigError(f"invalid setting {where}: {err['msg']}") from None

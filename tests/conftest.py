@@ -1,0 +1,45 @@
+"""Shared fixtures: real peers (peer_fixtures) and the node as a real process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["peer_fixtures"]
+
+# Tests never reach a network; keep threaded math libraries to one core each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start ``spinenode serve`` processes; all are stopped after the test."""
+    from nodeproc import Node
+
+    nodes: list[Node] = []
+
+    def build(name: str = "node", start: bool = True, **settings: Any) -> Node:
+        node = Node(tmp_path / name, **settings)
+        nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    yield build
+    for node in nodes:
+        node.close()
+
+
+@pytest.fixture
+def study_dir(tmp_path: Path) -> Callable[..., Any]:
+    """Write a small synthetic multi-series MR study (tests/dicomgen.py)."""
+    import dicomgen
+
+    def make(seed: int = 0, name: str = "study", **kwargs: Any) -> Any:
+        return dicomgen.write_study(tmp_path / name, seed=seed, **kwargs)
+
+    return make

@@ -1,0 +1,112 @@
+"""Spool writes and header parsing: UID safety, atomicity, truncation, mismatches."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+import dicomgen
+from scp_node.dicomio import parse_header
+from scp_node.errors import InvalidDatasetError, InvalidUIDError, SOPClassMismatchError, StorageError
+from scp_node.storage import Spool, check_uid
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", None, "../../etc/passwd", "1.2/3", "1..2", ".1.2", "1.2.", "1.2.3\x00/x", "1" * 65, "1.2.a", "1.2 3"],
+)
+def test_check_uid_rejects_unsafe(bad: object) -> None:
+    with pytest.raises(InvalidUIDError):
+        check_uid(bad, "SOPInstanceUID")
+
+
+def test_check_uid_accepts_and_strips() -> None:
+    assert check_uid("1.2.840.10008.5.1.4.1.1.4 ", "x") == "1.2.840.10008.5.1.4.1.1.4"
+    assert check_uid("1.2.3\x00", "x") == "1.2.3"
+
+
+def test_write_is_atomic_and_idempotent(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    rel = spool.write("1.2", "1.2.3", "1.2.3.4", b"abc")
+    assert rel == Path("incoming/1.2/1.2.3/1.2.3.4.dcm")
+    assert (tmp_path / rel).read_bytes() == b"abc"
+    spool.write("1.2", "1.2.3", "1.2.3.4", b"abcd")
+    assert (tmp_path / rel).read_bytes() == b"abcd"
+    assert [p.name for p in (tmp_path / rel).parent.iterdir()] == ["1.2.3.4.dcm"]
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path)
+    real_fsync = os.fsync
+
+    def full_disk(fd: int) -> None:  # the disk fills up at fsync time
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(StorageError, match="ENOSPC"):
+        spool.write("1.2", "1.2.3", "1.2.3.4", b"abc")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert [p for p in (tmp_path / "incoming").rglob("*") if p.is_file()] == []
+
+
+def test_partials_are_removed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    d = tmp_path / "incoming/1.2/1.2.3"
+    d.mkdir(parents=True)
+    (d / ".1.2.3.4.deadbeef.tmp").write_bytes(b"half")
+    (d / "1.2.3.5.dcm").write_bytes(b"whole")
+    assert spool.remove_partials() == 1
+    assert [p.name for p in spool.iter_instances()] == ["1.2.3.5.dcm"]
+
+
+@pytest.fixture
+def one_file(tmp_path: Path) -> Path:
+    return dicomgen.write_study(tmp_path / "s", series=(dicomgen.SeriesSpec("SAG T2", "sagittal", 1),)).paths[0]
+
+
+def test_parse_valid(one_file: Path) -> None:
+    meta = parse_header(one_file.read_bytes())
+    assert meta.modality == "MR" and meta.body_part == "LSPINE"
+    assert meta.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert meta.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4"
+
+
+def test_parse_truncated_pixels(one_file: Path) -> None:
+    data = one_file.read_bytes()
+    with pytest.raises(InvalidDatasetError):
+        parse_header(data[: len(data) - 1000])
+
+
+def test_parse_garbage() -> None:
+    # Both map to 0xC210 Cannot Understand; which one depends on where the bytes give out.
+    with pytest.raises((InvalidDatasetError, InvalidUIDError)):
+        parse_header(b"\x00" * 128 + b"DICM" + os.urandom(2000))
+    with pytest.raises(InvalidDatasetError):
+        parse_header(b"not dicom at all")
+
+
+def test_parse_missing_or_crafted_uids(one_file: Path, tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    ds = dcmread(one_file)
+    del ds.SeriesInstanceUID
+    out = tmp_path / "a.dcm"
+    ds.save_as(out)
+    with pytest.raises(InvalidUIDError, match="SeriesInstanceUID"):
+        parse_header(out.read_bytes())
+    ds = dcmread(one_file)
+    ds.StudyInstanceUID = "../../../../tmp"
+    ds.save_as(out)
+    with pytest.raises(InvalidUIDError, match="StudyInstanceUID"):
+        parse_header(out.read_bytes())
+
+
+def test_parse_mismatch_with_request(one_file: Path) -> None:
+    data = one_file.read_bytes()
+    with pytest.raises(SOPClassMismatchError):
+        parse_header(data, expected_sop_class="1.2.840.10008.5.1.4.1.1.2")
+    with pytest.raises(SOPClassMismatchError):
+        parse_header(data, expected_sop_instance="1.2.3")

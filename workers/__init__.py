@@ -1,0 +1,1 @@
+"""spinenode Celery workers: analysis, encoding and export stages."""

@@ -1,0 +1,79 @@
+"""The worker's Celery app: the node's configuration plus the registered tasks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from celery import Celery
+
+from scp_node.broker import QUEUES, make_celery
+from scp_node.db.session import Database
+from scp_node.errors import ConfigError
+from scp_node.settings import Settings
+from scp_node.storage import Spool
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5.0
+
+
+@dataclass
+class WorkerContext:
+    """What every task needs, built once per worker process."""
+
+    settings: Settings
+    db: Database
+    spool: Spool
+    hostname: str
+
+
+def create_app(settings: Settings, hostname: str | None = None) -> Celery:
+    from workers.tasks import register_tasks
+
+    app = make_celery(settings, name="spinenode-worker")
+    db = Database(settings.database_url)
+    ctx = WorkerContext(settings, db, Spool(settings.data_dir), hostname or default_hostname())
+    app.spinenode = ctx  # type: ignore[attr-defined]
+    register_tasks(app)
+    return app
+
+
+def default_hostname() -> str:
+    return f"spinenode@{socket.gethostname()}-{os.getpid()}"
+
+
+def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, hostname: str | None = None) -> None:
+    """Run a worker in this process until it is stopped (SIGTERM: warm shutdown)."""
+    unknown = [q for q in queues if q not in QUEUES]
+    if unknown or not queues:
+        raise ConfigError(f"unknown queue(s) {','.join(unknown) or '(none)'}; use {','.join(QUEUES)}")
+    name = hostname or default_hostname()
+    app = create_app(settings, name)
+    ctx: WorkerContext = app.spinenode  # type: ignore[attr-defined]
+    ctx.db.migrate(settings.data_dir)
+    from workers.heartbeat import Heartbeat
+
+    beat = Heartbeat(ctx.db, name, queues, device=settings.device)
+    stop = threading.Event()
+    thread = threading.Thread(target=beat.run, args=(stop, HEARTBEAT_SECONDS), name="heartbeat", daemon=True)
+    thread.start()
+    argv = [
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--hostname={name}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    # GPU work: one process, no fork after CUDA init (toolchain.md).
+    argv += ["--pool=solo"] if concurrency == 1 else ["--pool=threads", f"--concurrency={concurrency}"]
+    log.info("worker %s consuming %s", name, ",".join(queues))
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        stop.set()
+        beat.remove()
