@@ -49,6 +49,12 @@ def _logging(settings: Settings) -> None:
     # debug dumps: keep it at WARNING unless the operator asks for DEBUG.
     if settings.log_level != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    # pydicom's value-validation warnings quote the offending value, which may be a
+    # patient name: values are never validated on read (the node stores bytes as sent).
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 @app.command()

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Install the real peers the test suite starts (design.md section 6) from Debian packages.
+#
+# Idempotent: when every needed binary is already present, apt is skipped entirely.
+# Then stops any system service the packages started (the tests run their own instances
+# on free loopback ports) and prints one line per tool with its version.
+#
+# Usage: bash scripts/install-test-deps.sh        (as root, or a user with sudo)
+set -euo pipefail
+
+PACKAGES=(dcmtk orthanc dicom3tools redis-server postgresql docker-compose chromium)
+
+# One binary per package, proving the package is installed.
+REQUIRED_BINARIES=(
+  /usr/bin/storescu /usr/bin/storescp /usr/bin/echoscu /usr/bin/dcmcjpeg /usr/bin/dcmcjpls
+  /usr/bin/dsrdump /usr/sbin/Orthanc /usr/bin/dciodvfy /usr/bin/redis-server
+  /usr/bin/docker-compose /usr/bin/chromium
+)
+
+can_be_root() {
+  [[ "$(id -u)" -eq 0 ]] || command -v sudo >/dev/null 2>&1
+}
+
+as_root() {
+  if [[ "$(id -u)" -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    echo "install-test-deps: need root or sudo to run: $*" >&2
+    exit 1
+  fi
+}
+
+postgres_bindir() {
+  # Newest installed major version, e.g. /usr/lib/postgresql/15/bin.
+  local dir
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  [[ -n "$dir" && -x "$dir/postgres" && -x "$dir/initdb" ]] && echo "$dir"
+  return 0
+}
+
+all_present() {
+  local bin
+  for bin in "${REQUIRED_BINARIES[@]}"; do
+    [[ -x "$bin" ]] || return 1
+  done
+  [[ -n "$(postgres_bindir)" ]]
+}
+
+install_packages() {
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}"
+}
+
+stop_system_services() {
+  # No systemd here: `service` runs the SysV scripts. Failures mean "not running".
+  if ! can_be_root; then
+    echo "install-test-deps: not root and no sudo: not stopping system services"
+    return 0
+  fi
+  local svc
+  for svc in orthanc redis-server postgresql; do
+    as_root service "$svc" stop >/dev/null 2>&1 || true
+  done
+  # Anything still holding the default ports, by exact binary name only.
+  as_root pkill -x Orthanc >/dev/null 2>&1 || true
+  # redis-server renames its process title; match the daemon started by the package only.
+  as_root pkill -u redis -x redis-server >/dev/null 2>&1 || true
+}
+
+print_versions() {
+  local pgbin
+  pgbin="$(postgres_bindir)"
+  echo "dcmtk:          $(/usr/bin/storescu --version 2>&1 | head -n 1)"
+  echo "orthanc:        $(/usr/sbin/Orthanc --version 2>&1 | head -n 1)"
+  echo "dicom3tools:    $(/usr/bin/dciodvfy -version 2>&1 | head -n 1)"
+  echo "redis-server:   $(/usr/bin/redis-server --version 2>&1 | head -n 1)"
+  echo "postgresql:     $("$pgbin/postgres" --version 2>&1 | head -n 1) ($pgbin)"
+  echo "docker-compose: $(/usr/bin/docker-compose --version 2>&1 | head -n 1)"
+  # The Debian launcher script prints a harmless shell warning on stderr; keep stdout only.
+  echo "chromium:       $(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
+}
+
+main() {
+  if all_present; then
+    echo "install-test-deps: all binaries present, skipping apt"
+  else
+    install_packages
+    if ! all_present; then
+      echo "install-test-deps: packages installed but a required binary is missing" >&2
+      exit 1
+    fi
+  fi
+  stop_system_services
+  print_versions
+}
+
+main "$@"

@@ -1,0 +1,79 @@
+"""`kill -9` of `spinenode serve` in the middle of a send: nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+from sqlalchemy import func, select
+
+import dicomgen
+from nodeproc import Node, dataset_bytes
+from peers import storescu
+from scp_node.db.models import Instance
+
+
+def _send_until_killed(port: int, files: list[Path], acked: list[str], progress: threading.Event) -> None:
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="CRASHSCU")
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", port, ae_title="SPINENODE")
+    if not assoc.is_established:
+        return
+    for f in files:
+        try:
+            rsp = assoc.send_c_store(f)
+        except Exception:
+            break
+        if rsp is None or "Status" not in rsp:
+            break  # the peer went away: this one was NOT acknowledged
+        if int(rsp.Status) == 0:
+            acked.append(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID))
+            if len(acked) >= 40:
+                progress.set()
+    if assoc.is_established:
+        assoc.release()
+
+
+def test_kill9_during_send_loses_nothing_acknowledged(node_factory: Any, tmp_path: Path) -> None:
+    study = dicomgen.write_study(
+        tmp_path / "big", seed=31, rows=256, cols=256,
+        series=(dicomgen.SeriesSpec("SAG T2", "sagittal", 150), dicomgen.SeriesSpec("AX T2", "axial", 150)),
+    )
+    node: Node = node_factory(stable_seconds=2)
+    acked: list[str] = []
+    progress = threading.Event()
+    sender = threading.Thread(target=_send_until_killed, args=(node.dicom_port, study.paths, acked, progress))
+    sender.start()
+    assert progress.wait(60), "no progress before the kill"
+    node.kill9()
+    sender.join(60)
+    n_acked = len(acked)
+    assert 40 <= n_acked < len(study.paths), "the kill must land mid-send"
+
+    node.start()  # same DATA_DIR, same database
+    by_sop = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in study.paths}
+    with node.db.session() as s:
+        rows = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())
+    for sop in acked:  # every acknowledged instance is indexed, on disk, and whole
+        assert sop in rows
+        assert dataset_bytes(node.data_dir / rows[sop]) == dataset_bytes(by_sop[sop])
+    visible = [p for p in (node.data_dir / "incoming").rglob("*") if p.is_file()]
+    assert all(p.suffix == ".dcm" and not p.name.startswith(".") for p in visible), "partial file visible"
+    assert len(visible) == len(rows)
+
+    # the sender resends everything: one row and one file per instance, study complete
+    r = storescu(study.paths, "127.0.0.1", node.dicom_port, "SPINENODE")
+    assert r.returncode == 0, r.stderr
+    with node.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Instance)) == len(study.paths)
+    assert len([p for p in (node.data_dir / "incoming").rglob("*") if p.is_file()]) == len(study.paths)
+    final = node.wait_state(study.study_uid, {"FAILED", "DONE"}, timeout=90)
+    assert final["instance_count"] == len(study.paths)
+    assert "COMPLETE" in [e["state"] for e in final["events"]]

@@ -1,0 +1,207 @@
+"""Study assembly and routing with an injected clock: no sleeps, no broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+import dicomgen
+from scp_node.assembly import is_complete
+from scp_node.db.models import Event, Study, StudyState
+from scp_node.db.session import Database
+from scp_node.dicomio import parse_header
+from scp_node.ingest import Ingestor
+from scp_node.routing import StudyFacts, decide, load_rules
+from scp_node.scheduler import Scheduler, claim, requeue_studies
+from scp_node.settings import load_settings
+from scp_node.storage import Spool
+
+T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+class Enqueued(list[tuple[str, int]]):
+    """Records what the scheduler sends; can be told the broker is down."""
+
+    down = False
+
+    def __call__(self, uid: str, generation: int) -> None:
+        if self.down:
+            raise ConnectionError("broker down")
+        self.append((uid, generation))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[Ingestor, Scheduler, Clock, Enqueued, Database]:
+    settings = load_settings(data_dir=tmp_path, stable_seconds=60, requeue_after=600)
+    db = Database(settings.database_url)
+    db.migrate(tmp_path)
+    clock = Clock()
+    enq = Enqueued()
+    ingestor = Ingestor(db, Spool(tmp_path), clock)
+    sched = Scheduler(settings, db, enq, load_rules(), clock)
+    yield ingestor, sched, clock, enq, db
+    db.dispose()
+
+
+def _ingest(ingestor: Ingestor, paths: list[Path]) -> None:
+    for p in paths:
+        data = p.read_bytes()
+        ingestor.store(parse_header(data), data, "TEST")
+
+
+def _state(db: Database, uid: str) -> Study:
+    with db.session() as s:
+        return s.execute(select(Study).where(Study.study_uid == uid)).scalar_one()
+
+
+def test_is_complete_pure() -> None:
+    assert not is_complete(T0, T0 + dt.timedelta(seconds=59.9), 60)
+    assert is_complete(T0, T0 + dt.timedelta(seconds=60), 60)
+
+
+def test_quiet_period_then_queue(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingestor, sched, clock, enq, db = env
+    study = dicomgen.write_study(tmp_path / "st", seed=3)
+    _ingest(ingestor, study.paths[:10])
+    clock.advance(59)
+    _ingest(ingestor, study.paths[10:])  # resets the quiet period
+    clock.advance(59)
+    assert sched.sweep().completed == []
+    assert _state(db, study.study_uid).state == StudyState.RECEIVING
+    clock.advance(1)
+    report = sched.sweep()
+    assert report.completed == [study.study_uid] and report.queued == [study.study_uid]
+    st = _state(db, study.study_uid)
+    assert st.state == StudyState.QUEUED and st.region == "lumbar"
+    assert enq == [(study.study_uid, 0)]
+    with db.session() as s:
+        states = s.scalars(select(Event.state).where(Event.study_id == st.id).order_by(Event.id)).all()
+    assert states == ["RECEIVING", "COMPLETE", "QUEUED"]
+
+
+def test_resend_is_idempotent(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingestor, _sched, _clock, _enq, db = env
+    study = dicomgen.write_study(tmp_path / "st", seed=4)
+    _ingest(ingestor, study.paths)
+    _ingest(ingestor, study.paths)
+    from sqlalchemy import func
+
+    from scp_node.db.models import Instance
+
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Instance)) == len(study.paths)
+    files = [p for p in (tmp_path / "incoming").rglob("*") if p.is_file()]
+    assert len(files) == len(study.paths)
+
+
+def test_late_instance_reopens_and_stale_work_is_dropped(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingestor, sched, clock, enq, db = env
+    study = dicomgen.write_study(tmp_path / "st", seed=5)
+    _ingest(ingestor, study.paths[:-1])
+    clock.advance(61)
+    sched.sweep()
+    assert claim(db, study.study_uid, 0, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING, stage="analyze")
+    _ingest(ingestor, study.paths[-1:])
+    st = _state(db, study.study_uid)
+    assert st.state == StudyState.RECEIVING and st.generation == 1
+    # the old delivery can no longer claim it, the new generation can after the quiet period
+    assert not claim(db, study.study_uid, 0, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING, stage="a")
+    clock.advance(61)
+    sched.sweep()
+    assert enq[-1] == (study.study_uid, 1)
+
+
+def test_ineligible_study_is_skipped_with_reason(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingestor, sched, clock, enq, db = env
+    head = dicomgen.write_study(tmp_path / "head", seed=6, body_part="HEAD", study_description="MRI BRAIN")
+    _ingest(ingestor, head.paths)
+    clock.advance(61)
+    assert sched.sweep().skipped == [head.study_uid]
+    st = _state(db, head.study_uid)
+    assert st.state == StudyState.SKIPPED and "HEAD" in (st.reason or "")
+    assert enq == []
+
+
+def test_broker_down_then_up(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingestor, sched, clock, enq, db = env
+    study = dicomgen.write_study(tmp_path / "st", seed=7)
+    _ingest(ingestor, study.paths)
+    clock.advance(61)
+    enq.down = True
+    assert sched.sweep().enqueue_failed == [study.study_uid]
+    assert _state(db, study.study_uid).state == StudyState.QUEUED  # committed, not lost
+    enq.down = False
+    sched.sweep()
+    assert enq == [(study.study_uid, 0)]
+
+
+def test_sweep_requeues_stalled_work(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingestor, sched, clock, enq, db = env
+    study = dicomgen.write_study(tmp_path / "st", seed=8)
+    _ingest(ingestor, study.paths)
+    clock.advance(61)
+    sched.sweep()
+    claim(db, study.study_uid, 0, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING, stage="analyze",
+          now=clock())
+    clock.advance(599)
+    assert sched.sweep().requeued == []
+    clock.advance(2)  # the worker died: ANALYZING for over REQUEUE_AFTER
+    assert sched.sweep().requeued == [study.study_uid]
+    assert enq[-1] == (study.study_uid, 0) and len(enq) == 2
+    assert _state(db, study.study_uid).state == StudyState.QUEUED
+
+
+def test_requeue_failed(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingestor, sched, clock, enq, db = env
+    study = dicomgen.write_study(tmp_path / "st", seed=9)
+    _ingest(ingestor, study.paths)
+    clock.advance(61)
+    sched.sweep()
+    from scp_node.states import transition
+
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        transition(s, st, StudyState.FAILED, stage="analyze", detail="boom")
+    assert requeue_studies(db, enq, study_uid=None, all_failed=True) == [study.study_uid]
+    assert _state(db, study.study_uid).state == StudyState.QUEUED
+
+
+@pytest.mark.parametrize(
+    ("facts", "eligible", "region"),
+    [
+        (StudyFacts(("MR",), ("LSPINE",), ("SAG T2",)), True, "lumbar"),
+        (StudyFacts(("MR",), ("L-SPINE",), ()), True, "lumbar"),
+        (StudyFacts(("CT",), ("",), ("CT C-SPINE WO",)), True, "cervical"),
+        (StudyFacts(("MR", "SR"), ("SPINE",), ("MRT HWS nativ",)), True, "cervical"),
+        (StudyFacts(("MR",), ("SPINE",), ("t2_tse_sag", "MRI LUMBAR SPINE")), True, "lumbar"),
+        (StudyFacts(("MR",), ("HEAD",), ("MRI BRAIN",)), False, None),
+        (StudyFacts(("CR",), ("LSPINE",), ("XR LSPINE",)), False, None),
+        (StudyFacts(("MR",), ("TSPINE",), ("MRI THORACIC SPINE",)), False, None),
+    ],
+)
+def test_eligibility_rules(facts: StudyFacts, eligible: bool, region: str | None) -> None:
+    d = decide(facts, load_rules())
+    assert (d.eligible, d.region) == (eligible, region), d.reason
+    assert d.reason
+
+
+def test_rules_file_is_data(tmp_path: Path) -> None:
+    rules = tmp_path / "r.toml"
+    rules.write_text('modalities = ["MR"]\n[[region]]\nname = "lumbar"\nbody_parts = ["LUMBAR"]\ndescriptions = []\n')
+    r = load_rules(rules)
+    assert not decide(StudyFacts(("CT",), ("LUMBAR",), ()), r).eligible
+    assert decide(StudyFacts(("MR",), ("LUMBAR",), ()), r).region == "lumbar"

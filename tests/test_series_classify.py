@@ -1,0 +1,80 @@
+"""Series classification from geometry and sequence, on generated headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import dcmread
+
+import dicomgen
+from models.series import (
+    Plane,
+    SeriesClass,
+    SeriesHeader,
+    SliceGeometry,
+    Weighting,
+    classify_series,
+    header_from_datasets,
+    plane_of,
+    select_series,
+)
+
+
+def _classes(tmp_path: Path, series: tuple[dicomgen.SeriesSpec, ...], modality: str = "MR") -> list[SeriesClass]:
+    st = dicomgen.write_study(tmp_path / "s", series=series, modality=modality)
+    return [
+        classify_series(header_from_datasets([dcmread(p, stop_before_pixels=True) for p in st.series_paths[uid]]))
+        for uid in st.series_uids
+    ]
+
+
+def test_classifies_lumbar_protocol(tmp_path: Path) -> None:
+    c = _classes(tmp_path, dicomgen.DEFAULT_SERIES + (dicomgen.SeriesSpec("STIR SAG", "sagittal", 12, "STIR"),))
+    assert [(x.plane, x.weighting) for x in c] == [
+        (Plane.SAGITTAL, Weighting.T2), (Plane.SAGITTAL, Weighting.T1),
+        (Plane.AXIAL, Weighting.T2), (Plane.SAGITTAL, Weighting.STIR),
+    ]
+    assert all(x.usable for x in c)
+    assert c[0].n_slices == 15 and c[0].slice_spacing_mm and c[0].coverage_mm
+    sel = select_series(c)
+    assert (sel.sagittal_t2, sel.sagittal_t1, sel.axial_t2) == (c[0].series_uid, c[1].series_uid, c[2].series_uid)
+    assert sel.missing == ()
+
+
+def test_weighting_from_numbers_not_description(tmp_path: Path) -> None:
+    # A T1 series described as "T2" is still T1: TR/TE decide.
+    c = _classes(tmp_path, (dicomgen.SeriesSpec("SAG T2 (mislabelled)", "sagittal", 10, "T1"),))
+    assert c[0].weighting == Weighting.T1
+
+
+def test_missing_inputs_are_reported(tmp_path: Path) -> None:
+    c = _classes(tmp_path, (dicomgen.SeriesSpec("SAG T2", "sagittal", 12, "T2"),
+                            dicomgen.SeriesSpec("COR T2", "coronal", 12, "T2")))
+    assert not c[1].usable and "coronal" in c[1].reason
+    sel = select_series(c)
+    assert sel.sagittal_t2 == c[0].series_uid
+    assert any("foraminal" in m for m in sel.missing) and any("subarticular" in m for m in sel.missing)
+
+
+def test_too_few_slices_and_ct(tmp_path: Path) -> None:
+    c = _classes(tmp_path, (dicomgen.SeriesSpec("SAG", "sagittal", 3, "T2"),))
+    assert not c[0].usable
+    ct = _classes(tmp_path / "ct", (dicomgen.SeriesSpec("SAG BONE", "sagittal", 20),), modality="CT")
+    assert ct[0].weighting == Weighting.CT and ct[0].usable
+    assert select_series(ct).ct_sagittal == ct[0].series_uid
+
+
+def test_plane_of_oblique_and_angled_axial() -> None:
+    import math
+
+    a = math.radians(15)  # an axial block angled along a disc stays axial
+    assert plane_of((1, 0, 0, 0, math.cos(a), -math.sin(a))) == Plane.AXIAL
+    b = math.radians(45)
+    assert plane_of((1, 0, 0, 0, math.cos(b), -math.sin(b))) == Plane.OBLIQUE
+    assert plane_of(None) == Plane.UNKNOWN
+
+
+def test_localizer_is_not_usable() -> None:
+    sl = tuple(SliceGeometry(str(i), i, (0.0, 0.0, float(i)), (1, 0, 0, 0, 1, 0), (1.0, 1.0), 64, 64) for i in range(9))
+    h = SeriesHeader("1.2", "MR", "LOCALIZER", repetition_time=10, echo_time=3, image_type="ORIGINAL\\PRIMARY\\LOCALIZER", slices=sl)
+    assert classify_series(h).usable is False
