@@ -18,7 +18,15 @@ log = logging.getLogger(__name__)
 
 QUEUES = ("gpu", "cpu", "export")
 TASK_ANALYZE = "spinenode.analyze"
-TASK_ROUTES = {TASK_ANALYZE: {"queue": "gpu"}}
+TASK_ENCODE = "spinenode.encode"
+TASK_EXPORT = "spinenode.export"
+#: Pipeline stage -> (task name, queue).
+STAGES: dict[str, tuple[str, str]] = {
+    "analyze": (TASK_ANALYZE, "gpu"),
+    "encode": (TASK_ENCODE, "cpu"),
+    "export": (TASK_EXPORT, "export"),
+}
+TASK_ROUTES = {task: {"queue": queue} for task, queue in STAGES.values()}
 #: Longer than the longest task: a task still running after this is redelivered by Redis.
 VISIBILITY_TIMEOUT_S = 3600
 
@@ -76,9 +84,10 @@ class TaskSender:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def analyze(self, study_uid: str, generation: int) -> None:
-        self.app.send_task(TASK_ANALYZE, args=[study_uid, generation], queue="gpu")
-        log.info("study %s (generation %d) enqueued to gpu", study_uid, generation)
+    def __call__(self, stage: str, study_uid: str, generation: int, countdown: float = 0.0) -> None:
+        task, queue = STAGES[stage]
+        self.app.send_task(task, args=[study_uid, generation], queue=queue, countdown=countdown or None)
+        log.info("study %s (generation %d) enqueued to %s for %s", study_uid, generation, queue, stage)
 
 
 def queue_depths(app: Celery) -> dict[str, int | None]:

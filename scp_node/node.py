@@ -136,7 +136,7 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
 
     celery = make_celery(settings)
     sender = TaskSender(celery)
-    scheduler = Scheduler(settings, db, sender.analyze, rules)
+    scheduler = Scheduler(settings, db, sender, rules)
     scheduler.recover_on_start()
 
     worker = EmbeddedWorker(settings) if settings.embedded_broker else None
@@ -145,7 +145,7 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
 
     from scp_node.admin.app import AdminContext, create_app
 
-    admin = create_app(AdminContext(settings, db, sender.analyze, lambda: queue_depths(celery)))
+    admin = create_app(AdminContext(settings, db, sender, lambda: queue_depths(celery)))
     http, http_thread = _start_http(settings, admin)
 
     counters = ScpCounters()

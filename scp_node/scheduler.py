@@ -13,11 +13,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from scp_node.assembly import complete_cutoff, is_stalled
-from scp_node.db.models import Series, Study, StudyState, utcnow
+from scp_node.db.models import Export, ExportState, Series, Study, StudyState, utcnow
 from scp_node.db.session import Database
 from scp_node.errors import StudyNotFoundError
 from scp_node.routing import EligibilityRules, StudyFacts, decide
@@ -26,11 +27,18 @@ from scp_node.states import record_event, transition
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[str, int], None]
+#: enqueue(stage, study_uid, generation): send the stage's task after the commit.
+Enqueue = Callable[[str, str, int], None]
 Clock = Callable[[], dt.datetime]
 
-#: States a stalled study is handed back from (the worker died or the message was lost).
-RECOVERABLE = (StudyState.QUEUED, StudyState.ANALYZING)
+#: States a stalled study is handed back from (the worker died or the message was lost),
+#: and the stage that picks it up again.
+RECOVERABLE: dict[StudyState, str] = {
+    StudyState.QUEUED: "analyze",
+    StudyState.ANALYZING: "analyze",
+    StudyState.ENCODING: "encode",
+    StudyState.EXPORTING: "export",
+}
 
 
 @dataclass
@@ -56,20 +64,20 @@ class Scheduler:
         self.enqueue = enqueue
         self.rules = rules
         self.clock = clock
-        #: (uid, generation) committed as QUEUED whose message could not be sent yet.
-        self._unsent: dict[str, int] = {}
+        #: uid -> (stage, generation) committed but whose message could not be sent yet.
+        self._unsent: dict[str, tuple[str, int]] = {}
 
     # --- one sweep ---------------------------------------------------------------
     def sweep(self) -> SweepReport:
         report = SweepReport()
         now = self.clock()
         self._complete(now, report)
-        to_send = self._route(now, report)
+        to_send = {uid: ("analyze", g) for uid, g in self._route(now, report).items()}
         to_send.update(self._recover(now, report))
         to_send.update(self._unsent)
         self._unsent.clear()
-        for uid, generation in to_send.items():
-            self._send(uid, generation, report)
+        for uid, (stage, generation) in to_send.items():
+            self._send(stage, uid, generation, report)
         return report
 
     def recover_on_start(self) -> list[str]:
@@ -80,7 +88,7 @@ class Scheduler:
             ).all()
         report = SweepReport()
         for uid, generation in rows:
-            self._send(uid, generation, report)
+            self._send("analyze", uid, generation, report)
         return [uid for uid, _ in rows]
 
     def _complete(self, now: dt.datetime, report: SweepReport) -> None:
@@ -123,30 +131,56 @@ class Scheduler:
                     report.skipped.append(study.study_uid)
         return queued
 
-    def _recover(self, now: dt.datetime, report: SweepReport) -> dict[str, int]:
-        again: dict[str, int] = {}
+    def _recover(self, now: dt.datetime, report: SweepReport) -> dict[str, tuple[str, int]]:
+        again: dict[str, tuple[str, int]] = {}
+        timeout = self.settings.requeue_after
         with self.db.session() as s:
-            studies = s.scalars(select(Study).where(Study.state.in_(RECOVERABLE))).all()
+            studies = s.scalars(select(Study).where(Study.state.in_(list(RECOVERABLE)))).all()
             for study in studies:
-                if not is_stalled(study.state_changed_at, now, self.settings.requeue_after):
+                state = StudyState(study.state)
+                if state == StudyState.EXPORTING:
+                    if self._export_due(s, study, now):
+                        again[study.study_uid] = ("export", study.generation)
+                        report.requeued.append(study.study_uid)
                     continue
-                previous = study.state
+                if not is_stalled(study.state_changed_at, now, timeout):
+                    continue
                 study.enqueue_count += 1
-                transition(
-                    s, study, StudyState.QUEUED,
-                    detail=f"requeued by the sweep: {previous} for over {self.settings.requeue_after:.0f} s",
-                    now=now,
-                )
-                again[study.study_uid] = study.generation
+                detail = f"requeued by the sweep: {state} for over {timeout:.0f} s"
+                if state == StudyState.ANALYZING:
+                    transition(s, study, StudyState.QUEUED, detail=detail, now=now)
+                else:
+                    study.state_changed_at = now
+                    record_event(s, study, detail=detail, now=now)
+                again[study.study_uid] = (RECOVERABLE[state], study.generation)
                 report.requeued.append(study.study_uid)
         return again
 
-    def _send(self, uid: str, generation: int, report: SweepReport) -> None:
+    def _export_due(self, s: Session, study: Study, now: dt.datetime) -> bool:
+        """An EXPORTING study whose retry message was lost: a pending export is overdue,
+        or an attempt in flight has not finished within REQUEUE_AFTER."""
+        grace = dt.timedelta(seconds=max(30.0, self.settings.sweep_interval * 10))
+        stale = now - dt.timedelta(seconds=self.settings.requeue_after)
+        s.execute(
+            update(Export)
+            .where(Export.study_id == study.id, Export.state == ExportState.SENDING, Export.updated_at < stale)
+            .values(state=ExportState.PENDING, updated_at=now)
+        )
+        overdue = s.scalar(
+            select(func.count()).select_from(Export).where(
+                Export.study_id == study.id,
+                Export.state == ExportState.PENDING,
+                Export.next_attempt_at < now - grace,
+            )
+        )
+        return bool(overdue)
+
+    def _send(self, stage: str, uid: str, generation: int, report: SweepReport) -> None:
         try:
-            self.enqueue(uid, generation)
+            self.enqueue(stage, uid, generation)
         except Exception as exc:  # broker down: keep it and try at the next sweep
             log.warning("cannot enqueue study %s: %s; will retry", uid, type(exc).__name__)
-            self._unsent[uid] = generation
+            self._unsent[uid] = (stage, generation)
             report.enqueue_failed.append(uid)
 
     # --- the loop ------------------------------------------------------------------
@@ -187,7 +221,7 @@ def requeue_studies(
             transition(s, study, StudyState.QUEUED, detail=f"retry requested (was {study.state})", now=now)
             sent.append((study.study_uid, study.generation))
     for uid, generation in sent:
-        enqueue(uid, generation)
+        enqueue("analyze", uid, generation)
     return [uid for uid, _ in sent]
 
 
@@ -199,7 +233,7 @@ def requeue(settings: Settings, *, study_uid: str | None, all_failed: bool) -> l
     db.migrate(settings.data_dir)
     sender = TaskSender(make_celery(settings))
     try:
-        return requeue_studies(db, sender.analyze, study_uid=study_uid, all_failed=all_failed)
+        return requeue_studies(db, sender, study_uid=study_uid, all_failed=all_failed)
     finally:
         db.dispose()
 

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     max_pdu: int = Field(131072, ge=0)
     scp_processes: int = Field(1, ge=1, le=32)
 
+    # export to DESTINATIONS: exponential backoff base * 2**(attempt-1), capped
+    export_retry_base: float = Field(30.0, gt=0)
+    export_retry_max: float = Field(600.0, gt=0)
+    export_max_attempts: int = Field(30, ge=1)
+    export_timeout: float = Field(30.0, gt=0)
+
     # scheduler
     sweep_interval: float = Field(1.0, gt=0)
     requeue_after: float = Field(900.0, gt=0)

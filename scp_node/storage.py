@@ -67,31 +67,7 @@ class Spool:
             On any OS error (ENOSPC, EIO, EACCES...); the temp file is removed.
         """
         rel = self.relative_path(study_uid, series_uid, sop_uid)
-        final = self.data_dir / rel
-        directory = final.parent
-        tmp = directory / f".{sop_uid}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-        try:
-            new_dir = not directory.is_dir()
-            if new_dir:
-                directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(directory)
-            if new_dir:
-                _fsync_dir(directory.parent)
-                _fsync_dir(directory.parent.parent)
-        except OSError as exc:
-            _unlink_quietly(tmp)
-            name = errno.errorcode.get(exc.errno or 0, "OSError")
-            raise StorageError(f"cannot write spool file ({name}: {exc.strerror})") from exc
+        atomic_write(self.data_dir / rel, data)
         return rel
 
     def absolute(self, rel: str | Path) -> Path:
@@ -112,6 +88,40 @@ class Spool:
         for path in self.root.glob("*/*/*.dcm"):
             if not path.name.startswith("."):
                 yield path
+
+
+def atomic_write(final: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename over ``final``, fsync the directory.
+
+    Raises
+    ------
+    StorageError
+        On any OS error (ENOSPC, EIO, EACCES...); the temp file is removed.
+    """
+    directory = final.parent
+    tmp = directory / f".{final.stem}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    try:
+        new_dir = not directory.is_dir()
+        if new_dir:
+            directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+        if new_dir:
+            _fsync_dir(directory.parent)
+            _fsync_dir(directory.parent.parent)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        name = errno.errorcode.get(exc.errno or 0, "OSError")
+        raise StorageError(f"cannot write {final.name} ({name}: {exc.strerror})") from exc
 
 
 def _fsync_dir(path: Path) -> None:

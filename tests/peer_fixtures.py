@@ -58,10 +58,11 @@ def orthanc_factory(tmp_path: Path) -> Iterator[OrthancFactory]:
         modalities: Mapping[str, tuple[str, str, int]] | None = None,
         ae_title: str = "ORTHANC",
         extra_config: Mapping[str, Any] | None = None,
+        dicom_port: int | None = None,
     ) -> OrthancServer:
         workdir = tmp_path / f"orthanc-{len(started)}"
         server = OrthancServer(workdir, ae_title=ae_title, modalities=modalities,
-                               extra_config=extra_config)
+                               extra_config=extra_config, dicom_port=dicom_port)
         started.append(server)
         return server.start()
 

@@ -762,11 +762,14 @@ class OrthancServer(_Peer):
         ae_title: str = "ORTHANC",
         modalities: Mapping[str, tuple[str, str, int]] | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        dicom_port: int | None = None,
     ) -> None:
         super().__init__(workdir)
         self.ae_title = ae_title
         self.modalities = dict(modalities or {})
         self.extra_config = dict(extra_config or {})
+        #: A fixed DICOM port (a destination that comes up late); None: a free one.
+        self.fixed_dicom_port = dicom_port
         self.dicom_port = 0
         self.http_port = 0
         self._binary = _require_binary("/usr/sbin/Orthanc", "orthanc")
@@ -826,11 +829,11 @@ class OrthancServer(_Peer):
         return config
 
     def start(self) -> Self:
-        _start_with_retries(self._start_once, fixed_port=False)
+        _start_with_retries(self._start_once, fixed_port=self.fixed_dicom_port is not None)
         return self
 
     def _start_once(self, fresh_port: bool) -> None:
-        self.dicom_port, self.http_port = free_port(), free_port()
+        self.dicom_port, self.http_port = self.fixed_dicom_port or free_port(), free_port()
         while self.http_port == self.dicom_port:
             self.http_port = free_port()
         self.config_path.write_text(json.dumps(self.config(), indent=2))

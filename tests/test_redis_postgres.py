@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from nodeproc import Node, worker_process
-from peers import storescu
+from peers import storescu, wait_until
 from scp_node.db.models import Instance
 
 
@@ -27,7 +27,8 @@ def test_redis_broker_postgres_db_separate_worker(
     # serve starts no worker with an external broker: the study waits in the queue
     queued = node.wait_state(study.study_uid, {"QUEUED"}, timeout=60)
     assert queued["region"] == "lumbar"
-    assert node.api("/api/queue")["queues"]["gpu"] == 1
+    # the message follows the commit: wait for it to be in Redis
+    wait_until(lambda: node.api("/api/queue")["queues"]["gpu"] == 1, 10, what="one message in the gpu queue")
 
     worker = worker_process(tmp_path / "worker", node)
     (tmp_path / "worker").mkdir()

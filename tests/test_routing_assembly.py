@@ -34,13 +34,14 @@ class Clock:
 
 
 class Enqueued(list[tuple[str, int]]):
-    """Records what the scheduler sends; can be told the broker is down."""
+    """Records what the scheduler sends (stage, study, generation); can be told the broker is down."""
 
     down = False
 
-    def __call__(self, uid: str, generation: int) -> None:
+    def __call__(self, stage: str, uid: str, generation: int) -> None:
         if self.down:
             raise ConnectionError("broker down")
+        assert stage == "analyze"
         self.append((uid, generation))
 
 

@@ -1,70 +1,284 @@
-"""The stages a worker runs for a study; each refetches state and is idempotent."""
+"""The stages a worker runs for a study: analyze (gpu), encode (cpu), export (export).
+
+Each stage takes (study_uid, generation), refetches the study, acts only if the
+study is still in the stage's state for that generation, commits, and then
+enqueues the next stage. Running a stage twice is harmless: result UIDs are
+deterministic and exports are claimed row by row.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import select
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select, update
 
-from scp_node.db.models import Study, StudyState
+from scp_node.broker import TaskSender
+from scp_node.db.models import Export, ExportState, Instance, Result, Series, Study, StudyState, utcnow
 from scp_node.db.session import Database
-from scp_node.errors import AnalyzerUnavailableError, SpinenodeError
+from scp_node.errors import SpinenodeError
 from scp_node.scheduler import claim
-from scp_node.settings import Settings
+from scp_node.settings import Destination, Settings
 from scp_node.states import record_event, transition
-from scp_node.storage import Spool
+from scp_node.storage import Spool, atomic_write
+from workers.analysis import NotAnalysed, model_identity, run_analysis
+from workers.export import ObjectToSend, next_attempt, send_objects
+from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
 from workers.series import classify_study
 
 log = logging.getLogger(__name__)
 
 
-def _current(db: Database, study_uid: str, generation: int, state: StudyState) -> Study | None:
-    with db.session() as s:
-        study = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
-        if study is None or study.generation != generation or study.state != state:
-            return None
-        return study
+@dataclass
+class StageContext:
+    settings: Settings
+    db: Database
+    spool: Spool
+    send: TaskSender
 
 
-def fail(db: Database, study_uid: str, generation: int, stage: str, exc: BaseException) -> None:
+def _study(ctx: StageContext, study_uid: str) -> Study | None:
+    with ctx.db.session() as s:
+        return s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
+
+
+def fail(db: Database, study_uid: str, generation: int, stage: str, detail: str) -> None:
     """FAILED(stage, error) unless the study moved on (reopened) meanwhile."""
     with db.session() as s:
         study = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
         if study is None or study.generation != generation:
             return
-        transition(s, study, StudyState.FAILED, stage=stage, detail=f"{type(exc).__name__}: {exc}")
+        transition(s, study, StudyState.FAILED, stage=stage, detail=detail)
 
 
-def analyze_study(db: Database, spool: Spool, settings: Settings, study_uid: str, generation: int) -> None:
-    """QUEUED -> ANALYZING: classify and select series, then run the analyzer."""
-    if not claim(db, study_uid, generation, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING,
+def _series_files(ctx: StageContext, study_uid: str) -> dict[str, list[Path]]:
+    with ctx.db.session() as s:
+        rows = s.execute(
+            select(Series.series_uid, Instance.path)
+            .join(Instance, Instance.series_id == Series.id)
+            .join(Study, Study.id == Series.study_id)
+            .where(Study.study_uid == study_uid)
+            .order_by(Instance.instance_number)
+        ).all()
+    files: dict[str, list[Path]] = defaultdict(list)
+    for series_uid, rel in rows:
+        files[series_uid].append(ctx.spool.absolute(rel))
+    return files
+
+
+# --- analyze -------------------------------------------------------------------------
+def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
+    """QUEUED -> ANALYZING -> ENCODING: classify and select series, run the analyzer."""
+    if not claim(ctx.db, study_uid, generation, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING,
                  stage="analyze"):
         log.info("study %s generation %d: not QUEUED any more, delivery dropped", study_uid, generation)
         return
     try:
-        classes, selection = classify_study(db, spool, study_uid)
-        with db.session() as s:
-            study = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
-            if study.generation != generation:
-                return
-            study.selection = selection.as_dict()
+        classes, selection = classify_study(ctx.db, ctx.spool, study_uid)
+        study = _study(ctx, study_uid)
+        assert study is not None
+        with ctx.db.session() as s:
+            row = s.get(Study, study.id)
+            assert row is not None
+            row.selection = selection.as_dict()
             usable = sum(c.usable for c in classes)
             record_event(
-                s, study, stage="analyze",
+                s, row, stage="analyze",
                 detail=f"{len(classes)} series classified, {usable} usable; "
                 + ("; ".join(selection.missing) if selection.missing else "all inputs found"),
             )
-        run_analyzer(settings, study_uid)
+        if not (selection.sagittal_t2 or selection.sagittal_t1 or selection.ct_sagittal):
+            outcome: object = NotAnalysed("no usable sagittal MR or CT series in the study")
+        else:
+            outcome = run_analysis(ctx.settings, study_uid, _series_files(ctx, study_uid), study.region)
     except SpinenodeError as exc:
         log.warning("study %s: analysis failed: %s", study_uid, exc)
-        fail(db, study_uid, generation, "analyze", exc)
+        fail(ctx.db, study_uid, generation, "analyze", f"{type(exc).__name__}: {exc}")
+        return
     except Exception as exc:
         log.exception("study %s: analysis failed unexpectedly", study_uid)
-        fail(db, study_uid, generation, "analyze", exc)
+        fail(ctx.db, study_uid, generation, "analyze", f"{type(exc).__name__}: {exc}")
+        return
+    with ctx.db.session() as s:
+        row = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+        if row.generation != generation or row.state != StudyState.ANALYZING:
+            return
+        if isinstance(outcome, NotAnalysed):
+            row.findings = None
+            row.not_analysed_reason = outcome.reason
+            detail = f"not analysed: {outcome.reason}"
+        else:
+            row.findings = outcome.findings.to_json()
+            row.not_analysed_reason = None
+            detail = f"{len(outcome.findings.levels)} levels graded in {outcome.seconds:.1f} s"
+        transition(s, row, StudyState.ENCODING, stage="analyze", detail=detail)
+    ctx.send("encode", study_uid, generation)
 
 
-def run_analyzer(settings: Settings, study_uid: str) -> None:
-    """Run detection and grading (issue 4). Until weights are installed, say so plainly."""
-    raise AnalyzerUnavailableError(
-        "no analyzer installed in this worker: detection and grading weights are not available"
-    )
+# --- encode --------------------------------------------------------------------------
+def _evidence(ctx: StageContext, study_uid: str) -> list[Dataset]:
+    return [dcmread(p, stop_before_pixels=True) for files in _series_files(ctx, study_uid).values() for p in files]
+
+
+def _predecessor(ctx: StageContext, study_id: int, sop_uid: str) -> Dataset | None:
+    with ctx.db.session() as s:
+        prev = s.execute(
+            select(Result.path)
+            .where(Result.study_id == study_id, Result.kind.in_([ResultKind.SR, ResultKind.NOT_ANALYSED_SR]),
+                   Result.sop_instance_uid != sop_uid)
+            .order_by(Result.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    return dcmread(ctx.settings.data_dir / prev) if prev else None
+
+
+def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
+    """ENCODING -> EXPORTING (or DONE without destinations): write the SR."""
+    from models.types import ModelId
+    from workers.results.findings_json import findings_from_json
+    from workers.results.sr import build_findings_sr, build_not_analysed_sr
+
+    study = _study(ctx, study_uid)
+    if study is None or study.generation != generation or study.state != StudyState.ENCODING:
+        log.info("study %s generation %d: not ENCODING, delivery dropped", study_uid, generation)
+        return
+    try:
+        evidence = _evidence(ctx, study_uid)
+        digest = inputs_digest(str(ds.SOPInstanceUID) for ds in evidence)
+        if study.findings is not None:
+            findings = findings_from_json(study.findings)
+            model = findings.model
+            identity = ResultIdentity(study_uid, ResultKind.SR, model.name, model.version, digest)
+            sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study.id, identity.sop_instance_uid))
+        else:
+            model = ModelId(*model_identity())
+            identity = ResultIdentity(study_uid, ResultKind.NOT_ANALYSED_SR, model.name, model.version, digest)
+            sr = build_not_analysed_sr(study.not_analysed_reason or "not analysed", evidence, identity, model,
+                                       _predecessor(ctx, study.id, identity.sop_instance_uid))
+        rel = Path("results") / study_uid / f"{identity.sop_instance_uid}.dcm"
+        from io import BytesIO
+
+        buf = BytesIO()
+        sr.save_as(buf, enforce_file_format=True)
+        atomic_write(ctx.settings.data_dir / rel, buf.getvalue())
+    except SpinenodeError as exc:
+        fail(ctx.db, study_uid, generation, "encode", f"{type(exc).__name__}: {exc}")
+        return
+    except Exception as exc:
+        log.exception("study %s: encoding failed", study_uid)
+        fail(ctx.db, study_uid, generation, "encode", f"{type(exc).__name__}: {exc}")
+        return
+    destinations = ctx.settings.destinations
+    with ctx.db.session() as s:
+        row = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+        if row.generation != generation or row.state != StudyState.ENCODING:
+            return
+        result = s.execute(select(Result).where(Result.sop_instance_uid == identity.sop_instance_uid)).scalar_one_or_none()
+        if result is None:
+            result = Result(
+                study_id=row.id, generation=generation, kind=str(identity.kind), sop_class_uid=str(sr.SOPClassUID),
+                sop_instance_uid=identity.sop_instance_uid, series_instance_uid=identity.series_uid, path=str(rel),
+                model_name=model.name, model_version=model.version, inputs_digest=digest,
+            )
+            s.add(result)
+            s.flush()
+        now = utcnow()
+        for dest in destinations:
+            exists = s.execute(
+                select(Export.id).where(Export.result_id == result.id, Export.destination == dest)
+            ).scalar_one_or_none()
+            if exists is None:
+                s.add(Export(result_id=result.id, study_id=row.id, destination=dest, state=ExportState.PENDING,
+                             attempts=0, next_attempt_at=now, updated_at=now))
+        if destinations:
+            transition(s, row, StudyState.EXPORTING, stage="encode",
+                       detail=f"{identity.kind} {identity.sop_instance_uid} written")
+        else:
+            transition(s, row, StudyState.DONE, stage="encode",
+                       detail=f"{identity.kind} written; no DESTINATIONS configured, nothing to export")
+    if destinations:
+        ctx.send("export", study_uid, generation)
+
+
+# --- export --------------------------------------------------------------------------
+def export_study(ctx: StageContext, study_uid: str, generation: int, calling_ae: str | None = None) -> None:
+    """Send every due export of the study; DONE when all are confirmed."""
+    study = _study(ctx, study_uid)
+    if study is None or study.generation != generation or study.state != StudyState.EXPORTING:
+        log.info("study %s generation %d: not EXPORTING, delivery dropped", study_uid, generation)
+        return
+    now = utcnow()
+    with ctx.db.session() as s:
+        due = s.execute(
+            select(Export.id, Export.destination, Result.path, Result.sop_class_uid, Result.sop_instance_uid)
+            .join(Result, Result.id == Export.result_id)
+            .where(Export.study_id == study.id, Export.state == ExportState.PENDING, Export.next_attempt_at <= now)
+        ).all()
+    claimed: dict[str, list[ObjectToSend]] = defaultdict(list)
+    for export_id, dest, rel, sop_class, sop_uid in due:
+        with ctx.db.session() as s:
+            got = s.execute(
+                update(Export).where(Export.id == export_id, Export.state == ExportState.PENDING)
+                .values(state=ExportState.SENDING, updated_at=now).returning(Export.id)
+            ).scalar_one_or_none()
+        if got is not None:
+            claimed[dest].append(ObjectToSend(export_id, ctx.settings.data_dir / rel, sop_class, sop_uid))
+    for dest, objects in claimed.items():
+        outcomes = send_objects(Destination.parse(dest), objects, calling_ae=calling_ae or ctx.settings.ae_title,
+                                timeout=ctx.settings.export_timeout)
+        _record_outcomes(ctx, outcomes)
+    _settle(ctx, study_uid, generation)
+
+
+def _record_outcomes(ctx: StageContext, outcomes: list) -> None:  # type: ignore[type-arg]
+    st = ctx.settings
+    now = utcnow()
+    with ctx.db.session() as s:
+        for out in outcomes:
+            row = s.get(Export, out.export_id)
+            assert row is not None
+            row.attempts += 1
+            row.last_status = out.status
+            row.last_error = out.error
+            row.updated_at = now
+            if out.ok:
+                row.state = ExportState.SENT
+                row.sent_at = now
+            elif out.transient and row.attempts < st.export_max_attempts:
+                row.state = ExportState.PENDING
+                row.next_attempt_at = next_attempt(now, row.attempts, st.export_retry_base, st.export_retry_max)
+            else:
+                row.state = ExportState.FAILED
+
+
+def _settle(ctx: StageContext, study_uid: str, generation: int) -> None:
+    """DONE, FAILED(export), or another export task when the next retry is due."""
+    retry_in: float | None = None
+    with ctx.db.session() as s:
+        row = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+        if row.generation != generation or row.state != StudyState.EXPORTING:
+            return
+        exports = s.scalars(select(Export).where(Export.study_id == row.id)).all()
+        failed = [e for e in exports if e.state == ExportState.FAILED]
+        pending = [e for e in exports if e.state in (ExportState.PENDING, ExportState.SENDING)]
+        if failed:
+            detail = "; ".join(f"{e.destination}: {e.last_error} after {e.attempts} attempt(s)" for e in failed)
+            transition(s, row, StudyState.FAILED, stage="export", detail=detail)
+        elif not pending:
+            transition(s, row, StudyState.DONE, stage="export",
+                       detail=f"{len(exports)} object(s) confirmed by every destination")
+        else:
+            waiting = [e.next_attempt_at for e in pending if e.state == ExportState.PENDING]
+            if waiting:
+                retry_in = max(0.0, (min(waiting) - utcnow()).total_seconds())
+                record_event(s, row, stage="export",
+                             detail=f"{len(pending)} export(s) pending; next attempt in {retry_in:.0f} s")
+    if retry_in is not None:
+        ctx.send("export", study_uid, generation, retry_in)
+
+

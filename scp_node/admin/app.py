@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from sqlalchemy import func, select, text
 
 from scp_node import __version__
-from scp_node.db.models import Instance, Series, Study, StudyState
+from scp_node.db.models import Export, Instance, Result, Series, Study, StudyState
 from scp_node.db.session import Database
 from scp_node.errors import StudyNotFoundError
 from scp_node.queue_status import summary
@@ -123,9 +123,41 @@ def create_app(ctx: AdminContext) -> FastAPI:
                 {"at": _iso(e.at), "state": e.state, "stage": e.stage, "generation": e.generation, "detail": e.detail}
                 for e in st.events
             ]
+            results = s.scalars(select(Result).where(Result.study_id == st.id).order_by(Result.id)).all()
+            by_id = {r.id: r for r in results}
+            exports = s.scalars(select(Export).where(Export.study_id == st.id).order_by(Export.id)).all()
             row = study_row(st, len(series), sum(x["instance_count"] for x in series))
-            row.update({"selection": st.selection, "series": series, "events": events, "results": [], "exports": []})
+            row.update({
+                "selection": st.selection,
+                "not_analysed_reason": st.not_analysed_reason,
+                "series": series,
+                "events": events,
+                "results": [
+                    {"kind": r.kind, "sop_class_uid": r.sop_class_uid, "sop_instance_uid": r.sop_instance_uid,
+                     "series_instance_uid": r.series_instance_uid, "generation": r.generation,
+                     "model": {"name": r.model_name, "version": r.model_version}, "created_at": _iso(r.created_at)}
+                    for r in results
+                ],
+                "exports": [
+                    {"destination": e.destination, "sop_instance_uid": by_id[e.result_id].sop_instance_uid,
+                     "state": e.state, "attempts": e.attempts, "last_status": e.last_status,
+                     "last_error": e.last_error, "next_attempt_at": _iso(e.next_attempt_at),
+                     "sent_at": _iso(e.sent_at)}
+                    for e in exports
+                ],
+            })
             return row
+
+    @app.get("/api/studies/{study_uid}/findings")
+    def findings(study_uid: str) -> dict[str, Any]:
+        with ctx.db.session() as s:
+            st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
+            if st is None:
+                raise HTTPException(404, "unknown study")
+            if st.findings is None:
+                detail = st.not_analysed_reason or f"no findings (state {st.state})"
+                raise HTTPException(404, detail)
+            return st.findings
 
     @app.get("/api/queue")
     def queue() -> dict[str, Any]:

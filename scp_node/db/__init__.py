@@ -1,6 +1,20 @@
 """The node's index database (SQLAlchemy 2): studies, series, instances, events, workers."""
 
-from scp_node.db.models import Base, Event, Instance, Series, Study, StudyState, WorkerHeartbeat
+from scp_node.db.models import (
+    Base,
+    Event,
+    Export,
+    ExportState,
+    Instance,
+    Result,
+    Series,
+    Study,
+    StudyState,
+    WorkerHeartbeat,
+)
 from scp_node.db.session import Database
 
-__all__ = ["Base", "Database", "Event", "Instance", "Series", "Study", "StudyState", "WorkerHeartbeat"]
+__all__ = [
+    "Base", "Database", "Event", "Export", "ExportState", "Instance", "Result", "Series", "Study", "StudyState",
+    "WorkerHeartbeat",
+]

@@ -76,6 +76,10 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     selection: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The Findings JSON of the latest analysis (design.md), or None.
+    findings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: Why the study was not analysed (a "not analysed" SR says the same), or None.
+    not_analysed_reason: Mapped[str | None] = mapped_column(Text)
     enqueue_count: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
@@ -134,6 +138,56 @@ class Event(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="events")
+
+
+class ExportState(StrEnum):
+    PENDING = "PENDING"
+    SENDING = "SENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+
+
+class Result(Base):
+    """A DICOM object the node produced for a study (SR, SEG, key images)."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    #: Path relative to DATA_DIR.
+    path: Mapped[str] = mapped_column(String(512))
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    inputs_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    exports: Mapped[list[Export]] = relationship(back_populates="result", order_by="Export.id")
+
+
+class Export(Base):
+    """One result object to one destination: attempts, last status, last error."""
+
+    __tablename__ = "exports"
+    __table_args__ = (Index("ix_exports_result_dest", "result_id", "destination", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default=ExportState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column()
+
+    result: Mapped[Result] = relationship(back_populates="exports")
 
 
 class WorkerHeartbeat(Base):

@@ -1,0 +1,84 @@
+"""The worker's side of the analyzer: load it once per process, convert outcomes.
+
+``models`` raises its own errors; here they become the node's: a missing or
+altered weights file is an operational failure (``AnalyzerUnavailableError`` ->
+FAILED(analyze)), a study the models cannot read is a clinical outcome (a
+"not analysed" SR with the reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+
+from scp_node.errors import AnalyzerUnavailableError
+from scp_node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_cache: dict[tuple[str, str], Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class NotAnalysed:
+    """The study was triggered but cannot be analysed; ``reason`` is for the radiologist."""
+
+    reason: str
+
+
+def load_analyzer(settings: Settings, weights_dir: Path | None = None) -> Any:
+    """The process's SpineAnalyzer (loaded once; sha256-checked weights, never downloaded)."""
+    key = (str(weights_dir or ""), settings.device)
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        try:
+            from models.analyzer import SpineAnalyzer
+            from models.registry import WeightsError
+        except ImportError as exc:
+            raise AnalyzerUnavailableError(f"analyzer not installed: {exc}") from exc
+        try:
+            analyzer = SpineAnalyzer.from_registry(weights_dir, device=settings.device)
+        except WeightsError as exc:
+            raise AnalyzerUnavailableError(f"analyzer weights unavailable: {exc}") from exc
+        log.info("analyzer %s %s loaded on %s", analyzer.model_id.name, analyzer.model_id.version, settings.device)
+        _cache[key] = analyzer
+        return analyzer
+
+
+def run_analysis(
+    settings: Settings, study_uid: str, series_files: Mapping[str, Sequence[Path]], region: str | None
+) -> Any:
+    """AnalysisResult, or NotAnalysed(reason) when the models cannot read this study."""
+    from models.analyzer import AnalyzerError
+
+    analyzer = load_analyzer(settings)
+    series: dict[str, list[Any]] = {}
+    for uid, files in series_files.items():
+        try:
+            series[uid] = [dcmread(f) for f in files]
+        except Exception as exc:
+            log.warning("series %s unreadable (%s): left out of the analysis", uid, type(exc).__name__)
+    try:
+        return analyzer.analyze(study_uid, series, region)
+    except AnalyzerError as exc:
+        return NotAnalysed(str(exc))
+    except (ValueError, NotImplementedError, RuntimeError) as exc:
+        # undecodable pixels and similar: the study is not analysable as sent
+        return NotAnalysed(f"images could not be read ({type(exc).__name__}: {exc})"[:500])
+
+
+def model_identity() -> tuple[str, str]:
+    """(name, version) to label results when no analyzer ran."""
+    try:
+        from models.analyzer import ALGORITHM_NAME
+    except ImportError:
+        return "spinenode-spine", "unavailable"
+    return ALGORITHM_NAME, "not-run"
