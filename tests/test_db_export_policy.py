@@ -1,0 +1,55 @@
+"""Schema migrations match the models; the export retry policy."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from scp_node import status
+from scp_node.db import Base, Database
+from workers.export import backoff_seconds, classify_status, next_attempt
+
+
+def test_migrations_match_models(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    db.migrate(tmp_path)
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    db.dispose()
+
+
+@pytest.mark.postgres
+def test_migrations_match_models_postgres(postgres_url: str, tmp_path: Path) -> None:
+    db = Database(postgres_url)
+    db.migrate(tmp_path)
+    db.migrate(tmp_path)  # idempotent
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    db.dispose()
+
+
+def test_backoff_doubles_and_caps() -> None:
+    assert [backoff_seconds(n, 30, 600) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert next_attempt(t0, 2, 30, 600) == t0 + dt.timedelta(seconds=60)
+
+
+@pytest.mark.parametrize(
+    ("code", "stored", "transient"),
+    [
+        (status.SUCCESS, True, False),
+        (0xB000, True, False),
+        (0xB007, True, False),
+        (status.OUT_OF_RESOURCES, False, True),
+        (0xA7FF, False, True),
+        (status.DATASET_DOES_NOT_MATCH_SOP_CLASS, False, False),
+        (status.CANNOT_UNDERSTAND, False, False),
+        (0x0122, False, False),  # SOP class not supported
+    ],
+)
+def test_status_classification(code: int, stored: bool, transient: bool) -> None:
+    assert classify_status(code) == (stored, transient)
