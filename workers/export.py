@@ -42,6 +42,8 @@ class SendOutcome:
     transient: bool
     status: int | None
     error: str | None
+    #: The destination did not accept a presentation context for this SOP class.
+    context_refused: bool = False
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -93,7 +95,8 @@ def send_objects(
         for o in objects:
             if o.sop_class_uid not in accepted:
                 outcomes.append(SendOutcome(o.export_id, False, False, None,
-                                            f"destination refused the presentation context {o.sop_class_uid}"))
+                                            f"destination refused the presentation context {o.sop_class_uid}",
+                                            context_refused=True))
                 continue
             if not assoc.is_established:
                 outcomes.append(SendOutcome(o.export_id, False, True, None, "association lost"))

@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -32,6 +33,8 @@ from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
 from workers.series import classify_study
 
 log = logging.getLogger(__name__)
+
+ModelIdLike = Any  # models.types.ModelId (imported lazily: models pulls in numpy/torch)
 
 
 @dataclass
@@ -116,11 +119,28 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
             row.findings = outcome.findings.to_json()
             row.not_analysed_reason = None
             detail = f"{len(outcome.findings.levels)} levels graded in {outcome.seconds:.1f} s"
+            if outcome.masks:
+                from workers.results.seg import save_masks
+
+                save_masks(outcome.masks, _masks_path(ctx, study_uid, generation))
         transition(s, row, StudyState.ENCODING, stage="analyze", detail=detail)
     ctx.send("encode", study_uid, generation)
 
 
 # --- encode --------------------------------------------------------------------------
+def _masks_path(ctx: StageContext, study_uid: str, generation: int) -> Path:
+    return ctx.settings.data_dir / "results" / study_uid / f"masks-g{generation}.npz"
+
+
+@dataclass
+class _Encoded:
+    identity: ResultIdentity
+    sop_class_uid: str
+    rel: Path
+    model: ModelIdLike
+
+
+
 def _evidence(ctx: StageContext, study_uid: str) -> list[Dataset]:
     return [dcmread(p, stop_before_pixels=True) for files in _series_files(ctx, study_uid).values() for p in files]
 
@@ -137,35 +157,63 @@ def _predecessor(ctx: StageContext, study_id: int, sop_uid: str) -> Dataset | No
     return dcmread(ctx.settings.data_dir / prev) if prev else None
 
 
-def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
-    """ENCODING -> EXPORTING (or DONE without destinations): write the SR."""
+def _write(ctx: StageContext, study_uid: str, ds: Dataset, identity: ResultIdentity, model: ModelIdLike) -> _Encoded:
+    from io import BytesIO
+
+    rel = Path("results") / study_uid / f"{identity.sop_instance_uid}.dcm"
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    atomic_write(ctx.settings.data_dir / rel, buf.getvalue())
+    return _Encoded(identity, str(ds.SOPClassUID), rel, model)
+
+
+def _encode_objects(ctx: StageContext, study: Study, generation: int) -> tuple[list[_Encoded], str]:
+    """Build and write the study's result objects; returns them and the inputs digest."""
     from models.types import ModelId
     from workers.results.findings_json import findings_from_json
+    from workers.results.keyimages import build_key_image
+    from workers.results.seg import build_seg, load_masks
     from workers.results.sr import build_findings_sr, build_not_analysed_sr
 
+    study_uid = study.study_uid
+    evidence = _evidence(ctx, study_uid)
+    digest = inputs_digest(str(ds.SOPInstanceUID) for ds in evidence)
+    if study.findings is None:
+        model = ModelId(*model_identity())
+        identity = ResultIdentity(study_uid, ResultKind.NOT_ANALYSED_SR, model.name, model.version, digest)
+        sr = build_not_analysed_sr(study.not_analysed_reason or "not analysed", evidence, identity, model,
+                                   _predecessor(ctx, study.id, identity.sop_instance_uid))
+        return [_write(ctx, study_uid, sr, identity, model)], digest
+    findings = findings_from_json(study.findings)
+    model = findings.model
+    identity = ResultIdentity(study_uid, ResultKind.SR, model.name, model.version, digest)
+    sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study.id, identity.sop_instance_uid))
+    encoded = [_write(ctx, study_uid, sr, identity, model)]
+    masks_file = _masks_path(ctx, study_uid, generation)
+    if masks_file.exists():
+        for masks in load_masks(masks_file):
+            seg_id = ResultIdentity(study_uid, ResultKind.SEG, model.name, model.version, digest)
+            seg = build_seg(masks, evidence, seg_id, model)
+            encoded.append(_write(ctx, study_uid, seg, seg_id, model))
+            break  # one SEG per study: the analyzer segments the primary sagittal series
+    shown = {lf.level.sop_instance_uid for lf in findings.levels}
+    if shown:
+        sop = max(shown, key=lambda u: sum(lf.level.sop_instance_uid == u for lf in findings.levels))
+        path = next(p for files in _series_files(ctx, study_uid).values() for p in files
+                    if p.stem == sop)
+        ki_id = ResultIdentity(study_uid, ResultKind.KEY_IMAGES, model.name, model.version, digest)
+        encoded.append(_write(ctx, study_uid, build_key_image(dcmread(path), findings, ki_id), ki_id, model))
+    return encoded, digest
+
+
+def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
+    """ENCODING -> EXPORTING (or DONE without destinations): write SR, SEG and key images."""
     study = _study(ctx, study_uid)
     if study is None or study.generation != generation or study.state != StudyState.ENCODING:
         log.info("study %s generation %d: not ENCODING, delivery dropped", study_uid, generation)
         return
     try:
-        evidence = _evidence(ctx, study_uid)
-        digest = inputs_digest(str(ds.SOPInstanceUID) for ds in evidence)
-        if study.findings is not None:
-            findings = findings_from_json(study.findings)
-            model = findings.model
-            identity = ResultIdentity(study_uid, ResultKind.SR, model.name, model.version, digest)
-            sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study.id, identity.sop_instance_uid))
-        else:
-            model = ModelId(*model_identity())
-            identity = ResultIdentity(study_uid, ResultKind.NOT_ANALYSED_SR, model.name, model.version, digest)
-            sr = build_not_analysed_sr(study.not_analysed_reason or "not analysed", evidence, identity, model,
-                                       _predecessor(ctx, study.id, identity.sop_instance_uid))
-        rel = Path("results") / study_uid / f"{identity.sop_instance_uid}.dcm"
-        from io import BytesIO
-
-        buf = BytesIO()
-        sr.save_as(buf, enforce_file_format=True)
-        atomic_write(ctx.settings.data_dir / rel, buf.getvalue())
+        encoded, digest = _encode_objects(ctx, study, generation)
     except SpinenodeError as exc:
         fail(ctx.db, study_uid, generation, "encode", f"{type(exc).__name__}: {exc}")
         return
@@ -178,29 +226,33 @@ def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         row = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
         if row.generation != generation or row.state != StudyState.ENCODING:
             return
-        result = s.execute(select(Result).where(Result.sop_instance_uid == identity.sop_instance_uid)).scalar_one_or_none()
-        if result is None:
-            result = Result(
-                study_id=row.id, generation=generation, kind=str(identity.kind), sop_class_uid=str(sr.SOPClassUID),
-                sop_instance_uid=identity.sop_instance_uid, series_instance_uid=identity.series_uid, path=str(rel),
-                model_name=model.name, model_version=model.version, inputs_digest=digest,
-            )
-            s.add(result)
-            s.flush()
         now = utcnow()
-        for dest in destinations:
-            exists = s.execute(
-                select(Export.id).where(Export.result_id == result.id, Export.destination == dest)
+        for enc in encoded:
+            result = s.execute(
+                select(Result).where(Result.sop_instance_uid == enc.identity.sop_instance_uid)
             ).scalar_one_or_none()
-            if exists is None:
-                s.add(Export(result_id=result.id, study_id=row.id, destination=dest, state=ExportState.PENDING,
-                             attempts=0, next_attempt_at=now, updated_at=now))
+            if result is None:
+                result = Result(
+                    study_id=row.id, generation=generation, kind=str(enc.identity.kind),
+                    sop_class_uid=enc.sop_class_uid, sop_instance_uid=enc.identity.sop_instance_uid,
+                    series_instance_uid=enc.identity.series_uid, path=str(enc.rel),
+                    model_name=enc.model.name, model_version=enc.model.version, inputs_digest=digest,
+                )
+                s.add(result)
+                s.flush()
+            for dest in destinations:
+                exists = s.execute(
+                    select(Export.id).where(Export.result_id == result.id, Export.destination == dest)
+                ).scalar_one_or_none()
+                if exists is None:
+                    s.add(Export(result_id=result.id, study_id=row.id, destination=dest, state=ExportState.PENDING,
+                                 attempts=0, next_attempt_at=now, updated_at=now))
+        kinds = ", ".join(str(e.identity.kind) for e in encoded)
         if destinations:
-            transition(s, row, StudyState.EXPORTING, stage="encode",
-                       detail=f"{identity.kind} {identity.sop_instance_uid} written")
+            transition(s, row, StudyState.EXPORTING, stage="encode", detail=f"written: {kinds}")
         else:
             transition(s, row, StudyState.DONE, stage="encode",
-                       detail=f"{identity.kind} written; no DESTINATIONS configured, nothing to export")
+                       detail=f"written: {kinds}; no DESTINATIONS configured, nothing to export")
     if destinations:
         ctx.send("export", study_uid, generation)
 
@@ -249,11 +301,27 @@ def _record_outcomes(ctx: StageContext, outcomes: list) -> None:  # type: ignore
             if out.ok:
                 row.state = ExportState.SENT
                 row.sent_at = now
+            elif out.context_refused and _has_key_images(s, row):
+                row.state = ExportState.FALLBACK
+                row.last_error = f"{out.error}; the key images stand in for it"
             elif out.transient and row.attempts < st.export_max_attempts:
                 row.state = ExportState.PENDING
                 row.next_attempt_at = next_attempt(now, row.attempts, st.export_retry_base, st.export_retry_max)
             else:
                 row.state = ExportState.FAILED
+
+
+def _has_key_images(s: Any, export: Export) -> bool:
+    """Is there a key-images object for the same study and destination to fall back on?"""
+    kind = s.execute(select(Result.kind).where(Result.id == export.result_id)).scalar_one()
+    if kind not in (ResultKind.SR, ResultKind.SEG):
+        return False
+    return s.execute(
+        select(Export.id).join(Result, Result.id == Export.result_id).where(
+            Export.study_id == export.study_id, Export.destination == export.destination,
+            Result.kind == ResultKind.KEY_IMAGES,
+        )
+    ).first() is not None
 
 
 def _settle(ctx: StageContext, study_uid: str, generation: int) -> None:
@@ -266,12 +334,15 @@ def _settle(ctx: StageContext, study_uid: str, generation: int) -> None:
         exports = s.scalars(select(Export).where(Export.study_id == row.id)).all()
         failed = [e for e in exports if e.state == ExportState.FAILED]
         pending = [e for e in exports if e.state in (ExportState.PENDING, ExportState.SENDING)]
+        fallbacks = [e for e in exports if e.state == ExportState.FALLBACK]
         if failed:
             detail = "; ".join(f"{e.destination}: {e.last_error} after {e.attempts} attempt(s)" for e in failed)
             transition(s, row, StudyState.FAILED, stage="export", detail=detail)
         elif not pending:
+            note = (f"; {len(fallbacks)} refused by the destination, key images sent instead"
+                    if fallbacks else "")
             transition(s, row, StudyState.DONE, stage="export",
-                       detail=f"{len(exports)} object(s) confirmed by every destination")
+                       detail=f"{len(exports) - len(fallbacks)} object(s) confirmed by every destination{note}")
         else:
             waiting = [e.next_attempt_at for e in pending if e.state == ExportState.PENDING]
             if waiting:

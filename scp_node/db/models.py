@@ -144,6 +144,8 @@ class ExportState(StrEnum):
     PENDING = "PENDING"
     SENDING = "SENDING"
     SENT = "SENT"
+    #: The destination refused this SOP class (SR/SEG); the key images stand in for it.
+    FALLBACK = "FALLBACK"
     FAILED = "FAILED"
 
 

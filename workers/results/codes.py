@@ -81,6 +81,11 @@ DISCS: Final[dict[str, CodedConcept]] = {
     "L5-S1": sct("715056000", "L5/S1 disc"),
 }
 
+# --- segmentation -------------------------------------------------------------------
+ANATOMICAL_STRUCTURE: Final = sct("91723000", "Anatomical Structure")
+VERTEBRA: Final = sct("51282000", "Vertebra")
+SPINAL_CANAL_STRUCTURE: Final = sct("61853006", "Spinal canal")
+
 # --- "not analysed" ------------------------------------------------------------------
 ANALYSIS_STATUS: Final = private("STATUS", "AI analysis status")
 NOT_ANALYSED: Final = private("NOT_ANALYSED", "AI analysis not performed")

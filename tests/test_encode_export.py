@@ -1,0 +1,121 @@
+"""Encode and export stages with findings and masks, against a real Orthanc.
+
+The analyzer is bypassed (its output is written to the study row as the analyze
+stage would), so this runs without model weights; the Celery path is covered by
+the process tests.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom import dcmread
+from sqlalchemy import select
+
+import dicomgen
+from models.types import Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region, SeriesMasks
+from peers import OrthancServer, dciodvfy
+from scp_node.db.models import Result, Study, StudyState
+from scp_node.db.session import Database
+from scp_node.dicomio import parse_header
+from scp_node.ingest import Ingestor
+from scp_node.settings import load_settings
+from scp_node.states import transition
+from scp_node.storage import Spool
+from workers.pipeline import StageContext, _masks_path, encode_study, export_study
+from workers.results.seg import save_masks
+
+MODEL = ModelId("spinenode-test-model", "0.0.1")
+
+
+class Sent(list[tuple[str, str, int]]):
+    def __call__(self, stage: str, uid: str, generation: int, countdown: float = 0.0) -> None:
+        self.append((stage, uid, generation))
+
+
+def _analysed(ctx: StageContext, study_uid: str, paths: list[Path]) -> int:
+    """Put the study where the analyze stage leaves it: ENCODING with findings and masks."""
+    sag = [dcmread(p, stop_before_pixels=True) for p in paths if "SAG T2" in str(dcmread(p, stop_before_pixels=True).SeriesDescription)]
+    mid = sag[len(sag) // 2]
+    levels = tuple(
+        LevelFindings(
+            Level(name, str(mid.SeriesInstanceUID), str(mid.SOPInstanceUID), len(sag) // 2,
+                  Box(30, 20 + 20 * i, 60, 26 + 20 * i), 0.9, (0.0, 0.0, 0.0)),
+            (Grade(Condition.SPINAL_CANAL_STENOSIS, (0.1, 0.1, 0.8) if name == "L4-L5" else (0.8, 0.1, 0.1)),),
+        )
+        for i, name in enumerate(("L4-L5", "L5-S1"))
+    )
+    findings = Findings(study_uid, Region.LUMBAR, MODEL, levels)
+    labels = np.zeros((len(sag), 96, 96), dtype=np.uint8)
+    labels[len(sag) // 2, 20:26, 30:60] = 1
+    labels[len(sag) // 2, 40:46, 30:60] = 2
+    masks = SeriesMasks(str(mid.SeriesInstanceUID), tuple(str(d.SOPInstanceUID) for d in sorted(
+        sag, key=lambda d: int(d.InstanceNumber))), labels, {1: "disc L4-L5", 2: "disc L5-S1"}, MODEL)
+    with ctx.db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+        st.findings = findings.to_json()
+        transition(s, st, StudyState.ENCODING, stage="analyze", detail="test")
+        generation = st.generation
+    save_masks([masks], _masks_path(ctx, study_uid, generation))
+    return generation
+
+
+def _orthanc_objects(orthanc: OrthancServer, study_uid: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for iid in orthanc.study_instances(study_uid):
+        ds = dcmread(io.BytesIO(orthanc.download(iid)))
+        out.setdefault(str(ds.Modality), []).append(ds)
+    return out
+
+
+def test_encode_export_sr_seg_keyimage_and_reanalysis(tmp_path: Path, orthanc_factory: Any) -> None:
+    orthanc: OrthancServer = orthanc_factory()
+    settings = load_settings(data_dir=tmp_path / "data", destinations=[orthanc.destination])
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    spool = Spool(settings.data_dir)
+    ctx = StageContext(settings, db, spool, Sent())  # type: ignore[arg-type]
+    ingestor = Ingestor(db, spool)
+    study = dicomgen.write_study(tmp_path / "src", seed=71, rows=96, cols=96, series=(
+        dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"), dicomgen.SeriesSpec("AX T2", "axial", 6, "T2")))
+    for p in study.paths[:-1]:
+        data = p.read_bytes()
+        ingestor.store(parse_header(data), data, "TEST")
+
+    gen = _analysed(ctx, study.study_uid, study.paths[:-1])
+    encode_study(ctx, study.study_uid, gen)
+    assert ctx.send == [("export", study.study_uid, gen)]  # type: ignore[comparison-overlap]
+    export_study(ctx, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.DONE, st.reason
+        kinds = sorted(s.scalars(select(Result.kind)).all())
+    assert kinds == ["key-images", "seg", "sr"]
+
+    objs = _orthanc_objects(orthanc, study.study_uid)
+    assert sorted(objs) == ["OT", "SEG", "SR"]  # the key image is a secondary capture (OT)
+    first_sr = objs["SR"][0]
+    for modality in ("SR", "SEG", "OT"):
+        path = tmp_path / f"{modality}.dcm"
+        objs[modality][0].save_as(path)
+        assert dciodvfy(path).errors == [], modality
+    hd.seg.segread(tmp_path / "SEG.dcm")
+    hd.sr.srread(tmp_path / "SR.dcm")
+
+    # a late instance reopens the study; the re-analysis gives a new SR naming the old one
+    data = study.paths[-1].read_bytes()
+    ingestor.store(parse_header(data), data, "TEST")
+    gen2 = _analysed(ctx, study.study_uid, study.paths)
+    assert gen2 == gen + 1
+    encode_study(ctx, study.study_uid, gen2)
+    export_study(ctx, study.study_uid, gen2)
+    objs = _orthanc_objects(orthanc, study.study_uid)
+    assert len(objs["SR"]) == 2 and len({d.SeriesInstanceUID for d in objs["SR"]}) == 1
+    newest = next(d for d in objs["SR"] if d.SOPInstanceUID != first_sr.SOPInstanceUID)
+    pred = newest.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == first_sr.SOPInstanceUID
+    db.dispose()

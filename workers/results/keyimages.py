@@ -1,0 +1,92 @@
+"""Key image for viewers that render neither SR nor SEG: a secondary capture of the
+source sagittal slice with boxes, level labels and grades drawn, and the AI
+disclaimer burned in."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+
+from models.types import Findings, LevelFindings
+from workers.results.identity import MANUFACTURER, ResultIdentity
+
+BANNER = "AI RESULT - NOT A DIAGNOSIS"
+#: Outline colour by the worst severity at a level.
+COLOURS = {"normal_mild": (80, 200, 80), "moderate": (240, 190, 40), "severe": (235, 60, 60)}
+MIN_SIDE = 768
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(pixels, (1.0, 99.5))
+    scaled = np.clip((pixels.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    return (scaled * 255.0).astype(np.uint8)
+
+
+def _worst(lf: LevelFindings) -> str:
+    order = ("normal_mild", "moderate", "severe")
+    grades = [g.grade for g in lf.grades if g.grade in order]
+    return max(grades, key=order.index) if grades else "normal_mild"
+
+
+def _label(lf: LevelFindings) -> str:
+    short = {"spinal_canal_stenosis": "canal", "left_neural_foraminal_narrowing": "L foramen",
+             "right_neural_foraminal_narrowing": "R foramen", "left_subarticular_stenosis": "L subart.",
+             "right_subarticular_stenosis": "R subart.", "pfirrmann": "Pfirrmann"}
+    parts = [f"{short.get(str(g.condition), str(g.condition))} {g.grade.replace('normal_mild', 'n/m')}"
+             for g in lf.grades if g.grade != "normal_mild"]
+    return f"{lf.level.name}: " + (", ".join(parts) if parts else "no moderate/severe finding")
+
+
+def render(source: Dataset, findings: Findings) -> np.ndarray:
+    """RGB uint8 image of ``source`` with the findings of the levels on it drawn."""
+    gray = _to_uint8(source.pixel_array)
+    scale = max(1, int(np.ceil(MIN_SIDE / max(gray.shape))))
+    img = Image.fromarray(gray).convert("RGB").resize((gray.shape[1] * scale, gray.shape[0] * scale),
+                                                      Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(12, img.width // 48))
+    sop = str(source.SOPInstanceUID)
+    for lf in findings.levels:
+        if lf.level.sop_instance_uid != sop:
+            continue
+        b = lf.level.box
+        colour = COLOURS[_worst(lf)]
+        draw.rectangle([b.x0 * scale, b.y0 * scale, b.x1 * scale, b.y1 * scale], outline=colour, width=2)
+        draw.text((b.x1 * scale + 6, b.y0 * scale), _label(lf), fill=colour, font=font,
+                  stroke_width=2, stroke_fill=(0, 0, 0))
+    banner_font = ImageFont.load_default(size=max(14, img.width // 32))
+    lines = [BANNER, f"{findings.model.name} {findings.model.version} - PRELIMINARY, UNVERIFIED"]
+    y = 6
+    for line in lines:
+        draw.text((8, y), line, fill=(255, 255, 0), font=banner_font, stroke_width=2, stroke_fill=(0, 0, 0))
+        y += banner_font.size + 6 if hasattr(banner_font, "size") else 20
+    return np.asarray(img, dtype=np.uint8)
+
+
+def build_key_image(source: Dataset, findings: Findings, identity: ResultIdentity) -> hd.sc.SCImage:
+    """Secondary Capture of the annotated slice, in the source study."""
+    pixels = render(source, findings)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=identity.series_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=("P", "F"),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )
+    sc.SeriesDescription = identity.series_description
+    # Type 2C in General Series: the spine is not a paired structure, so empty (dciodvfy
+    # cannot evaluate the condition and asks for the element).
+    sc.Laterality = ""
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageComments = f"{BANNER}. {findings.model.name} {findings.model.version}. PRELIMINARY, UNVERIFIED."
+    sc.DerivationDescription = "AI findings drawn on the source sagittal image"
+    return sc

@@ -1,0 +1,109 @@
+"""highdicom Segmentation from the model's masks: one segment per structure.
+
+Segments: each disc by level (SNOMED disc codes), the vertebral bodies
+(property type Vertebra) and the spinal canal; BINARY, empty frames omitted,
+referencing the source series, with the algorithm identification.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from models.types import ModelId, SeriesMasks
+from workers.results import codes
+from workers.results.identity import MANUFACTURER, ResultIdentity
+
+
+def property_type(label: str) -> hd.sr.CodedConcept:
+    """The SNOMED concept of a mask's structure name ('disc L4-L5', 'vertebral bodies', 'spinal canal')."""
+    if label.startswith("disc "):
+        return codes.DISCS[label.removeprefix("disc ")]
+    if label == "vertebral bodies":
+        return codes.VERTEBRA
+    if label == "spinal canal":
+        return codes.SPINAL_CANAL_STRUCTURE
+    raise ValueError(f"no code for segment {label!r}")
+
+
+def build_seg(
+    masks: SeriesMasks, sources: Sequence[Dataset], identity: ResultIdentity, model: ModelId
+) -> hd.seg.Segmentation:
+    """``sources`` are the series' headers in the order of ``masks.sop_instance_uids``."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    missing = [u for u in masks.sop_instance_uids if u not in by_uid]
+    if missing:
+        raise ValueError(f"{len(missing)} source instance(s) of the mask are not in the study")
+    ordered = [by_uid[u] for u in masks.sop_instance_uids]
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=model.name, family=codes.ALGORITHM_FAMILY, version=model.version
+    )
+    numbers = sorted(masks.segments)
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError("segment numbers must be 1..N")
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=masks.segments[n][:64],
+            segmented_property_category=codes.ANATOMICAL_STRUCTURE,
+            segmented_property_type=property_type(masks.segments[n]),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=identity.sub_uid("segment", masks.segments[n]),
+            tracking_id=masks.segments[n][:64],
+        )
+        for n in numbers
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=ordered,
+        pixel_array=np.asarray(masks.labels, dtype=np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=identity.series_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model.name[:64],
+        software_versions=model.version,
+        device_serial_number="0",
+        content_label="AI_SPINE",
+        content_description="AI segmentation, PRELIMINARY, not a diagnosis",
+        omit_empty_frames=True,
+    )
+    seg.SeriesDescription = identity.series_description
+    return seg
+
+
+def save_masks(masks: Sequence[SeriesMasks], path: Path) -> None:
+    """Persist the analyzer's masks for the encode stage (npz: labels, UIDs, segment names)."""
+    from scp_node.storage import atomic_write
+
+    arrays: dict[str, np.ndarray] = {}
+    for i, m in enumerate(masks):
+        arrays[f"labels_{i}"] = m.labels
+        arrays[f"uids_{i}"] = np.array(m.sop_instance_uids)
+        arrays[f"series_{i}"] = np.array([m.series_uid])
+        arrays[f"segments_{i}"] = np.array([f"{k}\t{v}" for k, v in sorted(m.segments.items())])
+    buf = io.BytesIO()
+    np.savez_compressed(buf, count=np.array([len(masks)]), **arrays)  # type: ignore[arg-type]
+    atomic_write(path, buf.getvalue())
+
+
+def load_masks(path: Path) -> list[SeriesMasks]:
+    with np.load(path, allow_pickle=False) as data:
+        out = []
+        for i in range(int(data["count"][0])):
+            segments = {int(k): v for k, v in (s.split("\t", 1) for s in data[f"segments_{i}"].tolist())}
+            out.append(SeriesMasks(
+                series_uid=str(data[f"series_{i}"][0]),
+                sop_instance_uids=tuple(str(u) for u in data[f"uids_{i}"].tolist()),
+                labels=np.array(data[f"labels_{i}"]),
+                segments=segments,
+            ))
+        return out
