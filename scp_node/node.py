@@ -145,10 +145,10 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
 
     from scp_node.admin.app import AdminContext, create_app
 
-    admin = create_app(AdminContext(settings, db, sender, lambda: queue_depths(celery)))
+    counters = ScpCounters()
+    admin = create_app(AdminContext(settings, db, sender, lambda: queue_depths(celery), counters))
     http, http_thread = _start_http(settings, admin)
 
-    counters = ScpCounters()
     scp = start_scp(settings, ingestor, counters)
     sched_thread = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True)
     sched_thread.start()

@@ -53,3 +53,25 @@ def test_backoff_doubles_and_caps() -> None:
 )
 def test_status_classification(code: int, stored: bool, transient: bool) -> None:
     assert classify_status(code) == (stored, transient)
+
+
+def test_stage_durations_from_events() -> None:
+    from scp_node.admin.metrics import stage_durations
+
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def at(s: float) -> dt.datetime:
+        return t + dt.timedelta(seconds=s)
+
+    events = [
+        (1, 0, "RECEIVING", at(0)), (1, 0, "RECEIVING", at(5)), (1, 0, "COMPLETE", at(65)),
+        (1, 0, "QUEUED", at(65)), (1, 0, "ANALYZING", at(66)), (1, 0, "ENCODING", at(70)),
+        (1, 0, "EXPORTING", at(71)), (1, 0, "DONE", at(73)),
+        (2, 0, "RECEIVING", at(0)), (2, 0, "COMPLETE", at(60)), (2, 0, "SKIPPED", at(60)),
+    ]
+    d = stage_durations(events)
+    assert d["received_to_complete"] == [65.0, 60.0]
+    assert d["complete_to_analysed"] == [5.0]
+    assert d["analysed_to_encoded"] == [1.0]
+    assert d["encoded_to_stored"] == [2.0]
+    assert d["total"] == [73.0]

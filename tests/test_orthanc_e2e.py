@@ -69,6 +69,27 @@ def test_orthanc_routes_study_and_receives_not_analysed_sr(
     assert any("no usable sagittal" in t for t in texts)
     assert any("NOT A DIAGNOSIS" in t for t in texts)
 
+    # metrics scraped after the real run
+    m = _metrics(node)
+    assert m[("spinenode_instances_received_total", ())] == len(study.paths)
+    assert m[("spinenode_associations_accepted_total", ())] >= 1
+    assert m[("spinenode_studies", (("state", "DONE"),))] == 1
+    assert m[("spinenode_export_attempts_total", (("state", "SENT"),))] == 1
+    assert m[("spinenode_stage_seconds_count", (("stage", "total"),))] == 1
+    assert m[("spinenode_stage_seconds_count", (("stage", "encoded_to_stored"),))] == 1
+    assert m[("spinenode_workers_online", ())] == 1
+
+
+def _metrics(node: Node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(node.url("/metrics"), timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text) for s in fam.samples
+    }
+
 
 def _walk(seq: Any) -> Any:
     for item in seq:

@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
 from sqlalchemy import func, select, text
 
 from scp_node import __version__
@@ -24,6 +24,7 @@ class AdminContext:
     db: Database
     enqueue: Enqueue
     depths: Any  # () -> dict[str, int | None]
+    counters: Any = None  # scp_node.scp.ScpCounters
 
 
 def _iso(value: Any) -> str | None:
@@ -158,6 +159,16 @@ def create_app(ctx: AdminContext) -> FastAPI:
                 detail = st.not_analysed_reason or f"no findings (state {st.state})"
                 raise HTTPException(404, detail)
             return st.findings
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from scp_node.admin.metrics import NodeCollector, metrics_text
+        from scp_node.scp import ScpCounters
+
+        collector = NodeCollector(ctx.db, ctx.counters or ScpCounters(), ctx.depths)
+        return Response(metrics_text(collector), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/queue")
     def queue() -> dict[str, Any]:
