@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from peers import free_port, wait_for_port, wait_until
+from peers import free_port, listens_on, wait_until
 from scp_node.db.session import Database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,12 @@ class Node(SpinenodeProcess):
                 return False
 
         wait_until(ready, timeout, interval=0.1, what="spinenode serve health")
-        wait_for_port("127.0.0.1", self.dicom_port, max(1.0, deadline - time.monotonic()))
+        # Not a TCP connect: a probe that never sends A-ASSOCIATE-RQ would hold an
+        # association slot until the ACSE timeout.
+        assert self.proc is not None
+        pid = self.proc.pid
+        wait_until(lambda: listens_on(pid, self.dicom_port), max(1.0, deadline - time.monotonic()),
+                   what="the DICOM port to listen")
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
