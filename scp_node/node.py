@@ -18,6 +18,7 @@ from scp_node.broker import TaskSender, make_celery, queue_depths
 from scp_node.db.models import Instance
 from scp_node.db.session import Database
 from scp_node.dicomio import parse_header
+from scp_node.disk import DiskGuard
 from scp_node.errors import ConfigError, SpinenodeError
 from scp_node.ingest import Ingestor
 from scp_node.routing import load_rules
@@ -149,7 +150,8 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
     admin = create_app(AdminContext(settings, db, sender, lambda: queue_depths(celery), counters))
     http, http_thread = _start_http(settings, admin)
 
-    scp = start_scp(settings, ingestor, counters)
+    guard = DiskGuard(settings.data_dir, int(settings.disk_min_free_mb * 2**20))
+    scp = start_scp(settings, ingestor, counters, guard)
     sched_thread = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True)
     sched_thread.start()
 

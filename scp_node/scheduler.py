@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from scp_node.assembly import complete_cutoff, is_stalled
-from scp_node.db.models import Export, ExportState, Series, Study, StudyState, utcnow
+from scp_node.db.models import Export, ExportState, Instance, Series, Study, StudyState, utcnow
 from scp_node.db.session import Database
 from scp_node.errors import StudyNotFoundError
 from scp_node.routing import EligibilityRules, StudyFacts, decide
@@ -48,6 +50,7 @@ class SweepReport:
     skipped: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     enqueue_failed: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
 
 
 class Scheduler:
@@ -66,6 +69,7 @@ class Scheduler:
         self.clock = clock
         #: uid -> (stage, generation) committed but whose message could not be sent yet.
         self._unsent: dict[str, tuple[str, int]] = {}
+        self._last_purge: dt.datetime | None = None
 
     # --- one sweep ---------------------------------------------------------------
     def sweep(self) -> SweepReport:
@@ -78,6 +82,9 @@ class Scheduler:
         self._unsent.clear()
         for uid, (stage, generation) in to_send.items():
             self._send(stage, uid, generation, report)
+        if self.settings.retention_days > 0 and (self._last_purge is None or (now - self._last_purge).total_seconds() >= PURGE_EVERY_S):
+            self._last_purge = now
+            report.purged = purge_done_studies(self.db, self.settings.data_dir, self.settings.retention_days, now)
         return report
 
     def recover_on_start(self) -> list[str]:
@@ -197,6 +204,37 @@ class Scheduler:
             except Exception:
                 log.exception("sweep failed")
             stop.wait(self.settings.sweep_interval)
+
+
+#: How often the sweep looks for DONE studies past the retention period.
+PURGE_EVERY_S = 60.0
+
+
+def purge_done_studies(db: Database, data_dir: Path, retention_days: float, now: dt.datetime) -> list[str]:
+    """Delete the spooled images of studies DONE for longer than the retention period.
+
+    The study, series, result and event rows and the (small) result files stay: they
+    are the audit trail and the predecessor of a later re-analysis. The instance rows
+    go with their files, so a re-sent study is received afresh."""
+    cutoff = now - dt.timedelta(days=retention_days)
+    purged: list[str] = []
+    with db.session() as s:
+        studies = s.scalars(
+            select(Study).where(Study.state == StudyState.DONE, Study.state_changed_at < cutoff)
+        ).all()
+        for study in studies:
+            n = s.scalar(select(func.count()).select_from(Instance).where(Instance.study_id == study.id))
+            spool = data_dir / "incoming" / study.study_uid
+            if not n and not spool.exists():
+                continue
+            shutil.rmtree(spool, ignore_errors=True)
+            s.execute(delete(Instance).where(Instance.study_id == study.id))
+            record_event(s, study, detail=f"spool purged: {n} instance(s), DONE for over {retention_days:g} day(s)",
+                         now=now)
+            purged.append(study.study_uid)
+    for uid in purged:
+        log.info("study %s: spool purged after retention", uid)
+    return purged
 
 
 def requeue_studies(

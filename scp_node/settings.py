@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     export_max_attempts: int = Field(30, ge=1)
     export_timeout: float = Field(30.0, gt=0)
 
+    # disk safety and retention
+    disk_min_free_mb: float = Field(1024.0, ge=0)
+    retention_days: float = Field(7.0, ge=0)
+
     # scheduler
     sweep_interval: float = Field(1.0, gt=0)
     requeue_after: float = Field(900.0, gt=0)

@@ -78,6 +78,8 @@ class Node(SpinenodeProcess):
             "SPINENODE_STABLE_SECONDS": "1",
             "SPINENODE_SWEEP_INTERVAL": "0.2",
             "SPINENODE_LOG_LEVEL": "INFO",
+            # CI machines have been seen with little free disk; the watermark test sets its own
+            "SPINENODE_DISK_MIN_FREE_MB": "16",
         }
         env.update({f"SPINENODE_{k.upper()}": str(v) for k, v in settings.items()})
         workdir.mkdir(parents=True, exist_ok=True)

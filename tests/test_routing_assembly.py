@@ -206,3 +206,30 @@ def test_rules_file_is_data(tmp_path: Path) -> None:
     r = load_rules(rules)
     assert not decide(StudyFacts(("CT",), ("LUMBAR",), ()), r).eligible
     assert decide(StudyFacts(("MR",), ("LUMBAR",), ()), r).region == "lumbar"
+
+
+def test_retention_purges_spool_of_done_studies(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from scp_node.db.models import Instance
+    from scp_node.scheduler import purge_done_studies
+
+    ingestor, sched, clock, enq, db = env
+    done = dicomgen.write_study(tmp_path / "done", seed=91)
+    busy = dicomgen.write_study(tmp_path / "busy", seed=92)
+    _ingest(ingestor, done.paths)
+    _ingest(ingestor, busy.paths)
+    from scp_node.states import transition
+
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == done.study_uid)).scalar_one()
+        transition(s, st, StudyState.DONE, detail="test", now=clock())
+    spool = tmp_path / "incoming"
+    assert purge_done_studies(db, tmp_path, 7, clock() + dt.timedelta(days=6)) == []
+    assert purge_done_studies(db, tmp_path, 7, clock() + dt.timedelta(days=8)) == [done.study_uid]
+    assert not (spool / done.study_uid).exists() and (spool / busy.study_uid).exists()
+    from sqlalchemy import func
+
+    with db.session() as s:
+        left = s.scalars(select(Instance.study_id).distinct()).all()
+        assert len(left) == 1
+        assert s.scalar(select(func.count()).select_from(Study)) == 2  # rows kept
+    assert purge_done_studies(db, tmp_path, 7, clock() + dt.timedelta(days=9)) == []  # once
