@@ -1,0 +1,51 @@
+"""docker/compose.yaml validates with docker-compose, and every spinenode command in it exists."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker" / "compose.yaml"
+
+
+def test_compose_config_is_valid() -> None:
+    env = {**os.environ, "SPINENODE_ADMIN_TOKEN": "test-token"}
+    r = subprocess.run(["/usr/bin/docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    config = yaml.safe_load(r.stdout)
+    assert {"redis", "postgres", "node", "gpu-worker", "cpu-worker", "flower", "orthanc"} <= set(config["services"])
+    gpu = config["services"]["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert all("healthcheck" in config["services"][s] for s in ("redis", "postgres", "node"))
+
+
+def _spinenode_commands(config: dict[str, Any]) -> list[list[str]]:
+    """Commands of services whose image runs the ``spinenode`` entrypoint."""
+    out = []
+    for name, svc in config["services"].items():
+        image = str(svc.get("image", ""))
+        if not image.startswith("spinenode:") or svc.get("entrypoint"):
+            continue
+        out.append(list(svc.get("command") or ["serve"]))
+    return out
+
+
+def test_every_compose_command_is_a_real_cli_command() -> None:
+    config = yaml.safe_load(COMPOSE.read_text())
+    commands = _spinenode_commands(config)
+    assert len(commands) == 3
+    for argv in commands:
+        r = subprocess.run([sys.executable, "-m", "scp_node.cli", *argv, "--help"], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, f"spinenode {' '.join(argv)}: {r.stderr}"
+    # the Dockerfiles' default commands too
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        text = (REPO / "docker" / dockerfile).read_text()
+        assert 'ENTRYPOINT ["spinenode"]' in text
