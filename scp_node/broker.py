@@ -49,13 +49,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.embedded_broker:
         folder = settings.broker_dir / "queue"
         processed = settings.broker_dir / "processed"
-        folder.mkdir(parents=True, exist_ok=True)
-        processed.mkdir(parents=True, exist_ok=True)
+        control = settings.broker_dir / "control"
+        for d in (folder, processed, control):
+            d.mkdir(parents=True, exist_ok=True)
         conf["broker_url"] = "filesystem://"
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
             "processed_folder": str(processed),
+            # kombu keeps exchange bindings here; its default is ./control in the CWD
+            "control_folder": str(control),
             "store_processed": False,
             "polling_interval": 0.2,
         }

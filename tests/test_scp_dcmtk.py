@@ -56,6 +56,8 @@ def test_echo_store_complete_classify(node_factory: Any, study_dir: Any) -> None
     assert "AnalyzerUnavailableError" in final["reason"]
     queue = node.api("/api/queue")
     assert queue["states"]["FAILED"] == 1 and any(w["online"] for w in queue["workers"])
+    # the embedded broker keeps everything under DATA_DIR, nothing in the working directory
+    assert not (node.workdir / "control").exists() and (node.data_dir / "broker" / "control").is_dir()
 
 
 def test_association_checks(node_factory: Any, study_dir: Any) -> None:
