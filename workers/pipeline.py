@@ -99,6 +99,9 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
             outcome: object = NotAnalysed("no usable sagittal MR or CT series in the study")
         else:
             outcome = run_analysis(ctx.settings, study_uid, _series_files(ctx, study_uid), study.region)
+            if not isinstance(outcome, NotAnalysed) and not outcome.findings.levels:
+                why = "; ".join(outcome.findings.missing) or "no disc level was found on the sagittal series"
+                outcome = NotAnalysed(f"no disc level could be located ({why})")
     except SpinenodeError as exc:
         log.warning("study %s: analysis failed: %s", study_uid, exc)
         fail(ctx.db, study_uid, generation, "analyze", f"{type(exc).__name__}: {exc}")
@@ -281,8 +284,14 @@ def export_study(ctx: StageContext, study_uid: str, generation: int, calling_ae:
         if got is not None:
             claimed[dest].append(ObjectToSend(export_id, ctx.settings.data_dir / rel, sop_class, sop_uid))
     for dest, objects in claimed.items():
-        outcomes = send_objects(Destination.parse(dest), objects, calling_ae=calling_ae or ctx.settings.ae_title,
-                                timeout=ctx.settings.export_timeout)
+        target = Destination.parse(dest)
+        tls = None
+        if target.tls:
+            from scp_node.tls import client_context
+
+            tls = client_context(ctx.settings)
+        outcomes = send_objects(target, objects, calling_ae=calling_ae or ctx.settings.ae_title,
+                                timeout=ctx.settings.export_timeout, tls=tls)
         _record_outcomes(ctx, outcomes)
     _settle(ctx, study_uid, generation)
 
