@@ -1,0 +1,281 @@
+"""Sampled 3D anatomy of one phantom spine.
+
+The spine is built in a *canonical* frame (x to the patient's left, y posterior,
+z superior, millimetres, as DICOM LPS) along a curved centre line in the y-z plane
+(lordosis, sacral kyphosis), then placed in patient space by a small rotation and a
+translation (``patient = origin + rotation @ canonical``).
+
+Segments (vertebral bodies, discs, the sacrum) are stacked along the centre line
+between *boundary planes* perpendicular to it, so discs are wedge-shaped where the
+spine curves. Each segment has a mid frame (centre ``C``, superior tangent ``T``,
+posterior direction ``M``) in which its cross-section is evaluated; level-related
+structures (canal, ligamentum flavum, lateral recesses, foramina, facets) use the
+frame of the nearest disc. :mod:`models.phantom.render` evaluates all of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from models import rsna
+from models.phantom.pathology import StudyTruth
+
+#: Disc height factor and nucleus T2 brightness (relative to CSF) per Pfirrmann grade.
+PFIRRMANN_HEIGHT = (1.0, 1.0, 0.9, 0.72, 0.45)
+PFIRRMANN_NUCLEUS_T2 = (0.92, 0.78, 0.5, 0.28, 0.14)
+
+
+@dataclass(frozen=True)
+class LevelShape:
+    """Geometric causes at one disc (all mm unless said; sides are (left, right)).
+
+    ``bulge_central`` is the posterior displacement of the disc margin in the midline
+    beyond the vertebral body; ``lf_thickening`` how far the ligamentum flavum's inner
+    surface moves into the canal; ``recess_depth`` the remaining lateral-recess depth
+    and ``recess_bulge`` the posterolateral disc bulge there; ``foramen_narrowing`` the
+    fraction of the foraminal fat diameter lost.
+    """
+
+    bulge_central: float
+    lf_thickening: float
+    recess_depth: tuple[float, float]
+    recess_bulge: tuple[float, float]
+    foramen_narrowing: tuple[float, float]
+    pfirrmann: int
+    cleft: bool
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stacked segment: ``kind`` is ``vertebra``, ``disc`` or ``sacrum``."""
+
+    kind: str
+    name: str
+    s0: float
+    s1: float
+    half_width: float
+    half_depth: float
+    marrow: float
+    level: str | None  # graded level name for discs, else None
+
+    @property
+    def height(self) -> float:
+        return self.s1 - self.s0
+
+
+@dataclass(frozen=True)
+class Spine:
+    """Everything the renderer needs about one sampled spine.
+
+    Arrays: ``boundary_p``/``boundary_t`` (n_seg-1, 3) canonical boundary points and
+    superior tangents; ``mid_c``/``mid_t``/``mid_m`` (n_seg, 3) segment mid frames;
+    ``curve`` (n, 3) the centre line (s, y, z) sampled every 0.5 mm.
+    """
+
+    region: str
+    origin: np.ndarray
+    rotation: np.ndarray
+    curve: np.ndarray
+    segments: tuple[Segment, ...]
+    boundary_p: np.ndarray
+    boundary_t: np.ndarray
+    mid_c: np.ndarray
+    mid_t: np.ndarray
+    mid_m: np.ndarray
+    shapes: dict[str, LevelShape]
+    sac_ra: float  # dural sac half AP diameter
+    sac_rw: float  # dural sac half width
+    epidural: float  # anterior epidural gap
+    pedicle_w: float
+    spinous_len: float
+    transverse_len: float
+    cord_ra: float
+    cord_rw: float
+    conus_s: float  # cord ends here (lumbar); -inf for cervical
+    skin_post: float
+    skin_ant: float
+    torso_hw: float
+    fat_thickness: float
+    root_offsets: np.ndarray  # (n, 2) cauda equina roots, fractions of (width, AP)
+
+    def to_patient(self, canonical: np.ndarray) -> np.ndarray:
+        return self.origin + canonical @ self.rotation.T
+
+    def to_canonical(self, patient: np.ndarray) -> np.ndarray:
+        r = self.rotation.astype(np.float32)
+        return (patient.astype(np.float32) - self.origin.astype(np.float32)) @ r
+
+    def segment_index(self, name: str) -> int:
+        for i, s in enumerate(self.segments):
+            if s.name == name:
+                return i
+        raise KeyError(name)
+
+    def canal_center_v(self, seg: int) -> float:
+        return self.segments[seg].half_depth + self.epidural + self.sac_ra
+
+    def level_point(self, level: str, h: float, v: float, w: float) -> np.ndarray:
+        """Patient coordinates of (height, posterior, left) mm in a disc's mid frame."""
+        i = self.segment_index(level)
+        p = self.mid_c[i] + h * self.mid_t[i] + v * self.mid_m[i] + np.array([w, 0.0, 0.0])
+        return self.to_patient(p)
+
+    def level_frame(self, level: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(centre, superior normal, posterior direction) of a disc in patient space."""
+        i = self.segment_index(level)
+        r = self.rotation
+        return self.to_patient(self.mid_c[i]), r @ self.mid_t[i], r @ self.mid_m[i]
+
+
+def _rotation(rng: np.random.Generator, max_deg: tuple[float, float, float]) -> np.ndarray:
+    ax, ay, az = (math.radians(rng.uniform(-m, m)) for m in max_deg)
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _segment_plan(region: str, rng: np.random.Generator, k: float,
+                  truth: StudyTruth) -> list[tuple[str, str, float, float, float]]:
+    """(kind, name, height, half_width, half_depth) from the bottom up."""
+    def jit(x: float, sd: float = 0.06) -> float:
+        return x * float(np.clip(rng.normal(1.0, sd), 1 - 2.5 * sd, 1 + 2.5 * sd))
+
+    plan: list[tuple[str, str, float, float, float]] = []
+    if region == "lumbar":
+        plan.append(("sacrum", "S3", jit(20.0) * k, 13.0 * k, 8.5 * k))
+        plan.append(("sacrum", "S2", jit(20.0) * k, 18.0 * k, 11.5 * k))
+        plan.append(("sacrum", "S1", jit(26.0) * k, 24.0 * k, 16.0 * k))
+        verts = ["L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10"]
+        vh = [27.0, 27.0, 27.0, 26.0, 25.0, 23.0, 22.0, 21.0]
+        vw = [25.0, 24.0, 23.0, 22.0, 21.0, 19.5, 18.5, 18.0]
+        vd = [17.5, 17.5, 17.0, 16.5, 16.0, 15.0, 14.5, 14.0]
+        discs = ["L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1", "T11/T12", "T10/T11"]
+        dh = [10.5, 11.0, 10.0, 9.0, 8.0, 7.0, 6.0, 5.5]
+    else:
+        verts = ["T2", "T1", "C7", "C6", "C5", "C4", "C3", "C2"]
+        vh = [18.0, 16.0, 14.0, 13.5, 13.5, 13.5, 13.5, 32.0]
+        vw = [13.0, 12.5, 10.5, 9.5, 9.0, 8.5, 8.5, 8.5]
+        vd = [9.5, 9.0, 8.5, 8.0, 8.0, 8.0, 8.0, 8.0]
+        discs = ["T1/T2", "C7/T1", "C6/C7", "C5/C6", "C4/C5", "C3/C4", "C2/C3"]
+        dh = [4.5, 5.0, 5.5, 5.5, 5.5, 5.0, 4.5]
+        plan.append(("vertebra", verts[0], jit(vh[0]) * k, vw[0] * k, vd[0] * k))
+        verts, vh, vw, vd = verts[1:], vh[1:], vw[1:], vd[1:]
+    for name_d, hd, name_v, hv, w, d in zip(discs, dh, verts, vh, vw, vd):
+        pf = truth.pfirrmann.get(name_d, 2)
+        plan.append(("disc", name_d, jit(hd, 0.1) * k * PFIRRMANN_HEIGHT[pf - 1], 0.0, 0.0))
+        plan.append(("vertebra", name_v, jit(hv, 0.04) * k, w * k, d * k))
+    return plan
+
+
+def _level_shape(rng: np.random.Generator, truth: StudyTruth, level: str,
+                 sac_ra: float, recess_depth: float) -> LevelShape:
+    """Turn the truth's narrowings at a level into geometric causes."""
+    n = truth.narrowing
+    sides = ("Left", "Right")
+    pf = truth.pfirrmann.get(level, 2)
+    if (rsna.SPINAL_CANAL_STENOSIS, level) not in n:
+        return LevelShape(rng.uniform(0.0, 1.0), 0.0, (recess_depth, recess_depth),
+                          (0.0, 0.0), (0.0, 0.0), pf, bool(rng.random() < 0.3))
+    f_c = n[(rsna.SPINAL_CANAL_STENOSIS, level)]
+    loss = f_c * 2.0 * sac_ra
+    alpha = rng.uniform(0.35, 0.7)
+    depth, rb, fn = [], [], []
+    for side in sides:
+        f_s = n.get((f"{side} Subarticular Stenosis", level), 0.0)
+        beta = rng.uniform(0.2, 0.5)
+        depth.append(recess_depth * (1.0 - f_s))
+        rb.append(beta * f_s * recess_depth)
+        fn.append(n.get((f"{side} Neural Foraminal Narrowing", level), 0.0))
+    return LevelShape(
+        bulge_central=alpha * loss, lf_thickening=(1.0 - alpha) * loss,
+        recess_depth=(depth[0], depth[1]), recess_bulge=(rb[0], rb[1]),
+        foramen_narrowing=(fn[0], fn[1]), pfirrmann=pf, cleft=bool(pf == 2 or rng.random() < 0.2),
+    )
+
+
+def sample_spine(rng: np.random.Generator, truth: StudyTruth) -> Spine:
+    """Sample the anatomy of one study around its ground truth."""
+    region = truth.region
+    lumbar = region == "lumbar"
+    k = float(np.clip(rng.normal(1.0, 0.07), 0.84, 1.16))
+    plan = _segment_plan(region, rng, k, truth)
+    total = sum(p[2] for p in plan) + (40.0 if lumbar else 30.0)
+    # Centre-line angle phi(s) (degrees from vertical, positive = top tilted anterior).
+    n_base = 3 if lumbar else 1
+    # top of the sacrum (lumbar) / of the lowest vertebra (cervical)
+    s_junction = sum(p[2] for p in plan[:n_base])
+    if lumbar:
+        phi_j = rng.uniform(30.0, 46.0)
+        lordosis = rng.uniform(35.0, 65.0)
+        phi_bottom = phi_j - rng.uniform(30.0, 45.0)
+        lumbar_len = sum(p[2] for p in plan[3:13])
+    else:
+        phi_j = rng.uniform(12.0, 28.0)
+        lordosis = rng.uniform(8.0, 40.0)
+        phi_bottom = phi_j + 5.0
+        lumbar_len = sum(p[2] for p in plan[1:13])
+    s = np.arange(0.0, total, 0.5)
+    phi = np.where(
+        s < s_junction,
+        phi_bottom + (phi_j - phi_bottom) * s / s_junction,
+        phi_j - lordosis * np.clip((s - s_junction) / lumbar_len, 0.0, 1.3),
+    )
+    ph = np.radians(phi)
+    y = np.concatenate([[0.0], np.cumsum(-np.sin(ph[:-1]) * 0.5)])
+    z = np.concatenate([[0.0], np.cumsum(np.cos(ph[:-1]) * 0.5)])
+
+    def at(sv: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        yy, zz, pp = (float(np.interp(sv, s, a)) for a in (y, z, ph))
+        return (np.array([0.0, yy, zz]), np.array([0.0, -math.sin(pp), math.cos(pp)]),
+                np.array([0.0, math.cos(pp), math.sin(pp)]))
+
+    segs: list[Segment] = []
+    s0 = 0.0
+    for i, (kind, name, h, hw, hd) in enumerate(plan):
+        if kind == "disc":  # a disc takes the cross-section of the vertebra above
+            hw, hd = plan[i + 1][3], plan[i + 1][4]
+        segs.append(Segment(kind, name, s0, s0 + h, hw, hd,
+                            float(rng.normal(1.0, 0.05)),
+                            name if name in truth.pfirrmann else None))
+        s0 += h
+    bp, bt = zip(*[at(sg.s1)[:2] for sg in segs[:-1]])
+    mids = [at(0.5 * (sg.s0 + sg.s1)) for sg in segs]
+    # Reference body (L3 / C5) at the canonical origin.
+    ref = next(sg for sg in segs if sg.name == ("L3" if lumbar else "C5"))
+    shift = at(0.5 * (ref.s0 + ref.s1))[0]
+    curve = np.stack([s, y - shift[1], z - shift[2]], axis=1)
+    sac_ra = k * (rng.uniform(7.0, 8.5) if lumbar else rng.uniform(6.0, 7.2))
+    sac_rw = k * (rng.uniform(10.0, 12.0) if lumbar else rng.uniform(10.0, 11.5))
+    recess = k * (rng.uniform(5.0, 6.5) if lumbar else 3.5)
+    shapes = {sg.name: _level_shape(rng, truth, sg.name, sac_ra, recess)
+              for sg in segs if sg.kind == "disc"}
+    conus = -1e9
+    if lumbar:
+        l1 = next(sg for sg in segs if sg.name == "L1")
+        conus = l1.s0 + rng.uniform(-0.3, 1.2) * l1.height
+    rot = _rotation(rng, (5.0, 2.0, 3.0))
+    origin = np.array([rng.normal(0.0, 6.0), rng.normal(45.0 if lumbar else 20.0, 8.0),
+                       rng.normal(0.0, 8.0)])
+    skin_post = k * (rng.uniform(88.0, 120.0) if lumbar else rng.uniform(70.0, 90.0))
+    n_roots = 18
+    roots = np.stack([rng.uniform(-0.8, 0.8, n_roots), rng.uniform(-0.1, 0.75, n_roots)], axis=1)
+    return Spine(
+        region=region, origin=origin, rotation=rot, curve=curve, segments=tuple(segs),
+        boundary_p=np.array(bp) - shift, boundary_t=np.array(bt),
+        mid_c=np.array([m[0] for m in mids]) - shift, mid_t=np.array([m[1] for m in mids]),
+        mid_m=np.array([m[2] for m in mids]), shapes=shapes,
+        sac_ra=sac_ra, sac_rw=sac_rw, epidural=1.5 * k if lumbar else 1.0 * k,
+        pedicle_w=k * (4.5 if lumbar else 2.8),
+        spinous_len=k * (rng.uniform(26.0, 34.0) if lumbar else rng.uniform(18.0, 26.0)),
+        transverse_len=k * (rng.uniform(18.0, 28.0) if lumbar else 8.0),
+        cord_ra=k * (3.8 if lumbar else 3.9), cord_rw=k * (4.6 if lumbar else 6.5),
+        conus_s=conus, skin_post=skin_post,
+        skin_ant=-k * (rng.uniform(110.0, 175.0) if lumbar else rng.uniform(55.0, 70.0)),
+        torso_hw=k * (rng.uniform(135.0, 175.0) if lumbar else rng.uniform(52.0, 66.0)),
+        fat_thickness=k * (rng.uniform(8.0, 38.0) if lumbar else rng.uniform(5.0, 14.0)),
+        root_offsets=roots,
+    )
