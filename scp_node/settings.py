@@ -20,7 +20,11 @@ from scp_node.errors import ConfigError
 
 ENV_PREFIX = "SPINENODE_"
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
-_DEST_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+_DEST_RE = re.compile(
+    r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@;]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})(?P<opts>(;[a-z]+)*)$"
+)
+#: Per-destination options after the port, e.g. ``PACS@10.0.0.5:2762;tls``.
+DESTINATION_OPTIONS = frozenset({"tls"})
 
 
 def validate_ae_title(value: str) -> str:
@@ -38,20 +42,25 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Destination:
         m = _DEST_RE.match(text.strip())
         if not m:
-            raise ValueError(f"{text!r} is not of the form AE@HOST:PORT")
+            raise ValueError(f"{text!r} is not of the form AE@HOST:PORT[;tls]")
         port = int(m["port"])
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} out of range in {text!r}")
-        return cls(validate_ae_title(m["ae"]), m["host"].strip("[]"), port)
+        opts = {o for o in m["opts"].split(";") if o}
+        unknown = opts - DESTINATION_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown destination option(s) {', '.join(sorted(unknown))} in {text!r}")
+        return cls(validate_ae_title(m["ae"]), m["host"].strip("[]"), port, "tls" in opts)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.ae_title}@{host}:{self.port}"
+        return f"{self.ae_title}@{host}:{self.port}" + (";tls" if self.tls else "")
 
 
 def _split_list(value: Any) -> Any:
@@ -79,6 +88,8 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     destinations: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_token: str = ""
+    #: Read-only access to the dashboard (optional); with it set, dashboard pages need a login.
+    viewer_token: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -89,6 +100,14 @@ class Settings(BaseSettings):
     network_timeout: float = Field(60.0, gt=0)
     max_pdu: int = Field(131072, ge=0)
     scp_processes: int = Field(1, ge=1, le=32)
+
+    # DICOM TLS: a second listener on DICOM_TLS_PORT (0 = none) with TLS_CERT/TLS_KEY;
+    # TLS_CA, when set, is the trust store for peers (client certificates are then
+    # required by the listener, and it verifies the PACS for ";tls" destinations).
+    dicom_tls_port: int = Field(0, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
     # export to DESTINATIONS: exponential backoff base * 2**(attempt-1), capped
     export_retry_base: float = Field(30.0, gt=0)
@@ -141,6 +160,16 @@ class Settings(BaseSettings):
         if v and "://" not in v:
             raise ValueError(f"{v!r} is not a URL")
         return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name.upper()} {path} is not a readable file")
+        if self.dicom_tls_port and not (self.tls_cert and self.tls_key):
+            raise ValueError("DICOM_TLS_PORT needs TLS_CERT and TLS_KEY")
+        return self
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

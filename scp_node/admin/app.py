@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
 from sqlalchemy import func, select, text
 
 from scp_node import __version__
+from scp_node.admin.dashboard import register_dashboard
 from scp_node.db.models import Export, Instance, Result, Series, Study, StudyState
 from scp_node.db.session import Database
 from scp_node.errors import StudyNotFoundError
@@ -184,4 +185,5 @@ def create_app(ctx: AdminContext) -> FastAPI:
             raise HTTPException(409, "study is still receiving")
         return {"requeued": uids}
 
+    register_dashboard(app, ctx)
     return app
