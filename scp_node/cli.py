@@ -114,7 +114,7 @@ def retry(
     failed: Annotated[bool, typer.Option("--failed", help="requeue every FAILED study")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Requeue a study (or every failed one) from the start of the pipeline."""
+    """Requeue a study (or every failed one) from the stage that failed (export, encode or analysis)."""
     settings = _settings(config)
     _logging(settings)
     if not study_uid and not failed:

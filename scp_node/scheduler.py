@@ -240,9 +240,14 @@ def purge_done_studies(db: Database, data_dir: Path, retention_days: float, now:
 def requeue_studies(
     db: Database, enqueue: Enqueue, *, study_uid: str | None, all_failed: bool, now: dt.datetime | None = None
 ) -> list[str]:
-    """Send studies through the pipeline again (admin retry)."""
+    """Send studies through the pipeline again (admin retry), from the stage that failed.
+
+    FAILED(export): the failed exports go back to PENDING with a fresh attempt count and
+    only the export stage runs; FAILED(encode): the results are encoded again; anything
+    else (analysis failures, SKIPPED, DONE on request) starts over at analysis.
+    """
     now = now or utcnow()
-    sent: list[tuple[str, int]] = []
+    sent: list[tuple[str, str, int]] = []
     with db.session() as s:
         query = select(Study)
         if study_uid:
@@ -255,12 +260,26 @@ def requeue_studies(
         for study in studies:
             if study.state == StudyState.RECEIVING:
                 continue
+            previous = f"{study.state}({study.failed_stage})" if study.failed_stage else str(study.state)
+            detail = f"retry requested (was {previous})"
             study.enqueue_count += 1
-            transition(s, study, StudyState.QUEUED, detail=f"retry requested (was {study.state})", now=now)
-            sent.append((study.study_uid, study.generation))
-    for uid, generation in sent:
-        enqueue("analyze", uid, generation)
-    return [uid for uid, _ in sent]
+            if study.state == StudyState.FAILED and study.failed_stage == "export":
+                s.execute(
+                    update(Export)
+                    .where(Export.study_id == study.id, Export.state == ExportState.FAILED)
+                    .values(state=ExportState.PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+                )
+                transition(s, study, StudyState.EXPORTING, stage="export", detail=detail, now=now)
+                sent.append(("export", study.study_uid, study.generation))
+            elif study.state == StudyState.FAILED and study.failed_stage == "encode":
+                transition(s, study, StudyState.ENCODING, stage="encode", detail=detail, now=now)
+                sent.append(("encode", study.study_uid, study.generation))
+            else:
+                transition(s, study, StudyState.QUEUED, detail=detail, now=now)
+                sent.append(("analyze", study.study_uid, study.generation))
+    for stage, uid, generation in sent:
+        enqueue(stage, uid, generation)
+    return [uid for _, uid, _ in sent]
 
 
 def requeue(settings: Settings, *, study_uid: str | None, all_failed: bool) -> list[str]:

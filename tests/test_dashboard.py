@@ -444,7 +444,7 @@ def test_retry_needs_the_admin_token_then_requeues(served_rw: Served) -> None:
     assert st.state == P.QUEUED and st.failed_stage is None and st.reason is None
     with served_rw.db.session() as s:
         last = s.scalars(select(Event).where(Event.study_id == st.id).order_by(Event.id.desc())).first()
-        assert last is not None and last.detail == "retry requested (was FAILED)"
+        assert last is not None and last.detail == "retry requested (was FAILED(analyze))"
     assert _gpu_depth(served_rw) == depth + 1  # the analyze task is in the broker
 
 
@@ -467,9 +467,11 @@ def test_login_then_retry_all_failed(served_rw: Served) -> None:
         assert "Requeued 2 failed studies" in c.get(r.headers["location"]).text
         assert c.post("/logout").status_code == 303
         assert c.post("/failures/retry").status_code == 401
-    for uid in failed:
-        assert _state(served_rw.db, uid).state == P.QUEUED
-    assert _gpu_depth(served_rw) == depth + 2
+    # each resumes at the stage that failed: analysis again, or only the export
+    assert _state(served_rw.db, failed[0]).state == P.QUEUED
+    assert _state(served_rw.db, failed[1]).state == P.EXPORTING
+    assert _gpu_depth(served_rw) == depth + 1
+    assert queue_depths(served_rw.celery)["export"] >= 1
     with served_rw.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Study).where(Study.state == P.FAILED)) == 0
 

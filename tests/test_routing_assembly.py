@@ -181,6 +181,32 @@ def test_requeue_failed(env, tmp_path: Path) -> None:  # type: ignore[no-untyped
     assert _state(db, study.study_uid).state == StudyState.QUEUED
 
 
+def test_retry_resumes_at_the_failed_export(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from scp_node.db.models import Export, ExportState, Result
+    from scp_node.states import transition
+
+    ingestor, sched, clock, enq, db = env
+    study = dicomgen.write_study(tmp_path / "st", seed=10)
+    _ingest(ingestor, study.paths)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        r = Result(study_id=st.id, generation=0, kind="sr", sop_class_uid="1.2", sop_instance_uid="1.2.3",
+                   series_instance_uid="1.2.4", path="results/x.dcm", model_name="m", model_version="1",
+                   inputs_digest="d")
+        s.add(r)
+        s.flush()
+        s.add(Export(result_id=r.id, study_id=st.id, destination="PACS@h:104", state=ExportState.FAILED,
+                     attempts=30, last_status=0xA700, last_error="status 0xA700"))
+        transition(s, st, StudyState.FAILED, stage="export", detail="PACS@h:104: status 0xA700")
+    sent: list[tuple[str, str, int]] = []
+    requeue_studies(db, lambda *a: sent.append(a), study_uid=study.study_uid, all_failed=False)
+    assert sent == [("export", study.study_uid, 0)]
+    assert _state(db, study.study_uid).state == StudyState.EXPORTING
+    with db.session() as s:
+        e = s.scalars(select(Export)).one()
+        assert (e.state, e.attempts) == (ExportState.PENDING, 0)
+
+
 @pytest.mark.parametrize(
     ("facts", "eligible", "region"),
     [
