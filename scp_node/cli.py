@@ -8,14 +8,13 @@ package; imports of heavy modules happen inside the commands so that
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from scp_node.errors import ConfigError, SpinenodeError
+from scp_node.logs import configure_logging
 from scp_node.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -39,30 +38,12 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs every PDU at INFO, including patient-level identifiers in
-    # debug dumps: keep it at WARNING unless the operator asks for DEBUG.
-    if settings.log_level != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-    # pydicom's value-validation warnings quote the offending value, which may be a
-    # patient name: values are never validated on read (the node stores bytes as sent).
-    import pydicom.config
-
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-
-
 @app.command()
 def serve(config: ConfigOpt = None) -> None:
     """Run the DICOM receiver, the scheduler and the admin HTTP API (and, with the
     embedded broker, a worker for every queue as a child process)."""
     settings = _settings(config)
-    _logging(settings)
+    configure_logging(settings)
     from scp_node.node import run_node
 
     try:
@@ -81,7 +62,7 @@ def worker(
 ) -> None:
     """Run a Celery worker for the given queues."""
     settings = _settings(config)
-    _logging(settings)
+    configure_logging(settings)
     from workers.celery_app import run_worker
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
@@ -116,7 +97,7 @@ def retry(
 ) -> None:
     """Requeue a study (or every failed one) from the stage that failed (export, encode or analysis)."""
     settings = _settings(config)
-    _logging(settings)
+    configure_logging(settings)
     if not study_uid and not failed:
         typer.echo("spinenode: give a STUDY_UID or --failed", err=True)
         raise typer.Exit(2)

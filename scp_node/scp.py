@@ -12,14 +12,14 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import Any
+from typing import Any, Protocol
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from scp_node import status
+from scp_node import pynetdicom_tuning, status
 from scp_node.dicomio import parse_header
 from scp_node.errors import (
     DatabaseError,
@@ -189,23 +189,54 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_scp(
+def scp_handlers(
     settings: Settings,
     ingestor: Ingestor,
     counters: ScpCounters,
     admission: Admission | None = None,
-) -> ThreadedAssociationServer:
-    """Start listening (non-blocking) and return the server; call ``shutdown()`` to stop."""
-    ae = build_ae(settings)
-    handlers = [
+) -> list[Any]:
+    """The event handlers of the receiver, bound to their dependencies."""
+    return [
         (evt.EVT_C_STORE, handle_store, [ingestor, counters]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_REQUESTED, handle_requested, [settings, counters, admission]),
         (evt.EVT_ACCEPTED, handle_accepted, [counters]),
     ]
+
+
+class ScpServer(Protocol):
+    """What :func:`start_scp` returns: a running receiver that can be stopped."""
+
+    server_address: Any
+
+    def shutdown(self) -> None: ...
+
+
+def start_scp(
+    settings: Settings,
+    ingestor: Ingestor,
+    counters: ScpCounters,
+    admission: Admission | None = None,
+) -> ScpServer:
+    """Start listening (non-blocking) and return the server; call ``shutdown()`` to stop.
+
+    With ``SCP_PROCESSES`` = 1 the associations run as threads of this process, with
+    ``ingestor``. With N > 1 this process only accepts connections and hands each to
+    one of N worker processes (:mod:`scp_node.scp_pool`) that run the same handlers
+    with their own database engine; ``ingestor`` and ``counters`` are then unused
+    and ``admission``, if given, must be picklable.
+    """
+    if settings.scp_processes > 1:
+        from scp_node.scp_pool import ScpPool
+
+        return ScpPool(settings, settings.scp_processes, admission).start()
+    pynetdicom_tuning.apply()
+    ae = build_ae(settings)
     server = ae.start_server(
-        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
+        (settings.dicom_host, settings.dicom_port),
+        block=False,
+        evt_handlers=scp_handlers(settings, ingestor, counters, admission),
     )
     assert isinstance(server, ThreadedAssociationServer)
     log.info(
