@@ -152,6 +152,11 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
 
     guard = DiskGuard(settings.data_dir, int(settings.disk_min_free_mb * 2**20))
     scp = start_scp(settings, ingestor, counters, guard)
+    tls_scp = None
+    if settings.dicom_tls_port:
+        from scp_node.tls import start_tls_scp
+
+        tls_scp = start_tls_scp(settings, ingestor, counters, guard)
     sched_thread = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True)
     sched_thread.start()
 
@@ -170,6 +175,8 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
                 worker.supervise()
     finally:
         scp.shutdown()
+        if tls_scp is not None:
+            tls_scp.shutdown()
         http.should_exit = True  # type: ignore[attr-defined]
         http_thread.join(10)
         sched_thread.join(10)

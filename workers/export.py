@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,18 +72,27 @@ def classify_status(code: int) -> tuple[bool, bool]:
 
 
 def send_objects(
-    dest: Destination, objects: Sequence[ObjectToSend], *, calling_ae: str, timeout: float
+    dest: Destination,
+    objects: Sequence[ObjectToSend],
+    *,
+    calling_ae: str,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
 ) -> list[SendOutcome]:
-    """One association to ``dest``; one outcome per object."""
+    """One association to ``dest`` (over TLS when ``dest.tls``); one outcome per object."""
     if not objects:
         return []
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in sorted({o.sop_class_uid for o in objects}):
         ae.add_requested_context(sop_class)  # Explicit/Implicit VR Little Endian
+    if dest.tls and tls is None:
+        return [SendOutcome(o.export_id, False, False, None, "destination needs TLS but no TLS context")
+                for o in objects]
     try:
         assoc = ae.associate(
-            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+            tls_args=(tls, dest.host) if dest.tls and tls is not None else None,
         )
     except (OSError, RuntimeError) as exc:
         return [SendOutcome(o.export_id, False, True, None, f"network error: {exc}") for o in objects]
