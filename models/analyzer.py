@@ -1,0 +1,301 @@
+"""``SpineAnalyzer``: a study's DICOM series -> Findings (+ masks for the SEG object).
+
+Pipeline per study (batched across studies by :meth:`SpineAnalyzer.analyze_many`):
+
+1. classify every series from its header and select the inputs by geometry
+   and sequence (:mod:`models.series`); what is missing is reported;
+2. detect discs, vertebral bodies and the canal on the middle sagittal slice
+   (:mod:`models.detector`), name the discs by counting along the spine
+   (:mod:`models.levels`) and place each disc centre in patient space;
+3. cut 2.5D crops around each level: sagittal T2/STIR or CT (canal,
+   Pfirrmann), sagittal T1 at the learned foramen offsets (left, right), and
+   the axial T2 slices through the disc found by 3D geometry;
+4. grade all crops in one batched pass (:mod:`models.grader`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.detector import (
+    OTHER_DISC, SPINAL_CANAL, VERTEBRAL_BODY, Detector, SegDetection, detector_image, merge_discs,
+    middle_slice, normalized_pixels,
+)
+from models.grader import CROP_FOV_MM, CROP_PX, HALF_SLICES, CropRequest, Grader, grade_from, sagittal_kind
+from models.levels import DiscCandidate, name_levels
+from models.registry import Registry
+from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
+from models.types import (
+    AnalysisResult, Condition, Findings, Grade, Level, LevelFindings, ModelId, ModelsError,
+    Region, SeriesMasks, levels_of,
+)
+from models.volume import Volume, nearest_in_stacks, sample_crop, volume_from_datasets, volumes_from_datasets
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM_NAME = "spinenode-spine"
+#: The detector runs at a low threshold; discs are kept by their merged score (detector.merge_discs),
+#: vertebral bodies and the canal by their own confidence.
+PREDICT_CONF = 0.01
+DISC_SCORE = 0.04
+MASK_CONF = 0.25
+#: An axial slice farther than this from a disc centre (mm) does not pass through the disc.
+AXIAL_MAX_DISTANCE_MM = 6.0
+
+
+class AnalyzerError(ModelsError):
+    """A study cannot be analysed at all (no usable sagittal series)."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AnalyzerError("device cuda requested but no GPU is visible")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise AnalyzerError(f"unknown device {device!r} (auto, cpu, cuda)")
+    return device
+
+
+@dataclass
+class _Prepared:
+    study_uid: str
+    region: Region
+    selection: SeriesSelection
+    missing: list[str]
+    primary: Volume | None = None
+    primary_pixels: np.ndarray | None = None
+    primary_k: int = 0
+    sag_t1: Volume | None = None
+    sag_t1_pixels: np.ndarray | None = None
+    axial: list[Volume] = field(default_factory=list)
+    axial_pixels: list[np.ndarray] = field(default_factory=list)
+    modality: str = "MR"
+
+
+def read_study_dir(path: Path) -> dict[str, list[Any]]:
+    """All DICOM files under ``path`` grouped by SeriesInstanceUID."""
+    import pydicom
+
+    series: dict[str, list[Any]] = defaultdict(list)
+    for f in sorted(Path(path).rglob("*")):
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception:  # noqa: BLE001 - a non-DICOM file in the folder is skipped
+            logger.debug("skipping non-DICOM file %s", f.name)
+            continue
+        if "PixelData" in ds:
+            series[str(ds.get("SeriesInstanceUID", ""))].append(ds)
+    return dict(series)
+
+
+def _region_from_headers(series: Mapping[str, Sequence[Any]]) -> Region | None:
+    for dss in series.values():
+        part = str(dss[0].get("BodyPartExamined", "")).upper()
+        if "CSPINE" in part or "CERV" in part or "NECK" in part:
+            return Region.CERVICAL
+        if "LSPINE" in part or "LUMB" in part:
+            return Region.LUMBAR
+    return None
+
+
+class SpineAnalyzer:
+    """Study -> Findings. Loads the detector and grader once; see the module docstring."""
+
+    def __init__(self, detector: Detector, grader: Grader, model_id: ModelId,
+                 batch_size: int = 64, disc_score: float = DISC_SCORE) -> None:
+        self.detector = detector
+        self.disc_score = disc_score
+        self.grader = grader
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self.offsets = {k: np.asarray(v, dtype=float)
+                                for k, v in grader.checkpoint.crop_offsets.items()}
+
+    @classmethod
+    def from_registry(cls, weights_dir: Path | str | None = None, device: str = "auto",
+                      batch_size: int = 64) -> SpineAnalyzer:
+        """Load the newest detector and grader of a weights directory (sha256-checked)."""
+        dev = resolve_device(device)
+        reg = Registry(weights_dir)
+        det_e = reg.entry_of_kind("detector")
+        gr_e = reg.entry_of_kind("grader")
+        det = Detector(reg.path_of(det_e), det_e.model_id, device=dev,
+                       imgsz=int(det_e.meta.get("imgsz", 384)), conf=PREDICT_CONF)
+        gr = Grader.from_file(reg.path_of(gr_e), gr_e.model_id, device=dev)
+        version = f"det-{det_e.version}+grd-{gr_e.version}"
+        return cls(det, gr, ModelId(ALGORITHM_NAME, version), batch_size,
+                   float(det_e.meta.get("disc_score", DISC_SCORE)))
+
+    # ------------------------------------------------------------------ entry points
+    def analyze_dir(self, path: Path, region: Region | str | None = None,
+                    study_uid: str | None = None) -> AnalysisResult:
+        series = read_study_dir(path)
+        if not series:
+            raise AnalyzerError(f"no DICOM images under {path}")
+        uid = study_uid or str(next(iter(series.values()))[0].get("StudyInstanceUID", ""))
+        return self.analyze_many([(uid, series, region)])[0]
+
+    def analyze(self, study_uid: str, series: Mapping[str, Sequence[Any]],
+                region: Region | str | None = None) -> AnalysisResult:
+        return self.analyze_many([(study_uid, series, region)])[0]
+
+    def analyze_many(
+        self, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], Region | str | None]]
+    ) -> list[AnalysisResult]:
+        """Analyse several studies with one detector batch and one grader batch."""
+        t0 = time.perf_counter()
+        prepared = [self._prepare(uid, series, region) for uid, series, region in studies]
+        images = [detector_image(p.primary_pixels, p.primary_k) for p in prepared
+                  if p.primary_pixels is not None]
+        dets = iter(self.detector.detect(images, self.batch_size) if images else [])
+        per_study: list[tuple[list[Level], SeriesMasks | None]] = []
+        for p in prepared:
+            if p.primary is None:
+                per_study.append(([], None))
+                continue
+            per_study.append(self._levels(p, next(dets)))
+        requests: list[CropRequest] = []
+        owners: list[tuple[int, int, str | None]] = []  # (study, level index, side)
+        for si, (p, (levels, _)) in enumerate(zip(prepared, per_study)):
+            for li, lv in enumerate(levels):
+                for req, side in self._crops(p, lv):
+                    requests.append(req)
+                    owners.append((si, li, side))
+        probs = self.grader.probabilities(requests, self.batch_size) if requests else []
+        grades: dict[tuple[int, int], list[Grade]] = defaultdict(list)
+        for (si, li, side), req, pr in zip(owners, requests, probs):
+            for head, vec in pr.items():
+                if head == "foraminal":
+                    cond = (Condition.LEFT_NEURAL_FORAMINAL_NARROWING if side == "left"
+                            else Condition.RIGHT_NEURAL_FORAMINAL_NARROWING)
+                    grades[(si, li)].append(grade_from(head, vec, cond))
+                else:
+                    grades[(si, li)].append(grade_from(head, vec))
+        seconds = (time.perf_counter() - t0) / max(1, len(prepared))
+        out: list[AnalysisResult] = []
+        for si, (p, (levels, masks)) in enumerate(zip(prepared, per_study)):
+            lfs = tuple(
+                LevelFindings(lv, tuple(sorted(grades[(si, li)], key=lambda g: list(Condition).index(g.condition))))
+                for li, lv in enumerate(levels)
+            )
+            found = {lv.name for lv in levels}
+            missing = list(p.missing)
+            if p.primary is not None:
+                lost = [n for n in levels_of(p.region) if n not in found]
+                if lost:
+                    missing.append(f"levels not found on the sagittal series: {', '.join(lost)}")
+            findings = Findings(p.study_uid, p.region, self.model_id, lfs, tuple(missing))
+            out.append(AnalysisResult(findings, (masks,) if masks is not None else (), seconds))
+        return out
+
+    # ------------------------------------------------------------------ stages
+    def _prepare(self, uid: str, series: Mapping[str, Sequence[Any]],
+                 region: Region | str | None) -> _Prepared:
+        classes = [classify_series(header_from_datasets(list(dss))) for dss in series.values()]
+        sel = select_series(classes)
+        reg = Region(region) if region else (_region_from_headers(series) or Region.LUMBAR)
+        missing = list(sel.missing)
+        p = _Prepared(uid, reg, sel, missing)
+        primary_uid = sel.sagittal_t2 or sel.ct_sagittal or sel.sagittal_t1
+        if primary_uid is None:
+            missing.append("no usable sagittal series: no level could be located")
+            return p
+        p.primary = volume_from_datasets(series[primary_uid])
+        p.modality = str(series[primary_uid][0].get("Modality", "MR"))
+        p.primary_pixels = normalized_pixels(p.primary)
+        p.primary_k = middle_slice(p.primary)
+        if reg is Region.LUMBAR and p.modality == "MR":
+            if sel.sagittal_t1 and sel.sagittal_t1 != primary_uid:
+                p.sag_t1 = volume_from_datasets(series[sel.sagittal_t1])
+                p.sag_t1_pixels = normalized_pixels(p.sag_t1)
+            if sel.axial_t2:
+                p.axial = volumes_from_datasets(series[sel.axial_t2])
+                p.axial_pixels = [normalized_pixels(v) for v in p.axial]
+        return p
+
+    def _levels(self, p: _Prepared, dets: list[SegDetection]) -> tuple[list[Level], SeriesMasks | None]:
+        vol = p.primary
+        assert vol is not None
+        k = p.primary_k
+        clusters = merge_discs(dets, self.disc_score)
+        discs = [cl.best for cl in clusters]
+        cands: list[DiscCandidate] = []
+        centers: list[np.ndarray] = []
+        region_levels = levels_of(p.region)
+        for i, cl in enumerate(clusters):
+            cx, cy = cl.best.box.center
+            c = vol.voxel_to_patient(k, cy, cx)
+            centers.append(c)
+            votes = {n: min(1.0, v) for n, v in cl.votes.items() if n in region_levels or n == OTHER_DISC}
+            cands.append(DiscCandidate(i, float(c[2]), cl.score, votes))
+        named = name_levels(cands, p.region)
+        levels = [
+            Level(n.name, vol.series_uid, vol.sop_instance_uids[k], k, discs[n.key].box,
+                  clusters[n.key].score, tuple(float(x) for x in centers[n.key]))  # type: ignore[arg-type]
+            for n in named
+        ]
+        levels.sort(key=lambda lv: levels_of(p.region).index(lv.name))
+        labels = np.zeros(vol.shape, dtype=np.uint8)
+        segments: dict[int, str] = {}
+        for n in named:
+            m = discs[n.key].mask
+            if m is not None and m.shape == labels.shape[1:]:
+                value = len(segments) + 1
+                segments[value] = f"disc {n.name}"
+                labels[k][m & (labels[k] == 0)] = value
+        for cls_name, title in ((VERTEBRAL_BODY, "vertebral bodies"), (SPINAL_CANAL, "spinal canal")):
+            parts = [d.mask for d in dets
+                     if d.class_name == cls_name and d.mask is not None and d.confidence >= MASK_CONF]
+            if parts:
+                value = len(segments) + 1
+                segments[value] = title
+                union = np.logical_or.reduce(parts)
+                labels[k][union & (labels[k] == 0)] = value
+        masks = SeriesMasks(vol.series_uid, vol.sop_instance_uids, labels, segments, self.model_id) if segments else None
+        return levels, masks
+
+    def _crops(self, p: _Prepared, lv: Level) -> list[tuple[CropRequest, str | None]]:
+        out: list[tuple[CropRequest, str | None]] = []
+        c = np.asarray(lv.center_patient)
+        assert p.primary is not None and p.primary_pixels is not None
+        kind = sagittal_kind(p.region.value, p.modality)
+        if p.region is Region.CERVICAL:
+            heads: tuple[str, ...] = ("cervical_canal",)
+        elif p.modality == "MR" and p.selection.sagittal_t2:
+            heads = ("spinal_canal", "pfirrmann")
+        else:
+            heads = ()
+        if heads:
+            crop = sample_crop(p.primary, p.primary_pixels, c, CROP_PX, CROP_FOV_MM[kind], HALF_SLICES)
+            out.append((CropRequest(kind, crop, heads), None))
+        if p.sag_t1 is not None and p.sag_t1_pixels is not None:
+            for side in ("left", "right"):
+                off = self.offsets.get(side)
+                if off is None:
+                    continue
+                crop = sample_crop(p.sag_t1, p.sag_t1_pixels, c + off, CROP_PX, CROP_FOV_MM["sag_t1"], HALF_SLICES)
+                out.append((CropRequest("sag_t1", crop, ("foraminal",)), side))
+        if p.axial:
+            hit = nearest_in_stacks(p.axial, c, margin=0.0)
+            if hit is not None and hit[2] <= AXIAL_MAX_DISTANCE_MM:
+                v, pix = p.axial[hit[0]], p.axial_pixels[hit[0]]
+                target = c + self.offsets.get("recess", np.zeros(3))
+                crop = sample_crop(v, pix, target, CROP_PX, CROP_FOV_MM["axial_t2"], HALF_SLICES)
+                out.append((CropRequest("axial_t2", crop, ("left_subarticular", "right_subarticular")), None))
+            else:
+                p.missing.append(f"axial T2 does not pass through {lv.name}: subarticular not assessed")
+        return out

@@ -1,0 +1,98 @@
+"""``spinenode train detector|grader`` and ``spinenode evaluate`` (registered by scp_node.cli).
+
+Heavy imports (torch, ultralytics) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Target(StrEnum):
+    DETECTOR = "detector"
+    GRADER = "grader"
+
+
+def train(
+    target: Annotated[Target, typer.Argument(help="what to train: detector or grader")],
+    data: Annotated[list[Path], typer.Option("--data", help="RSNA-layout dataset root (repeat for several)",
+                                             exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", help="run directory (weights, metrics, plots)")],
+    epochs: Annotated[int, typer.Option(min=1, help="training epochs")] = 30,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    seed: Annotated[int, typer.Option(help="random seed (split, init, augmentation)")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="processes for data preparation")] = 1,
+    batch: Annotated[int, typer.Option(min=0, help="batch size (0: trainer default)")] = 0,
+    imgsz: Annotated[int, typer.Option(min=64, help="detector image size")] = 384,
+    version: Annotated[str, typer.Option(help="version written to the weights manifest")] = "0.1.0",
+    max_studies: Annotated[Optional[int], typer.Option(help="use at most N studies")] = None,
+    max_hours: Annotated[Optional[float], typer.Option(help="detector: stop after this many hours")] = None,
+) -> None:
+    """Train the detector (YOLO-seg) or the grader (2.5D residual CNN) from RSNA-layout data."""
+    from models.analyzer import resolve_device
+    from models.train import TrainConfig, train_detector, train_grader
+
+    cfg = TrainConfig(data=tuple(data), out=out, epochs=epochs, device=resolve_device(device), seed=seed,
+                      workers=workers, batch=batch, imgsz=imgsz, version=version, max_studies=max_studies,
+                      max_hours=max_hours)
+    report = train_detector(cfg) if target is Target.DETECTOR else train_grader(cfg)
+    summary = {k: v for k, v in report.items() if k not in ("history", "val_uncalibrated")}
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="RSNA-layout dataset root", exists=True, file_okay=False)],
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="weights directory (manifest.json)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    batch_studies: Annotated[int, typer.Option(min=1, help="studies per analyzer batch")] = 1,
+    max_studies: Annotated[Optional[int], typer.Option(help="evaluate at most N studies")] = None,
+) -> None:
+    """Run the analyzer on RSNA-layout data and report the RSNA 2024 score and friends."""
+    from models.evaluate import evaluate as run_evaluation
+
+    report = run_evaluation(data, weights, device, batch_studies, max_studies, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    _render(report)
+
+
+def _render(report: dict) -> None:  # type: ignore[type-arg]
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    head = Table(title=f"spinenode evaluate: {report['studies']} {report['region']} studies, {report.get('model')}")
+    head.add_column("metric")
+    head.add_column("value", justify="right")
+    rs = report.get("rsna_score") or {}
+    for k in ("score", "spinal", "foraminal", "subarticular", "any_severe_spinal"):
+        if rs.get(k) is not None:
+            head.add_row(f"RSNA 2024 {k}", f"{rs[k]:.4f}")
+    for k in ("level_detection_recall", "level_naming_accuracy", "seconds_per_study",
+              "seconds_per_study_with_io", "missing_predictions"):
+        v = report.get(k)
+        if v is not None:
+            head.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    if "pfirrmann" in report:
+        head.add_row("pfirrmann accuracy / kappa",
+                     f"{report['pfirrmann']['accuracy']:.3f} / {report['pfirrmann']['kappa_linear']:.3f}")
+    con.print(head)
+    tab = Table(title="per condition")
+    for c in ("condition", "n", "accuracy", "macro-F1", "kappa (linear)"):
+        tab.add_column(c)
+    for name, m in report.get("conditions", {}).items():
+        tab.add_row(name, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['kappa_linear']:.3f}")
+    con.print(tab)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``evaluate`` to the ``spinenode`` command."""
+    app.command(name="train")(train)
+    app.command(name="evaluate")(evaluate)

@@ -1,0 +1,180 @@
+"""``spinenode evaluate``: run the whole analyzer on RSNA-layout data and score it.
+
+Reports the RSNA 2024 score (:func:`models.metrics.rsna_score`), per-condition
+accuracy, macro-F1 and linearly weighted kappa, level detection recall (a
+predicted disc centre within 5 mm of the true one) and naming accuracy (of the
+detected levels, the share given the true name), Pfirrmann accuracy and kappa,
+and seconds per study.
+
+A condition the analyzer could not grade at a level (level not found, series
+missing) is scored with the training prior ``MISSING_PROBS`` and counted in
+``missing_predictions``, so a model cannot improve its score by staying silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import rsna
+from models.metrics import ScoreRow, accuracy, cohen_kappa, macro_f1, rsna_score
+from models.train_data import disc_centers, primary_series, to_level_name
+from models.types import AnalysisResult, Condition, Region
+from models.volume import load_volume
+
+logger = logging.getLogger(__name__)
+
+MISSING_PROBS = (0.70, 0.20, 0.10)
+DETECTION_RADIUS_MM = 5.0
+
+_COND: dict[str, Condition] = {
+    rsna.SPINAL_CANAL_STENOSIS: Condition.SPINAL_CANAL_STENOSIS,
+    rsna.LEFT_NEURAL_FORAMINAL_NARROWING: Condition.LEFT_NEURAL_FORAMINAL_NARROWING,
+    rsna.RIGHT_NEURAL_FORAMINAL_NARROWING: Condition.RIGHT_NEURAL_FORAMINAL_NARROWING,
+    rsna.LEFT_SUBARTICULAR_STENOSIS: Condition.LEFT_SUBARTICULAR_STENOSIS,
+    rsna.RIGHT_SUBARTICULAR_STENOSIS: Condition.RIGHT_SUBARTICULAR_STENOSIS,
+}
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    study_id: int
+    truth_centers: dict[str, np.ndarray]
+    result: AnalysisResult
+
+
+def level_matches(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
+                  radius: float = DETECTION_RADIUS_MM) -> tuple[int, int, int]:
+    """(true levels, detected within radius, detected and correctly named).
+
+    Each true disc is matched to the nearest predicted disc centre (any name).
+    """
+    found = named = 0
+    for name, c in truth.items():
+        if not predicted:
+            continue
+        best = min(predicted.items(), key=lambda kv: float(np.linalg.norm(kv[1] - c)))
+        if float(np.linalg.norm(best[1] - c)) <= radius:
+            found += 1
+            named += int(best[0] == name)
+    return len(truth), found, named
+
+
+def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome]) -> dict[str, Any]:
+    """All metrics from analyzer outcomes and the dataset's labels."""
+    rows: list[ScoreRow] = []
+    per_cond: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    pf_t: list[int] = []
+    pf_p: list[int] = []
+    n_true = n_found = n_named = 0
+    missing_preds = 0
+    seconds: list[float] = []
+    region = Region(ds.region)
+    for o in outcomes:
+        seconds.append(o.result.seconds)
+        pred_centers = {lf.level.name: np.asarray(lf.level.center_patient) for lf in o.result.findings.levels}
+        t, f, nm = level_matches(o.truth_centers, pred_centers)
+        n_true, n_found, n_named = n_true + t, n_found + f, n_named + nm
+        labels = ds.labels.get(o.study_id)
+        if labels is None:
+            continue
+        for cond_name in rsna.conditions_of(ds.region):
+            cond = _COND[cond_name]
+            for lv in rsna.levels_of(ds.region):
+                true = labels.class_index(cond_name, lv)
+                if true is None:
+                    continue
+                lf = o.result.findings.level(to_level_name(lv))
+                g = lf.grade_of(cond) if lf is not None else None
+                if g is None:
+                    probs = MISSING_PROBS
+                    missing_preds += 1
+                else:
+                    probs = tuple(g.probabilities)  # type: ignore[assignment]
+                group = cond.rsna_group
+                assert group is not None
+                rows.append(ScoreRow(str(o.study_id), group, lv, true, probs))  # type: ignore[arg-type]
+                per_cond[cond.value][0].append(true)
+                per_cond[cond.value][1].append(int(np.argmax(probs)))
+        if region is Region.LUMBAR:
+            for lv in rsna.LUMBAR_LEVELS:
+                truth_pf = ds.pfirrmann.get((o.study_id, lv))
+                lf = o.result.findings.level(to_level_name(lv))
+                g = lf.grade_of(Condition.PFIRRMANN) if lf is not None else None
+                if truth_pf is not None and g is not None:
+                    pf_t.append(truth_pf - 1)
+                    pf_p.append(int(np.argmax(g.probabilities)))
+    out: dict[str, Any] = {"studies": len(outcomes), "region": ds.region}
+    if rows:
+        out["rsna_score"] = rsna_score(rows).as_dict()
+    out["conditions"] = {
+        c: {"n": len(t), "accuracy": accuracy(t, p), "macro_f1": macro_f1(t, p, 3),
+            "kappa_linear": cohen_kappa(t, p, 3)}
+        for c, (t, p) in per_cond.items() if t
+    }
+    out["missing_predictions"] = missing_preds
+    out["level_detection_recall"] = n_found / n_true if n_true else None
+    out["level_naming_accuracy"] = n_named / n_found if n_found else None
+    out["levels_true"] = n_true
+    if pf_t:
+        out["pfirrmann"] = {"n": len(pf_t), "accuracy": accuracy(pf_t, pf_p),
+                            "kappa_linear": cohen_kappa(pf_t, pf_p, 5)}
+    if seconds:
+        out["seconds_per_study"] = float(np.mean(seconds))
+    return out
+
+
+def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batch_studies: int = 1,
+             max_studies: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the analyzer over every study of an RSNA-layout dataset and score it."""
+    from models.analyzer import SpineAnalyzer, read_study_dir
+
+    ds = rsna.read_dataset(data)
+    analyzer = SpineAnalyzer.from_registry(weights, device=device)
+    studies = list(ds.study_ids)[:max_studies] if max_studies else list(ds.study_ids)
+    outcomes: list[StudyOutcome] = []
+    t0 = time.perf_counter()
+    prog_cm: Any
+    if progress:
+        from models.train import _progress
+
+        prog_cm = _progress()
+    else:
+        import contextlib
+
+        prog_cm = contextlib.nullcontext()
+    with prog_cm as prog:
+        task = prog.add_task("evaluate", total=len(studies)) if progress else None
+        for start in range(0, len(studies), batch_studies):
+            chunk = studies[start:start + batch_studies]
+            inputs = []
+            truths = []
+            for sid in chunk:
+                series = read_study_dir(ds.root / f"{ds.split}_images" / str(sid))
+                inputs.append((str(sid), series, ds.region))
+                truths.append(_truth_centers(ds, sid))
+            for sid, truth, res in zip(chunk, truths, analyzer.analyze_many(inputs)):
+                outcomes.append(StudyOutcome(sid, truth, res))
+            if prog is not None and task is not None:
+                prog.advance(task, len(chunk))
+    report = score_outcomes(ds, outcomes)
+    report["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    report["seconds_per_study_with_io"] = report["wall_seconds"] / max(1, len(studies))
+    report["model"] = analyzer.model_id.to_json()
+    report["device"] = str(analyzer.grader.device)
+    return report
+
+
+def _truth_centers(ds: rsna.RsnaDataset, sid: int) -> dict[str, np.ndarray]:
+    series = primary_series(ds, sid)
+    if series is None:
+        return {}
+    vol = load_volume(ds.series_dir(sid, series.series_id))
+    return disc_centers(ds, sid, vol, series)

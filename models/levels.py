@@ -1,0 +1,131 @@
+"""Naming disc levels by counting along the spine, checked against the detector's classes.
+
+The detector proposes disc candidates, each with a position along the spine
+(patient superior coordinate, mm) and a vote per level name (its class
+scores). Naming does not trust the votes alone:
+
+1. candidates closer than half the typical disc spacing are duplicates (the
+   more confident one stays);
+2. the discs are ordered along the spine; a gap over 1.6 spacings means a
+   missed disc, and the count skips a slot there;
+3. every way to lay the region's level names onto the ordered slots is
+   scored by the class votes it agrees with, plus a prior for counting from
+   the anchor (lumbar: the lowest disc is L5-S1, counted up from the sacrum;
+   cervical: the highest disc is C2-C3, counted down from C2); a disc voted
+   ``other_disc`` supports assignments that leave it outside the region. The best
+   assignment wins; slots outside the region (T12-L1, C1-C2) are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.types import Region, levels_of
+
+#: Vote key of a disc the detector calls outside the graded levels (T12-L1, T1-T2).
+OTHER_DISC_VOTE = "other_disc"
+#: Weight of the anchor prior relative to one fully confident class vote.
+ANCHOR_PRIOR = 0.8
+DUPLICATE_FRACTION = 0.5
+GAP_FACTOR = 1.6
+
+
+@dataclass(frozen=True, slots=True)
+class DiscCandidate:
+    """A detected disc before naming.
+
+    ``axis_mm`` is its position along the spine, larger = more superior
+    (patient z in LPS for an upright spine). ``votes`` maps level names to
+    scores in [0, 1] (may be empty). ``key`` lets the caller find its detection again.
+    """
+
+    key: int
+    axis_mm: float
+    confidence: float
+    votes: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NamedDisc:
+    key: int
+    name: str
+    axis_mm: float
+
+
+def deduplicate(cands: Sequence[DiscCandidate], spacing: float) -> list[DiscCandidate]:
+    """Drop candidates within ``DUPLICATE_FRACTION * spacing`` of a more confident one."""
+    kept: list[DiscCandidate] = []
+    for c in sorted(cands, key=lambda c: -c.confidence):
+        if all(abs(c.axis_mm - k.axis_mm) >= DUPLICATE_FRACTION * spacing for k in kept):
+            kept.append(c)
+    return sorted(kept, key=lambda c: c.axis_mm)
+
+
+def typical_spacing(axis: Sequence[float]) -> float:
+    """Median gap between neighbouring positions, robust to one missed disc."""
+    a = np.sort(np.asarray(axis, dtype=float))
+    if a.size < 2:
+        return 0.0
+    gaps = np.diff(a)
+    gaps = gaps[gaps > 1e-6]
+    if gaps.size == 0:
+        return 0.0
+    med = float(np.median(gaps))
+    small = gaps[gaps < GAP_FACTOR * med]
+    return float(np.median(small)) if small.size else med
+
+
+def slots_of(axis_sorted_desc: Sequence[float], spacing: float) -> list[int]:
+    """Slot number of each disc, top to bottom; a wide gap skips the missing slots."""
+    slots = [0]
+    for a, b in zip(axis_sorted_desc[:-1], axis_sorted_desc[1:]):
+        gap = a - b
+        skip = max(1, int(round(gap / spacing))) if spacing > 0 else 1
+        slots.append(slots[-1] + (skip if gap > GAP_FACTOR * spacing else 1))
+    return slots
+
+
+def name_levels(
+    cands: Sequence[DiscCandidate], region: Region | str, spacing_hint: float | None = None
+) -> list[NamedDisc]:
+    """Name disc candidates (see the module docstring); returns them top to bottom."""
+    region = Region(region)
+    names = levels_of(region)
+    if not cands:
+        return []
+    spacing = spacing_hint or typical_spacing([c.axis_mm for c in cands]) or 1.0
+    discs = sorted(deduplicate(cands, spacing), key=lambda c: -c.axis_mm)  # top first
+    spacing = spacing_hint or typical_spacing([c.axis_mm for c in discs]) or spacing
+    slots = slots_of([c.axis_mm for c in discs], spacing)
+    n_slots = slots[-1] + 1
+    # offset: name index of slot s is s + offset
+    best: tuple[float, int] | None = None
+    lowest_anchor = len(names) - n_slots  # lowest slot -> last name (L5-S1)
+    highest_anchor = 0  # highest slot -> first name (C2-C3)
+    anchor = lowest_anchor if region is Region.LUMBAR else highest_anchor
+    for offset in range(-n_slots + 1, len(names)):
+        score = 0.0
+        for c, s in zip(discs, slots):
+            idx = s + offset
+            if 0 <= idx < len(names):
+                score += float(c.votes.get(names[idx], 0.0))
+            else:
+                score += float(c.votes.get(OTHER_DISC_VOTE, 0.0))
+        if offset == anchor:
+            score += ANCHOR_PRIOR
+        # prefer assignments that keep more discs inside the region
+        inside = sum(1 for s in slots if 0 <= s + offset < len(names))
+        score += 1e-3 * inside
+        if best is None or score > best[0]:
+            best = (score, offset)
+    assert best is not None
+    offset = best[1]
+    out: list[NamedDisc] = []
+    for c, s in zip(discs, slots):
+        idx = s + offset
+        if 0 <= idx < len(names):
+            out.append(NamedDisc(c.key, names[idx], c.axis_mm))
+    return out

@@ -1,0 +1,215 @@
+"""Metrics: the RSNA 2024 score, weighted Cohen's kappa, macro-F1, accuracy.
+
+The RSNA 2024 Lumbar Spine Degenerative Classification score, as the Kaggle
+metric computes it:
+
+* every (study, condition, level) row has a sample weight from its true grade:
+  normal/mild 1, moderate 2, severe 4;
+* a sample-weighted log loss (``sum(w * -log p_true) / sum(w)``, probabilities
+  clipped to ``[eps, 1 - eps]`` and each row renormalised, as
+  ``sklearn.metrics.log_loss`` does) for each condition group: spinal canal,
+  neural foraminal (left and right together), subarticular (left and right);
+* an "any severe spinal" binary term per study: prediction = the largest
+  severe probability over the study's spinal rows, label = whether any of its
+  spinal rows is severe, weight = the largest sample weight of its spinal rows;
+* the score is the mean of the four terms (``any_severe_scalar`` = 1).
+
+Groups without rows (a cervical study has only spinal rows) are left out of
+the mean; with complete lumbar data this is exactly the Kaggle metric.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Sample weight per true grade index (normal/mild, moderate, severe).
+SAMPLE_WEIGHTS: tuple[float, float, float] = (1.0, 2.0, 4.0)
+RSNA_GROUPS: tuple[str, ...] = ("spinal", "foraminal", "subarticular")
+DEFAULT_EPS = 1e-15
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRow:
+    """One scored row: a study, a condition group, a level, the true grade and the prediction."""
+
+    study_id: str
+    group: str
+    level: str
+    label: int
+    probs: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if self.group not in RSNA_GROUPS:
+            raise ValueError(f"unknown condition group {self.group!r}")
+        if self.label not in (0, 1, 2):
+            raise ValueError(f"label must be 0, 1 or 2, got {self.label}")
+        if len(self.probs) != 3:
+            raise ValueError("probs must have three entries")
+
+
+@dataclass(frozen=True, slots=True)
+class RsnaScore:
+    """The four terms and their mean; a term is None when it had no rows."""
+
+    spinal: float | None
+    foraminal: float | None
+    subarticular: float | None
+    any_severe_spinal: float | None
+    score: float
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "spinal": self.spinal,
+            "foraminal": self.foraminal,
+            "subarticular": self.subarticular,
+            "any_severe_spinal": self.any_severe_spinal,
+            "score": self.score,
+        }
+
+
+def weighted_log_loss(
+    labels: Sequence[int] | np.ndarray,
+    probs: Sequence[Sequence[float]] | np.ndarray,
+    weights: Sequence[float] | np.ndarray | None = None,
+    eps: float = DEFAULT_EPS,
+) -> float:
+    """Sample-weighted multi-class log loss, as ``sklearn.metrics.log_loss``.
+
+    ``probs`` has one row per sample; rows are clipped to ``[eps, 1 - eps]``
+    and renormalised to sum to one before the log is taken.
+    """
+    y = np.asarray(labels, dtype=int)
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2 or p.shape[0] != y.shape[0]:
+        raise ValueError("probs must be (n_samples, n_classes) with one row per label")
+    if y.size == 0:
+        raise ValueError("no samples")
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
+    p = np.clip(p, eps, 1.0 - eps)
+    p = p / p.sum(axis=1, keepdims=True)
+    losses = -np.log(p[np.arange(len(y)), y])
+    return float(np.sum(w * losses) / np.sum(w))
+
+
+def binary_log_loss(
+    labels: Sequence[int] | np.ndarray,
+    p_positive: Sequence[float] | np.ndarray,
+    weights: Sequence[float] | np.ndarray | None = None,
+    eps: float = DEFAULT_EPS,
+) -> float:
+    """Weighted binary log loss of the probability of the positive class."""
+    p = np.asarray(p_positive, dtype=float)
+    return weighted_log_loss(labels, np.stack([1.0 - p, p], axis=1), weights, eps)
+
+
+def rsna_score(
+    rows: Iterable[ScoreRow], any_severe_scalar: float = 1.0, eps: float = DEFAULT_EPS
+) -> RsnaScore:
+    """The RSNA 2024 score of a set of rows (see the module docstring)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows to score")
+    terms: dict[str, float | None] = {}
+    for group in RSNA_GROUPS:
+        sel = [r for r in rows if r.group == group]
+        if not sel:
+            terms[group] = None
+            continue
+        labels = [r.label for r in sel]
+        terms[group] = weighted_log_loss(
+            labels, [r.probs for r in sel], [SAMPLE_WEIGHTS[k] for k in labels], eps
+        )
+    spinal_by_study: dict[str, list[ScoreRow]] = defaultdict(list)
+    for r in rows:
+        if r.group == "spinal":
+            spinal_by_study[r.study_id].append(r)
+    any_severe: float | None = None
+    if spinal_by_study:
+        studies = sorted(spinal_by_study)
+        y = [int(any(r.label == 2 for r in spinal_by_study[s])) for s in studies]
+        p = [max(float(r.probs[2]) / max(sum(r.probs), 1e-12) for r in spinal_by_study[s])
+             for s in studies]
+        w = [max(SAMPLE_WEIGHTS[r.label] for r in spinal_by_study[s]) for s in studies]
+        any_severe = binary_log_loss(y, p, w, eps)
+    values = [terms[g] for g in RSNA_GROUPS if terms[g] is not None]
+    weights = [1.0] * len(values)
+    if any_severe is not None:
+        values.append(any_severe)
+        weights.append(any_severe_scalar)
+    score = float(np.average(values, weights=weights))
+    return RsnaScore(terms["spinal"], terms["foraminal"], terms["subarticular"], any_severe, score)
+
+
+def confusion_matrix(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int
+) -> np.ndarray:
+    """Counts ``[true, predicted]``."""
+    t = np.asarray(y_true, dtype=int)
+    p = np.asarray(y_pred, dtype=int)
+    if t.shape != p.shape:
+        raise ValueError("y_true and y_pred differ in length")
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(m, (t, p), 1)
+    return m
+
+
+def cohen_kappa(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    n_classes: int,
+    weights: str = "linear",
+) -> float:
+    """Cohen's kappa, unweighted (``"none"``), linearly or quadratically weighted.
+
+    ``1 - sum(W * O) / sum(W * E)`` with O the observed confusion matrix, E the
+    outer product of its marginals scaled to the same total, and W the
+    disagreement weights ``|i - j|`` (linear) or ``(i - j)**2`` (quadratic).
+    When E has no weighted disagreement (one class only), agreement gives 1.
+    """
+    o = confusion_matrix(y_true, y_pred, n_classes).astype(float)
+    n = o.sum()
+    if n == 0:
+        raise ValueError("no samples")
+    e = np.outer(o.sum(axis=1), o.sum(axis=0)) / n
+    i, j = np.indices((n_classes, n_classes))
+    if weights == "linear":
+        w = np.abs(i - j).astype(float)
+    elif weights == "quadratic":
+        w = ((i - j) ** 2).astype(float)
+    elif weights == "none":
+        w = (i != j).astype(float)
+    else:
+        raise ValueError(f"unknown weights {weights!r}")
+    expected = float((w * e).sum())
+    observed = float((w * o).sum())
+    if expected == 0.0:
+        return 1.0 if observed == 0.0 else 0.0
+    return 1.0 - observed / expected
+
+
+def macro_f1(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int
+) -> float:
+    """Unweighted mean of per-class F1 over the classes present in truth or prediction."""
+    m = confusion_matrix(y_true, y_pred, n_classes)
+    f1s: list[float] = []
+    for k in range(n_classes):
+        tp = float(m[k, k])
+        fp = float(m[:, k].sum() - tp)
+        fn = float(m[k, :].sum() - tp)
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray) -> float:
+    t = np.asarray(y_true, dtype=int)
+    p = np.asarray(y_pred, dtype=int)
+    if t.size == 0:
+        raise ValueError("no samples")
+    return float(np.mean(t == p))

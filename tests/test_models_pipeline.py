@@ -1,0 +1,217 @@
+"""Training-data extraction, grader, analyzer (with a stub detector) and evaluation scoring."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import rsna
+from models.analyzer import SpineAnalyzer, read_study_dir
+from models.detector import SegDetection, detector_image
+from models.evaluate import StudyOutcome, level_matches, score_outcomes
+from models.grader import (
+    GradeNet, Grader, GraderCheckpoint, CropRequest, HEADS, fit_temperature, n_parameters,
+)
+from models.train_data import (
+    disc_centers, crop_offsets_of_study, grader_study_crops, is_validation, primary_series, yolo_lines,
+)
+from models.types import Box, LUMBAR_LEVELS, ModelId
+from models.volume import load_volume
+from test_models_synth import DISC_Z, make_dataset
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> rsna.RsnaDataset:
+    return make_dataset(tmp_path_factory.mktemp("synth"), n_studies=2)
+
+
+def test_disc_centres_from_masks(dataset: rsna.RsnaDataset) -> None:
+    sid = dataset.study_ids[0]
+    series = primary_series(dataset, sid)
+    assert series is not None
+    vol = load_volume(dataset.series_dir(sid, series.series_id))
+    centres = disc_centers(dataset, sid, vol, series)
+    assert sorted(centres) == sorted(LUMBAR_LEVELS)
+    for lv, z in DISC_Z.items():
+        c = centres[lv.replace("/", "-")]
+        assert abs(c[2] - z) < 1.0 and abs(c[1]) < 1.0 and abs(c[0]) < 1e-6
+
+
+def test_yolo_lines_have_every_class(dataset: rsna.RsnaDataset) -> None:
+    mv = rsna.read_masks(dataset.masks_path(1000, 10001))
+    lines = yolo_lines(mv.labels[4], mv.labels.shape[1:])
+    classes = sorted({int(line.split()[0]) for line in lines})
+    assert classes == [0, 1, 2, 3, 4, 11, 12, 13]  # 5 lumbar discs, other disc, bodies, canal
+    coords = np.array([float(v) for line in lines for v in line.split()[1:]])
+    assert coords.min() >= 0 and coords.max() <= 1
+    boxes = yolo_lines(None, (100, 100), [("L4-L5", 50.0, 50.0)], pixel_mm=1.0)
+    assert boxes[0].split()[0] == "3" and len(boxes[0].split()) == 9
+
+
+def test_crop_offsets(dataset: rsna.RsnaDataset) -> None:
+    off = crop_offsets_of_study(dataset, 1000)
+    left = np.median(np.asarray(off["left"]), axis=0)
+    right = np.median(np.asarray(off["right"]), axis=0)
+    assert left == pytest.approx([16.0, 20.0, 0.0], abs=1.0)
+    assert right == pytest.approx([-16.0, 20.0, 0.0], abs=1.0)
+    recess = np.median(np.asarray(off["recess"]), axis=0)
+    assert len(off["recess"]) == 5
+    assert recess == pytest.approx([0.0, 24.0, 0.0], abs=1.0)
+
+
+def test_grader_crops(dataset: rsna.RsnaDataset) -> None:
+    offs = {"left": np.array([16.0, 20.0, 0.0]), "right": np.array([-16.0, 20.0, 0.0])}
+    cs = grader_study_crops(dataset, 1000, offs, n_aug=1)
+    # 5 levels x (1 sagittal T2 + 2 foramina + 1 axial)
+    assert cs.x.shape == (20, 5, 64, 64)
+    assert sorted(np.bincount(cs.kind).tolist()) == [5, 5, 10]
+    has = (cs.y.max(axis=0) >= 0).tolist()
+    # every lumbar head has labels; the cervical head none
+    assert has == [True, True, False, True, True, True]
+
+
+def test_study_split_is_grouped_and_stable() -> None:
+    a = [is_validation(s, 0, 0.2) for s in range(1000)]
+    assert a == [is_validation(s, 0, 0.2) for s in range(1000)]
+    assert 0.15 < np.mean(a) < 0.25
+    assert a != [is_validation(s, 1, 0.2) for s in range(1000)]
+
+
+def test_gradenet_and_temperature() -> None:
+    net = GradeNet()
+    assert 2_000_000 < n_parameters(net) < 3_500_000
+    out = net(torch.zeros(2, 5, 64, 64), torch.tensor([0, 2]))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {h: (2, n) for h, n in HEADS.items()}
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 3)) * 3.0
+    p = np.exp(logits / 2.0)
+    p /= p.sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    assert fit_temperature(logits, y) == pytest.approx(2.0, rel=0.1)
+
+
+def _grader(tmp_path: Path) -> Grader:
+    torch.manual_seed(0)
+    net = GradeNet()
+    ckpt = GraderCheckpoint(net.state_dict(), net.widths, {"spinal_canal": 1.5},
+                            {"left": (16.0, 20.0, 0.0), "right": (-16.0, 20.0, 0.0), "recess": (0.0, 24.0, 0.0)}, {})
+    ckpt.save(tmp_path / "g.pt")
+    return Grader.from_file(tmp_path / "g.pt", ModelId("g", "0"))
+
+
+class _StubDetector:
+    """Returns the true disc boxes of the synthetic study (plus the T12-L1 disc)."""
+
+    def __init__(self, boxes: list[tuple[str, Box]]) -> None:
+        self.boxes = boxes
+        self.calls = 0
+
+    def detect(self, images: list[np.ndarray], batch_size: int = 32) -> list[list[SegDetection]]:
+        self.calls += 1
+        return [[SegDetection(n, 0.9, b, None) for n, b in self.boxes] for _ in images]
+
+
+def _true_boxes() -> list[tuple[str, Box]]:
+    out = []
+    for name, z in [("other_disc", 70.0), *((k.replace("/", "-"), v) for k, v in DISC_Z.items())]:
+        row = (100.0 - z) / 1.5
+        out.append((name, Box(40 - 16 / 1.5 + 0.0, row - 3, 40 + 16 / 1.5, row + 3)))
+    return out
+
+
+def test_grader_checkpoint_roundtrip(tmp_path: Path) -> None:
+    g = _grader(tmp_path)
+    pr = g.probabilities([CropRequest("sag_t2", np.zeros((5, 64, 64), np.float32), ("spinal_canal", "pfirrmann"))])
+    assert set(pr[0]) == {"spinal_canal", "pfirrmann"}
+    assert pr[0]["pfirrmann"].sum() == pytest.approx(1.0)
+    assert g.temperatures["spinal_canal"] == 1.5
+    assert (tmp_path / "g.pt").stat().st_size < 8_000_000  # stored in half precision
+
+
+def test_analyzer_end_to_end_with_stub_detector(dataset: rsna.RsnaDataset, tmp_path: Path) -> None:
+    det = _StubDetector(_true_boxes())
+    an = SpineAnalyzer(det, _grader(tmp_path), ModelId("spinenode-test", "0.0.1"))  # type: ignore[arg-type]
+    series = read_study_dir(dataset.root / "train_images" / "1000")
+    res = an.analyze("1.2.3", series, "lumbar")
+    f = res.findings
+    assert [lf.level.name for lf in f.levels] == list(LUMBAR_LEVELS)
+    assert f.missing == ()
+    for lf in f.levels:
+        conds = {g.condition.value for g in lf.grades}
+        assert conds == {"spinal_canal_stenosis", "pfirrmann", "left_neural_foraminal_narrowing",
+                         "right_neural_foraminal_narrowing", "left_subarticular_stenosis",
+                         "right_subarticular_stenosis"}
+        z_true = DISC_Z[lf.level.name.replace("-", "/")]
+        assert abs(lf.level.center_patient[2] - z_true) < 2.0
+    js = f.to_json()
+    assert js["model"] == {"name": "spinenode-test", "version": "0.0.1"}
+    assert js["levels"][3]["level"] == "L4-L5"
+    assert det.calls == 1
+
+
+def test_analyzer_reports_missing_axial(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "noax", n_studies=1, axial=False)
+    an = SpineAnalyzer(_StubDetector(_true_boxes()), _grader(tmp_path), ModelId("t", "0"))  # type: ignore[arg-type]
+    res = an.analyze("1.2", read_study_dir(ds.root / "train_images" / "1000"), "lumbar")
+    assert any("axial T2" in m for m in res.findings.missing)
+    lf = res.findings.level("L3-L4")
+    assert lf is not None and lf.grade_of("left_subarticular_stenosis") is None
+    assert lf.grade_of("spinal_canal_stenosis") is not None
+
+
+def test_batched_analysis_matches_single(dataset: rsna.RsnaDataset, tmp_path: Path) -> None:
+    an = SpineAnalyzer(_StubDetector(_true_boxes()), _grader(tmp_path), ModelId("t", "0"))  # type: ignore[arg-type]
+    studies = [(str(s), read_study_dir(dataset.root / "train_images" / str(s)), "lumbar") for s in dataset.study_ids]
+    many = an.analyze_many(studies)
+    one = an.analyze(*studies[1])
+    a = many[1].findings.level("L4-L5")
+    b = one.findings.level("L4-L5")
+    assert a is not None and b is not None
+    assert np.allclose(a.grades[0].probabilities, b.grades[0].probabilities, atol=1e-5)
+
+
+def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path) -> None:
+    truth = {"L1-L2": np.array([0.0, 0.0, 0.0]), "L2-L3": np.array([0.0, 0.0, -30.0])}
+    assert level_matches(truth, {"L1-L2": np.array([0.0, 3.0, 0.0]), "L3-L4": np.array([0, 0, -31.0])}) == (2, 2, 1)
+    assert level_matches(truth, {"L1-L2": np.array([0.0, 6.0, 0.0])}) == (2, 0, 0)
+    an = SpineAnalyzer(_StubDetector(_true_boxes()), _grader(tmp_path), ModelId("t", "0"))  # type: ignore[arg-type]
+    outs = []
+    for sid in dataset.study_ids:
+        res = an.analyze(str(sid), read_study_dir(dataset.root / "train_images" / str(sid)), "lumbar")
+        series = primary_series(dataset, sid)
+        assert series is not None
+        vol = load_volume(dataset.series_dir(sid, series.series_id))
+        outs.append(StudyOutcome(sid, disc_centers(dataset, sid, vol, series), res))
+    rep = score_outcomes(dataset, outs)
+    assert rep["level_detection_recall"] == 1.0 and rep["level_naming_accuracy"] == 1.0
+    assert rep["missing_predictions"] == 0
+    assert len(rep["conditions"]) == 5 and rep["pfirrmann"]["n"] == 10
+    assert 0 < rep["rsna_score"]["score"] < 5
+
+
+def test_detector_image_channels() -> None:
+    pix = np.stack([np.full((4, 4), v, np.float32) for v in (0.0, 0.5, 1.0)])
+    img = detector_image(pix, 0)
+    assert img.shape == (4, 4, 3) and img.dtype == np.uint8
+    assert img[0, 0].tolist() == [0, 0, 128]
+
+
+def test_tta_is_left_right_consistent(tmp_path: Path) -> None:
+    g = _grader(tmp_path)
+    rng = np.random.default_rng(1)
+    crop = rng.random((5, 64, 64)).astype(np.float32)
+    mirrored = crop[::-1, :, ::-1].copy()
+    heads = ("left_subarticular", "right_subarticular")
+    a, b = g.probabilities([CropRequest("axial_t2", crop, heads), CropRequest("axial_t2", mirrored, heads)])
+    assert np.allclose(a["left_subarticular"], b["right_subarticular"], atol=1e-5)
+    assert np.allclose(a["right_subarticular"], b["left_subarticular"], atol=1e-5)
+    g.tta = False
+    c = g.probabilities([CropRequest("axial_t2", crop, heads)])[0]
+    assert not np.allclose(c["left_subarticular"], a["left_subarticular"], atol=1e-6)
