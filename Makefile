@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 test-deps:
 	bash scripts/install-test-deps.sh
 
-## main job on the embedded defaults (SQLite, serverless broker): serve + a sample study sent to it
+## main job on the embedded defaults (SQLite, serverless broker): node + built-in PACS + a phantom study
 demo: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+	$(BIN)/spinenode demo
 
 ## everything the tests need, then the whole suite
 test: test-deps install

@@ -135,18 +135,22 @@ def _truth(phantom: Path) -> dict[tuple[str, str], str]:
             if grade:
                 key = condition.lower().replace(" ", "_")
                 out[(key, level.replace("/", "-"))] = grade.lower().replace("/", "_")
+    for (study_id, level), grade in data.pfirrmann.items():
+        out[("pfirrmann", level.replace("/", "-"))] = str(grade)
     return out
 
 
 def _print_findings(findings: dict[str, Any], truth: dict[tuple[str, str], str]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     conditions = ["spinal_canal_stenosis", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing",
                   "left_subarticular_stenosis", "right_subarticular_stenosis", "pfirrmann"]
     short = ["canal", "L foramen", "R foramen", "L subart.", "R subart.", "Pfirrmann"]
-    table = Table(title=f"{findings['model']['name']} {findings['model']['version']} - PRELIMINARY, "
-                        "NOT A DIAGNOSIS (model / phantom truth)")
+    abbr = {"normal_mild": "n/m", "moderate": "mod", "severe": "SEV"}
+    table = Table(title=f"{findings['model']['name']} {findings['model']['version']}: PRELIMINARY, NOT A "
+                        "DIAGNOSIS\n(grade and probability; \\[truth] where the phantom's answer differs)")
     table.add_column("level")
     for s in short:
         table.add_column(s)
@@ -154,10 +158,15 @@ def _print_findings(findings: dict[str, Any], truth: dict[tuple[str, str], str])
         cells = []
         for c in conditions:
             f = lv["findings"].get(c)
-            got = f"{f['grade']} {max(f['p'].values()):.2f}" if f else "-"
+            if not f:
+                cells.append("-")
+                continue
+            cell = f"{abbr.get(f['grade'], f['grade'])} {max(f['p'].values()):.2f}"
             want = truth.get((c, lv["level"]))
-            cells.append(f"{got} / {want}" if want else got)
-        table.add_row(lv["level"], *cells)
+            if want and want != f["grade"]:
+                cell += f" [{abbr.get(want, want)}]"
+            cells.append(cell)
+        table.add_row(lv["level"], *(escape(c) for c in cells))
     Console().print(table)
     for m in findings.get("missing", []):
         print(f"not assessed: {m}")

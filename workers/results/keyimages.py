@@ -34,8 +34,8 @@ def _label(lf: LevelFindings) -> str:
     short = {"spinal_canal_stenosis": "canal", "left_neural_foraminal_narrowing": "L foramen",
              "right_neural_foraminal_narrowing": "R foramen", "left_subarticular_stenosis": "L subart.",
              "right_subarticular_stenosis": "R subart.", "pfirrmann": "Pfirrmann"}
-    parts = [f"{short.get(str(g.condition), str(g.condition))} {g.grade.replace('normal_mild', 'n/m')}"
-             for g in lf.grades if g.grade != "normal_mild"]
+    parts = [f"{short.get(str(g.condition), str(g.condition))} {g.grade}"
+             for g in lf.grades if g.grade not in ("normal_mild", "1", "2")]
     return f"{lf.level.name}: " + (", ".join(parts) if parts else "no moderate/severe finding")
 
 
