@@ -481,7 +481,8 @@ class StorescpServer(_Peer):
             self.port = free_port()
         argv = [
             dcmtk_tool("storescp"), "-aet", self.ae_title, "-od", str(self.output_dir),
-            "+xa", "+B", "-dhl", *self.extra_args, str(self.port),
+            # an association profile (-xf FILE PROFILE) replaces "accept all"
+            *([] if "-xf" in self.extra_args else ["+xa"]), "+B", "-dhl", *self.extra_args, str(self.port),
         ]
         proc = _Process("storescp", argv, self.log_path, env=dcmtk_env(), cwd=self.workdir)
         self._proc = proc

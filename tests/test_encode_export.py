@@ -119,3 +119,53 @@ def test_encode_export_sr_seg_keyimage_and_reanalysis(tmp_path: Path, orthanc_fa
     pred = newest.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert pred.ReferencedSOPInstanceUID == first_sr.SOPInstanceUID
     db.dispose()
+
+
+SC_ONLY_PROFILE = """[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+[[PresentationContexts]]
+[ScOnly]
+PresentationContext1 = VerificationSOPClass\\Uncompressed
+PresentationContext2 = SecondaryCaptureImageStorage\\Uncompressed
+[[Profiles]]
+[ScOnly]
+PresentationContexts = ScOnly
+"""
+
+
+def test_destination_refusing_sr_and_seg_gets_the_key_image(tmp_path: Path) -> None:
+    """A viewer/PACS that accepts only secondary captures: SR and SEG fall back to the key image."""
+    from peers import StorescpServer
+    from scp_node.db.models import Export, ExportState
+
+    cfg = tmp_path / "sc-only.cfg"
+    cfg.write_text(SC_ONLY_PROFILE)
+    with StorescpServer(tmp_path / "pacs", extra_args=("-xf", str(cfg), "ScOnly")) as pacs:
+        settings = load_settings(data_dir=tmp_path / "data", destinations=[pacs.destination])
+        db = Database(settings.database_url)
+        db.migrate(settings.data_dir)
+        spool = Spool(settings.data_dir)
+        ctx = StageContext(settings, db, spool, Sent())  # type: ignore[arg-type]
+        study = dicomgen.write_study(tmp_path / "src", seed=72, rows=96, cols=96, series=(
+            dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
+        ingestor = Ingestor(db, spool)
+        for p in study.paths:
+            data = p.read_bytes()
+            ingestor.store(parse_header(data), data, "TEST")
+        gen = _analysed(ctx, study.study_uid, study.paths)
+        encode_study(ctx, study.study_uid, gen)
+        export_study(ctx, study.study_uid, gen)
+        with db.session() as s:
+            st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+            assert st.state == StudyState.DONE, st.reason
+            rows = {k: e for k, e in s.execute(
+                select(Result.kind, Export).join(Export, Export.result_id == Result.id)).all()}
+            assert rows["key-images"].state == ExportState.SENT
+            assert rows["sr"].state == rows["seg"].state == ExportState.FALLBACK
+            assert "presentation context" in (rows["sr"].last_error or "")
+            assert "key images sent instead" in (st.events[-1].detail or "")
+        received = pacs.wait_for_files(1)
+        assert len(received) == 1 and dcmread(received[0], stop_before_pixels=True).SeriesNumber == 9903
+        db.dispose()
