@@ -75,3 +75,22 @@ def test_stage_durations_from_events() -> None:
     assert d["analysed_to_encoded"] == [1.0]
     assert d["encoded_to_stored"] == [2.0]
     assert d["total"] == [73.0]
+
+
+def test_openapi_document_lists_the_contract(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from scp_node.admin.app import AdminContext, create_app
+    from scp_node.settings import load_settings
+
+    settings = load_settings(data_dir=tmp_path)
+    db = Database(settings.database_url)
+    db.migrate(tmp_path)
+    app = create_app(AdminContext(settings, db, lambda *a: None, lambda: {}))
+    with TestClient(app) as client:
+        paths = client.get("/api/openapi.json").json()["paths"]
+        assert client.get("/docs").status_code == 404  # no CDN-backed page offline
+    for path in ("/api/health", "/api/studies", "/api/studies/{study_uid}", "/api/studies/{study_uid}/findings",
+                 "/api/studies/{study_uid}/retry", "/api/queue"):
+        assert path in paths
+    db.dispose()

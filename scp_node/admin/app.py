@@ -50,7 +50,10 @@ def study_row(study: Study, n_series: int, n_instances: int) -> dict[str, Any]:
 
 
 def create_app(ctx: AdminContext) -> FastAPI:
-    app = FastAPI(title="spinenode admin", version=__version__)
+    # The interactive /docs and /redoc pages load their scripts from a CDN, which an
+    # offline hospital network cannot reach: only the OpenAPI document is served.
+    app = FastAPI(title="spinenode admin", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = ctx.settings.admin_token
