@@ -70,8 +70,11 @@ def run_analysis(
         return analyzer.analyze(study_uid, series, region)
     except AnalyzerError as exc:
         return NotAnalysed(str(exc))
-    except (ValueError, NotImplementedError, RuntimeError) as exc:
-        # undecodable pixels and similar: the study is not analysable as sent
+    except Exception as exc:
+        # Undecodable or missing pixels, a transfer syntax that lies about its data, absurd
+        # geometry: the study is not analysable as sent, and the radiologist is told so.
+        # The traceback goes to the log (no patient data in it) in case it is our bug.
+        log.exception("study %s: the analyzer could not read the images", study_uid)
         return NotAnalysed(f"images could not be read ({type(exc).__name__}: {exc})"[:500])
 
 
