@@ -18,7 +18,8 @@ from peers import storescu
 from scp_node.db.models import Instance
 
 
-def _send_until_killed(port: int, files: list[Path], acked: list[str], progress: threading.Event) -> None:
+def _send_until_killed(port: int, files: list[Path], acked: list[str], progress: threading.Event,
+                       total: list[str] | None = None) -> None:
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title="CRASHSCU")
     ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
@@ -34,46 +35,61 @@ def _send_until_killed(port: int, files: list[Path], acked: list[str], progress:
         if rsp is None or "Status" not in rsp:
             break  # the peer went away: this one was NOT acknowledged
         if int(rsp.Status) == 0:
-            acked.append(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID))
-            if len(acked) >= 40:
+            sop = str(dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            acked.append(sop)
+            if total is not None:
+                total.append(sop)
+            if len(total if total is not None else acked) >= 40:
                 progress.set()
     if assoc.is_established:
         assoc.release()
 
 
-def test_kill9_during_send_loses_nothing_acknowledged(node_factory: Any, tmp_path: Path) -> None:
-    study = dicomgen.write_study(
-        tmp_path / "big", seed=31, rows=256, cols=256,
-        series=(dicomgen.SeriesSpec("SAG T2", "sagittal", 150), dicomgen.SeriesSpec("AX T2", "axial", 150)),
-    )
+def test_kill9_during_parallel_sends_loses_nothing_acknowledged(node_factory: Any, tmp_path: Path) -> None:
+    studies = [
+        dicomgen.write_study(
+            tmp_path / f"big{i}", seed=31 + i, rows=256, cols=256, patient_id=f"PHANTOM-K{i}",
+            series=(dicomgen.SeriesSpec("SAG T2", "sagittal", 60), dicomgen.SeriesSpec("AX T2", "axial", 60)),
+        )
+        for i in range(3)
+    ]
+    all_paths = [p for st in studies for p in st.paths]
     node: Node = node_factory(stable_seconds=2)
-    acked: list[str] = []
+    acked: list[list[str]] = [[] for _ in studies]
+    total: list[str] = []
     progress = threading.Event()
-    sender = threading.Thread(target=_send_until_killed, args=(node.dicom_port, study.paths, acked, progress))
-    sender.start()
+    senders = [
+        threading.Thread(target=_send_until_killed, args=(node.dicom_port, st.paths, acked[i], progress, total))
+        for i, st in enumerate(studies)
+    ]
+    for t in senders:
+        t.start()
     assert progress.wait(60), "no progress before the kill"
     node.kill9()
-    sender.join(60)
-    n_acked = len(acked)
-    assert 40 <= n_acked < len(study.paths), "the kill must land mid-send"
+    for t in senders:
+        t.join(60)
+    n_acked = len(total)
+    assert 40 <= n_acked < len(all_paths), "the kill must land mid-send"
 
     node.start()  # same DATA_DIR, same database
-    by_sop = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in study.paths}
+    by_sop = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in all_paths}
     with node.db.session() as s:
         rows = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())
-    for sop in acked:  # every acknowledged instance is indexed, on disk, and whole
+    for sop in total:  # every acknowledged instance is indexed, on disk, and whole
         assert sop in rows
         assert dataset_bytes(node.data_dir / rows[sop]) == dataset_bytes(by_sop[sop])
     visible = [p for p in (node.data_dir / "incoming").rglob("*") if p.is_file()]
     assert all(p.suffix == ".dcm" and not p.name.startswith(".") for p in visible), "partial file visible"
-    assert len(visible) == len(rows)
+    assert len(visible) == len(rows)  # no orphan files: every file has its row
 
-    # the sender resends everything: one row and one file per instance, study complete
-    r = storescu(study.paths, "127.0.0.1", node.dicom_port, "SPINENODE")
-    assert r.returncode == 0, r.stderr
+    # the senders resend everything: one row and one file per instance, every study complete
+    for st in studies:
+        r = storescu(st.paths, "127.0.0.1", node.dicom_port, "SPINENODE")
+        assert r.returncode == 0, r.stderr
     with node.db.session() as s:
-        assert s.scalar(select(func.count()).select_from(Instance)) == len(study.paths)
-    assert len([p for p in (node.data_dir / "incoming").rglob("*") if p.is_file()]) == len(study.paths)
-    final = node.wait_state(study.study_uid, {"FAILED", "DONE"}, timeout=90)
-    assert final["instance_count"] == len(study.paths)
-    assert "COMPLETE" in [e["state"] for e in final["events"]]
+        assert s.scalar(select(func.count()).select_from(Instance)) == len(all_paths)
+    assert len([p for p in (node.data_dir / "incoming").rglob("*") if p.is_file()]) == len(all_paths)
+    for st in studies:
+        final = node.wait_state(st.study_uid, {"FAILED", "DONE"}, timeout=120)
+        assert final["instance_count"] == len(st.paths)
+        assert "COMPLETE" in [e["state"] for e in final["events"]]
