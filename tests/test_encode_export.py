@@ -169,3 +169,49 @@ def test_destination_refusing_sr_and_seg_gets_the_key_image(tmp_path: Path) -> N
         received = pacs.wait_for_files(1)
         assert len(received) == 1 and dcmread(received[0], stop_before_pixels=True).SeriesNumber == 9903
         db.dispose()
+
+
+def test_permanent_refusal_fails_the_export_with_its_status(tmp_path: Path) -> None:
+    """A destination that answers 0xA900 (data set does not match SOP class) to everything:
+    no retry, FAILED(export) with the status code. DCMTK storescp and Orthanc cannot be
+    told to refuse, so this peer is a minimal pynetdicom SCP (a real association on TCP)."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+
+    from peers import free_port
+    from scp_node.db.models import Export, ExportState
+
+    ae = AE(ae_title="REFUSER")
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xA900)])
+    try:
+        settings = load_settings(data_dir=tmp_path / "data", destinations=[f"REFUSER@127.0.0.1:{port}"])
+        db = Database(settings.database_url)
+        db.migrate(settings.data_dir)
+        spool = Spool(settings.data_dir)
+        sent = Sent()
+        ctx = StageContext(settings, db, spool, sent)  # type: ignore[arg-type]
+        study = dicomgen.write_study(tmp_path / "src", seed=73, rows=96, cols=96, series=(
+            dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
+        ingestor = Ingestor(db, spool)
+        for p in study.paths:
+            data = p.read_bytes()
+            ingestor.store(parse_header(data), data, "TEST")
+        gen = _analysed(ctx, study.study_uid, study.paths)
+        encode_study(ctx, study.study_uid, gen)
+        export_study(ctx, study.study_uid, gen)
+        with db.session() as s:
+            st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+            assert st.state == StudyState.FAILED and st.failed_stage == "export"
+            assert "0xA900" in (st.reason or "")
+            exports = s.scalars(select(Export)).all()
+            assert {e.state for e in exports} == {ExportState.FAILED}
+            assert {e.last_status for e in exports} == {0xA900} and {e.attempts for e in exports} == {1}
+        assert sent.count(("export", study.study_uid, gen)) == 1  # no retry was scheduled
+        db.dispose()
+    finally:
+        server.shutdown()
