@@ -291,7 +291,7 @@ def served_rw(tmp_path: Path) -> Iterator[Served]:
 # --- Chromium --------------------------------------------------------------------------------
 def chromium(tmp: Path, *args: str) -> str:
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed")
+        pytest.fail("chromium is not installed: run scripts/install-test-deps.sh")
     profile = tmp / f"chromium-{uuid.uuid4().hex[:8]}"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
