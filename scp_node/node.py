@@ -146,7 +146,12 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
 
     from scp_node.admin.app import AdminContext, create_app
 
-    counters = ScpCounters()
+    if settings.scp_processes > 1:
+        from scp_node.counters import SharedScpCounters
+
+        counters: ScpCounters | SharedScpCounters = SharedScpCounters()
+    else:
+        counters = ScpCounters()
     admin = create_app(AdminContext(settings, db, sender, lambda: queue_depths(celery), counters))
     http, http_thread = _start_http(settings, admin)
 

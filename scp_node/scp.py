@@ -230,7 +230,8 @@ def start_scp(
     if settings.scp_processes > 1:
         from scp_node.scp_pool import ScpPool
 
-        return ScpPool(settings, settings.scp_processes, admission).start()
+        return ScpPool(settings, settings.scp_processes, admission,
+                       counters if not isinstance(counters, ScpCounters) else None).start()
     pynetdicom_tuning.apply()
     ae = build_ae(settings)
     server = ae.start_server(

@@ -73,12 +73,14 @@ class _Worker:
 class ScpPool:
     """Accepts DICOM connections and hands them to ``processes`` worker processes."""
 
-    def __init__(self, settings: Settings, processes: int, admission: Any = None) -> None:
+    def __init__(self, settings: Settings, processes: int, admission: Any = None, counters: Any = None) -> None:
         if processes < 2:
             raise ValueError("ScpPool needs at least 2 processes")
         self.settings = settings
         self.processes = processes
         self.admission = admission
+        #: A SharedScpCounters (or None): what every worker stored, for /metrics.
+        self.counters = counters
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
         self._next = 0
@@ -120,7 +122,7 @@ class ScpPool:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         process = self._ctx.Process(
             target=worker_main,
-            args=(self.settings, theirs, os.getpid(), self.admission),
+            args=(self.settings, theirs, os.getpid(), self.admission, self.counters),
             name=f"scp-worker-{index}",
             daemon=True,
         )
@@ -225,7 +227,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def worker_main(
-    settings: Settings, channel: socket.socket, parent_pid: int, admission: Any
+    settings: Settings, channel: socket.socket, parent_pid: int, admission: Any, counters: Any = None
 ) -> None:
     """Entry point of a worker: receive connections on ``channel`` until EOF."""
     _die_with_parent(parent_pid)
@@ -256,7 +258,8 @@ def worker_main(
         (settings.dicom_host, settings.dicom_port),
         ae_title=settings.ae_title,
         contexts=ae.supported_contexts,
-        evt_handlers=scp_handlers(settings, ingestor, ScpCounters(), admission),
+        evt_handlers=scp_handlers(settings, ingestor, counters if counters is not None else ScpCounters(),
+                                  admission),
         server_class=_HandedConnectionServer,
     )
     server.server_close()  # the unbound TCP socket TCPServer made; never used

@@ -86,6 +86,13 @@ def test_four_associations_two_processes_then_kill9(node_factory: Any, tmp_path:
     accepted = re.findall(r"(scp-worker-\d) scp_node\.scp: association accepted", node.log())
     assert sorted(accepted.count(name) for name in set(accepted)) == [2, 2], accepted
 
+    # /metrics counts what both worker processes stored (shared-memory counters)
+    import httpx
+
+    metrics = httpx.get(node.url("/metrics"), timeout=10).text
+    assert f"spinenode_instances_received_total {float(len(study.paths))}" in metrics, metrics[:2000]
+    assert "spinenode_associations_accepted_total 4.0" in metrics
+
     # kill -9 of the node's main process: no worker is left running, nothing listens
     node.kill9()
     wait_until(lambda: all(_gone(pid) for pid in workers), 30, what="SCP workers to exit")
