@@ -78,7 +78,7 @@ class NodeCollector:
         yield rej
         fail = CounterMetricFamily("spinenode_store_failures", "C-STORE requests refused", labels=["status"])
         for code, n in sorted(failures.items()):
-            fail.add_metric([f"0x{code:04X}"], n)
+            fail.add_metric([f"0x{code:04X}" if code >= 0 else "other"], n)
         yield fail
 
         now = utcnow()
