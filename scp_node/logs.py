@@ -29,3 +29,13 @@ def configure_logging(settings: Settings) -> None:
     import pydicom.config
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def log_failure(logger: logging.Logger, message: str, *args: object, exc: BaseException) -> None:
+    """Log an unexpected failure with the exception type and the stack frames, but not the
+    exception's message: messages from pydicom and friends can quote element values,
+    which may be patient data. The frames (file, line, code) are enough to find a bug."""
+    import traceback
+
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error(message + " (%s)\n%s", *args, type(exc).__name__, frames.rstrip())

@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from scp_node.logs import log_failure
 from scp_node.assembly import complete_cutoff, is_stalled
 from scp_node.db.models import Export, ExportState, Instance, Series, Study, StudyState, utcnow
 from scp_node.db.session import Database
@@ -201,8 +202,8 @@ class Scheduler:
                 self.sweep()
             except SQLAlchemyError as exc:
                 log.error("sweep failed, database unavailable: %s", type(exc).__name__)
-            except Exception:
-                log.exception("sweep failed")
+            except Exception as exc:
+                log_failure(log, "sweep failed", exc=exc)
             stop.wait(self.settings.sweep_interval)
 
 

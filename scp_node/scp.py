@@ -19,6 +19,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from scp_node.logs import log_failure
 from scp_node import pynetdicom_tuning, status
 from scp_node.dicomio import parse_header
 from scp_node.errors import (
@@ -82,7 +83,7 @@ def handle_store(event: Any, ingestor: Ingestor, counters: ScpCounters) -> int:
     except (StorageError, DatabaseError) as exc:
         return _fail(counters, status.OUT_OF_RESOURCES, sop_uid, calling, exc)
     except Exception as exc:  # a handler must never raise: map the unknown to a refusal
-        log.exception("unexpected error storing %s from %s", _safe(sop_uid), calling)
+        log_failure(log, "unexpected error storing %s from %s", _safe(sop_uid), calling, exc=exc)
         return _fail(counters, status.OUT_OF_RESOURCES, sop_uid, calling, exc)
     counters.stored(len(data))
     log.debug("stored %s from %s", meta.sop_instance_uid, calling)

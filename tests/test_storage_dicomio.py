@@ -110,3 +110,16 @@ def test_parse_mismatch_with_request(one_file: Path) -> None:
         parse_header(data, expected_sop_class="1.2.840.10008.5.1.4.1.1.2")
     with pytest.raises(SOPClassMismatchError):
         parse_header(data, expected_sop_instance="1.2.3")
+
+
+def test_log_failure_omits_the_exception_message(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from scp_node.logs import log_failure
+
+    try:
+        raise ValueError("invalid value 'PHANTOM^SECRET^NAME' for PN")
+    except ValueError as exc:
+        log_failure(logging.getLogger("t"), "study %s: failed", "1.2.3", exc=exc)
+    assert "ValueError" in caplog.text and "1.2.3" in caplog.text and "test_storage_dicomio.py" in caplog.text
+    assert "PHANTOM" not in caplog.text

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from scp_node.logs import log_failure
 from scp_node.errors import AnalyzerUnavailableError
 from scp_node.settings import Settings
 
@@ -74,8 +75,8 @@ def run_analysis(
         # Undecodable or missing pixels, a transfer syntax that lies about its data, absurd
         # geometry: the study is not analysable as sent, and the radiologist is told so.
         # The traceback goes to the log (no patient data in it) in case it is our bug.
-        log.exception("study %s: the analyzer could not read the images", study_uid)
-        return NotAnalysed(f"images could not be read ({type(exc).__name__}: {exc})"[:500])
+        log_failure(log, "study %s: the analyzer could not read the images", study_uid, exc=exc)
+        return NotAnalysed(f"images could not be read ({type(exc).__name__})")
 
 
 def model_identity() -> tuple[str, str]:

@@ -19,6 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 
+from scp_node.logs import log_failure
 from scp_node.broker import TaskSender
 from scp_node.db.models import Export, ExportState, Instance, Result, Series, Study, StudyState, utcnow
 from scp_node.db.session import Database
@@ -107,8 +108,8 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         fail(ctx.db, study_uid, generation, "analyze", f"{type(exc).__name__}: {exc}")
         return
     except Exception as exc:
-        log.exception("study %s: analysis failed unexpectedly", study_uid)
-        fail(ctx.db, study_uid, generation, "analyze", f"{type(exc).__name__}: {exc}")
+        log_failure(log, "study %s: analysis failed unexpectedly", study_uid, exc=exc)
+        fail(ctx.db, study_uid, generation, "analyze", f"unexpected {type(exc).__name__} (details in the worker log)")
         return
     with ctx.db.session() as s:
         row = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
@@ -221,8 +222,8 @@ def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         fail(ctx.db, study_uid, generation, "encode", f"{type(exc).__name__}: {exc}")
         return
     except Exception as exc:
-        log.exception("study %s: encoding failed", study_uid)
-        fail(ctx.db, study_uid, generation, "encode", f"{type(exc).__name__}: {exc}")
+        log_failure(log, "study %s: encoding failed", study_uid, exc=exc)
+        fail(ctx.db, study_uid, generation, "encode", f"unexpected {type(exc).__name__} (details in the worker log)")
         return
     destinations = ctx.settings.destinations
     with ctx.db.session() as s:
