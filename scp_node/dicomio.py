@@ -6,6 +6,7 @@ import io
 from dataclasses import dataclass
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
@@ -102,11 +103,8 @@ def parse_header(
     )
 
 
-def _check_pixel_length(ds: object, tsyntax: UID | None) -> None:
+def _check_pixel_length(ds: Dataset, tsyntax: UID | None) -> None:
     """For native (uncompressed) pixel data, the element must hold every frame."""
-    from pydicom.dataset import Dataset
-
-    assert isinstance(ds, Dataset)
     if "PixelData" not in ds or tsyntax is None or tsyntax.is_compressed:
         return
     try:

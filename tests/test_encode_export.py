@@ -121,6 +121,26 @@ def test_encode_export_sr_seg_keyimage_and_reanalysis(tmp_path: Path, orthanc_fa
     db.dispose()
 
 
+def _encode_and_export(tmp_path: Path, destination: str, seed: int) -> tuple[StageContext, Any, int]:
+    """A one-series study received, analysed (as the analyze stage leaves it), encoded and
+    exported once to ``destination``; returns the stage context, the study and its generation."""
+    settings = load_settings(data_dir=tmp_path / "data", destinations=[destination])
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    spool = Spool(settings.data_dir)
+    ctx = StageContext(settings, db, spool, Sent())  # type: ignore[arg-type]
+    study = dicomgen.write_study(tmp_path / "src", seed=seed, rows=96, cols=96, series=(
+        dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
+    ingestor = Ingestor(db, spool)
+    for p in study.paths:
+        data = p.read_bytes()
+        ingestor.store(parse_header(data), data, "TEST")
+    gen = _analysed(ctx, study.study_uid, study.paths)
+    encode_study(ctx, study.study_uid, gen)
+    export_study(ctx, study.study_uid, gen)
+    return ctx, study, gen
+
+
 SC_ONLY_PROFILE = """[[TransferSyntaxes]]
 [Uncompressed]
 TransferSyntax1 = LocalEndianExplicit
@@ -143,20 +163,8 @@ def test_destination_refusing_sr_and_seg_gets_the_key_image(tmp_path: Path) -> N
     cfg = tmp_path / "sc-only.cfg"
     cfg.write_text(SC_ONLY_PROFILE)
     with StorescpServer(tmp_path / "pacs", extra_args=("-xf", str(cfg), "ScOnly")) as pacs:
-        settings = load_settings(data_dir=tmp_path / "data", destinations=[pacs.destination])
-        db = Database(settings.database_url)
-        db.migrate(settings.data_dir)
-        spool = Spool(settings.data_dir)
-        ctx = StageContext(settings, db, spool, Sent())  # type: ignore[arg-type]
-        study = dicomgen.write_study(tmp_path / "src", seed=72, rows=96, cols=96, series=(
-            dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
-        ingestor = Ingestor(db, spool)
-        for p in study.paths:
-            data = p.read_bytes()
-            ingestor.store(parse_header(data), data, "TEST")
-        gen = _analysed(ctx, study.study_uid, study.paths)
-        encode_study(ctx, study.study_uid, gen)
-        export_study(ctx, study.study_uid, gen)
+        ctx, study, _gen = _encode_and_export(tmp_path, pacs.destination, seed=72)
+        db = ctx.db
         with db.session() as s:
             st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
             assert st.state == StudyState.DONE, st.reason
@@ -189,21 +197,8 @@ def test_permanent_refusal_fails_the_export_with_its_status(tmp_path: Path) -> N
     server = ae.start_server(("127.0.0.1", port), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xA900)])
     try:
-        settings = load_settings(data_dir=tmp_path / "data", destinations=[f"REFUSER@127.0.0.1:{port}"])
-        db = Database(settings.database_url)
-        db.migrate(settings.data_dir)
-        spool = Spool(settings.data_dir)
-        sent = Sent()
-        ctx = StageContext(settings, db, spool, sent)  # type: ignore[arg-type]
-        study = dicomgen.write_study(tmp_path / "src", seed=73, rows=96, cols=96, series=(
-            dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
-        ingestor = Ingestor(db, spool)
-        for p in study.paths:
-            data = p.read_bytes()
-            ingestor.store(parse_header(data), data, "TEST")
-        gen = _analysed(ctx, study.study_uid, study.paths)
-        encode_study(ctx, study.study_uid, gen)
-        export_study(ctx, study.study_uid, gen)
+        ctx, study, gen = _encode_and_export(tmp_path, f"REFUSER@127.0.0.1:{port}", seed=73)
+        db, sent = ctx.db, ctx.send
         with db.session() as s:
             st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
             assert st.state == StudyState.FAILED and st.failed_stage == "export"
@@ -211,7 +206,7 @@ def test_permanent_refusal_fails_the_export_with_its_status(tmp_path: Path) -> N
             exports = s.scalars(select(Export)).all()
             assert {e.state for e in exports} == {ExportState.FAILED}
             assert {e.last_status for e in exports} == {0xA900} and {e.attempts for e in exports} == {1}
-        assert sent.count(("export", study.study_uid, gen)) == 1  # no retry was scheduled
+        assert sent.count(("export", study.study_uid, gen)) == 1  # type: ignore[attr-defined]  # no retry
         db.dispose()
     finally:
         server.shutdown()

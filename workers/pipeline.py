@@ -8,7 +8,6 @@ deterministic and exports are claimed row by row.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
