@@ -8,8 +8,9 @@ Pipeline per study (batched across studies by :meth:`SpineAnalyzer.analyze_many`
    (:mod:`models.detector`), name the discs by counting along the spine
    (:mod:`models.levels`) and place each disc centre in patient space;
 3. cut 2.5D crops around each level: sagittal T2/STIR or CT (canal,
-   Pfirrmann), sagittal T1 at the learned foramen offsets (left, right), and
-   the axial T2 slices through the disc found by 3D geometry;
+   Pfirrmann; CT in a soft-tissue window), sagittal T1 at the learned foramen
+   offsets (left, right), and the axial T2 slices through the disc found by
+   3D geometry, one crop per subarticular recess (left, right);
 4. grade all crops in one batched pass (:mod:`models.grader`).
 """
 
@@ -29,7 +30,10 @@ from models.detector import (
     OTHER_DISC, SPINAL_CANAL, VERTEBRAL_BODY, Detector, SegDetection, detector_image, merge_discs,
     middle_slice, normalized_pixels,
 )
-from models.grader import CROP_FOV_MM, CROP_PX, HALF_SLICES, CropRequest, Grader, grade_from, sagittal_kind
+from models.grader import (
+    CROP_FOV_MM, CROP_PX, HALF_SLICES, SIDE_CONDITION, CropRequest, Grader, canonical_side, grade_from,
+    grader_pixels, in_plane, sagittal_kind,
+)
 from models.levels import DiscCandidate, name_levels
 from models.registry import Registry
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
@@ -76,6 +80,7 @@ class _Prepared:
     missing: list[str]
     primary: Volume | None = None
     primary_pixels: np.ndarray | None = None
+    grade_pixels: np.ndarray | None = None  # primary pixels as the grader reads them (CT window)
     primary_k: int = 0
     sag_t1: Volume | None = None
     sag_t1_pixels: np.ndarray | None = None
@@ -179,12 +184,8 @@ class SpineAnalyzer:
         grades: dict[tuple[int, int], list[Grade]] = defaultdict(list)
         for (si, li, side), req, pr in zip(owners, requests, probs):
             for head, vec in pr.items():
-                if head == "foraminal":
-                    cond = (Condition.LEFT_NEURAL_FORAMINAL_NARROWING if side == "left"
-                            else Condition.RIGHT_NEURAL_FORAMINAL_NARROWING)
-                    grades[(si, li)].append(grade_from(head, vec, cond))
-                else:
-                    grades[(si, li)].append(grade_from(head, vec))
+                cond = SIDE_CONDITION.get((head, side)) if side else None
+                grades[(si, li)].append(grade_from(head, vec, cond))
         seconds = (time.perf_counter() - t0) / max(1, len(prepared))
         out: list[AnalysisResult] = []
         for si, (p, (levels, masks)) in enumerate(zip(prepared, per_study)):
@@ -217,6 +218,7 @@ class SpineAnalyzer:
         p.primary = volume_from_datasets(series[primary_uid])
         p.modality = str(series[primary_uid][0].get("Modality", "MR"))
         p.primary_pixels = normalized_pixels(p.primary)
+        p.grade_pixels = grader_pixels(p.primary, p.modality, mr_pixels=p.primary_pixels)
         p.primary_k = middle_slice(p.primary)
         if reg is Region.LUMBAR and p.modality == "MR":
             if sel.sagittal_t1 and sel.sagittal_t1 != primary_uid:
@@ -271,7 +273,7 @@ class SpineAnalyzer:
     def _crops(self, p: _Prepared, lv: Level) -> list[tuple[CropRequest, str | None]]:
         out: list[tuple[CropRequest, str | None]] = []
         c = np.asarray(lv.center_patient)
-        assert p.primary is not None and p.primary_pixels is not None
+        assert p.primary is not None and p.grade_pixels is not None
         kind = sagittal_kind(p.region.value, p.modality)
         if p.region is Region.CERVICAL:
             heads: tuple[str, ...] = ("cervical_canal",)
@@ -280,7 +282,8 @@ class SpineAnalyzer:
         else:
             heads = ()
         if heads:
-            crop = sample_crop(p.primary, p.primary_pixels, c, CROP_PX, CROP_FOV_MM[kind], HALF_SLICES)
+            centre = c + self.offsets.get(kind, np.zeros(3))
+            crop = sample_crop(p.primary, p.grade_pixels, centre, CROP_PX, CROP_FOV_MM[kind], HALF_SLICES)
             out.append((CropRequest(kind, crop, heads), None))
         if p.sag_t1 is not None and p.sag_t1_pixels is not None:
             for side in ("left", "right"):
@@ -293,9 +296,13 @@ class SpineAnalyzer:
             hit = nearest_in_stacks(p.axial, c, margin=0.0)
             if hit is not None and hit[2] <= AXIAL_MAX_DISTANCE_MM:
                 v, pix = p.axial[hit[0]], p.axial_pixels[hit[0]]
-                target = c + self.offsets.get("recess", np.zeros(3))
-                crop = sample_crop(v, pix, target, CROP_PX, CROP_FOV_MM["axial_t2"], HALF_SLICES)
-                out.append((CropRequest("axial_t2", crop, ("left_subarticular", "right_subarticular")), None))
+                for side in ("left", "right"):
+                    off = self.offsets.get(f"sub_{side}")
+                    if off is None:
+                        continue
+                    crop = sample_crop(v, pix, c + in_plane(off, v), CROP_PX, CROP_FOV_MM["axial_t2"], HALF_SLICES)
+                    out.append((CropRequest("axial_t2", canonical_side(crop, side, v.row_dir), ("subarticular",)),
+                                side))
             else:
                 p.missing.append(f"axial T2 does not pass through {lv.name}: subarticular not assessed")
         return out

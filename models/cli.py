@@ -32,6 +32,8 @@ def train(
     version: Annotated[str, typer.Option(help="version written to the weights manifest")] = "0.1.0",
     max_studies: Annotated[Optional[int], typer.Option(help="use at most N studies")] = None,
     max_hours: Annotated[Optional[float], typer.Option(help="detector: stop after this many hours")] = None,
+    copies: Annotated[int, typer.Option(min=1, help="grader: crops per level and series (the first "
+                                                  "unjittered, the rest jittered by up to 2.5 mm)")] = 3,
 ) -> None:
     """Train the detector (YOLO-seg) or the grader (2.5D residual CNN) from RSNA-layout data."""
     from models.analyzer import resolve_device
@@ -39,7 +41,7 @@ def train(
 
     cfg = TrainConfig(data=tuple(data), out=out, epochs=epochs, device=resolve_device(device), seed=seed,
                       workers=workers, batch=batch, imgsz=imgsz, version=version, max_studies=max_studies,
-                      max_hours=max_hours)
+                      max_hours=max_hours, copies=copies)
     report = train_detector(cfg) if target is Target.DETECTOR else train_grader(cfg)
     summary = {k: v for k, v in report.items() if k not in ("history", "val_uncalibrated")}
     typer.echo(json.dumps(summary, indent=2, default=str))

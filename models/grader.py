@@ -1,6 +1,6 @@
 """The grading network: a compact residual CNN on 2.5D crops with one head per task.
 
-One backbone (about 2.8 M parameters, in the spirit of the seed paper's
+One backbone (about 1.6 M parameters, a narrower cousin of the seed paper's
 DeepScoreNet) reads a crop of ``2 * HALF_SLICES + 1`` neighbouring slices
 around a level; each crop kind feeds its own heads:
 
@@ -12,8 +12,16 @@ crop kind         series                  heads
 ``sag_ct``        cervical sagittal CT
 ``sag_t1``        sagittal T1, one crop   ``foraminal`` (3), left and right alike
                   per side (parasagittal)
-``axial_t2``      axial T2                ``left_subarticular`` (3), ``right_subarticular`` (3)
+``axial_t2``      axial T2, one crop per  ``subarticular`` (3), left and right alike
+                  side (on the recess)
 ================  ======================  ==========================================
+
+Axial crops are put in one canonical orientation before grading
+(:func:`canonical_side`): the lateral side of the recess on the right of the
+crop, so a left and a right recess look alike and one head grades both.
+CT crops are read in a fixed soft-tissue window (:data:`CT_WINDOW_HU`): a
+percentile window over the whole CT volume (air to cortical bone) leaves the
+dural sac, disc and ligaments within a few per cent of each other.
 
 Probabilities are calibrated by one temperature per head, fitted on the
 validation split after training (:func:`fit_temperature`). Tensors stay in
@@ -34,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.types import Condition, Grade, ModelId, ModelsError
+from models.volume import Volume, normalize_image
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +52,7 @@ CROP_PX = 64
 CROP_FOV_MM: Mapping[str, float] = {
     "sag_t2": 64.0,  # lumbar sagittal T2/STIR, centred on the disc
     "sag_t1": 48.0,  # lumbar sagittal T1, centred on a foramen
-    "axial_t2": 40.0,  # lumbar axial T2, centred between the subarticular recesses
+    "axial_t2": 24.0,  # lumbar axial T2, centred on one subarticular recess
     "sag_c": 40.0,  # cervical sagittal T2 (MR), centred on the disc
     "sag_ct": 40.0,  # cervical sagittal CT reformat, centred on the disc
 }
@@ -51,13 +60,15 @@ CROP_FOV_MM: Mapping[str, float] = {
 #: head -> number of classes
 HEADS: Mapping[str, int] = {
     "spinal_canal": 3, "pfirrmann": 5, "cervical_canal": 3,
-    "foraminal": 3, "left_subarticular": 3, "right_subarticular": 3,
+    "foraminal": 3, "subarticular": 3,
 }
 #: head -> the crop kind it reads
 HEAD_KIND: Mapping[str, str] = {
     "spinal_canal": "sag_t2", "pfirrmann": "sag_t2", "cervical_canal": "sag_c|sag_ct",
-    "foraminal": "sag_t1", "left_subarticular": "axial_t2", "right_subarticular": "axial_t2",
+    "foraminal": "sag_t1", "subarticular": "axial_t2",
 }
+#: Soft-tissue window (HU) of CT crops: CSF about 0.36, ligament 0.54, annulus 0.63, fat 0, bone 1.
+CT_WINDOW_HU = (-100.0, 200.0)
 #: Loss weight per true class of the severity heads (the RSNA metric's 1/2/4).
 SEVERITY_CLASS_WEIGHTS = (1.0, 2.0, 4.0)
 
@@ -87,7 +98,7 @@ class GradeNet(nn.Module):
     """Residual CNN backbone + a linear head per task (see the module docstring)."""
 
     def __init__(self, in_channels: int = 2 * HALF_SLICES + 1,
-                 widths: Sequence[int] = (32, 64, 128, 256), dropout: float = 0.3) -> None:
+                 widths: Sequence[int] = (24, 48, 96, 192), dropout: float = 0.3) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.widths = tuple(widths)
@@ -121,6 +132,49 @@ def sagittal_kind(region: str, modality: str) -> str:
     if modality == "CT":
         return "sag_ct"
     return "sag_c" if region == "cervical" else "sag_t2"
+
+
+def grader_pixels(volume: Volume, modality: str, mr_pixels: np.ndarray | None = None) -> np.ndarray:
+    """The pixel array crops are cut from: CT in :data:`CT_WINDOW_HU`, MR percentile-normalised.
+
+    ``mr_pixels`` (an already normalised MR array) is returned as is, to avoid a second pass.
+    """
+    if modality.upper() == "CT":
+        lo, hi = CT_WINDOW_HU
+        return np.clip((volume.pixels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return mr_pixels if mr_pixels is not None else normalize_image(volume.pixels, 1.0, 99.5)
+
+
+def in_plane(offset: np.ndarray | Sequence[float], volume: Volume) -> np.ndarray:
+    """A stored axial offset ``(u, v, 0)`` as a patient-space vector in ``volume``'s slice plane.
+
+    Stored in the stack's own frame, the recess offset does not depend on how the
+    disc is tilted: added to the disc centre it stays on the slice through the disc
+    (an offset in patient coordinates would move to another slice when the disc is
+    tilted more or less than the training average).
+    """
+    o = np.asarray(offset, dtype=float)
+    return o[0] * volume.row_dir + o[1] * volume.col_dir
+
+
+def plane_offset(point: np.ndarray, center: np.ndarray, volume: Volume) -> np.ndarray:
+    """The inverse of :func:`in_plane`: ``(u, v, 0)`` of ``point - center`` in ``volume``'s frame."""
+    d = np.asarray(point, dtype=float) - np.asarray(center, dtype=float)
+    return np.array([float(d @ volume.row_dir), float(d @ volume.col_dir), 0.0])
+
+
+def canonical_side(crop: np.ndarray, side: str, row_dir: np.ndarray) -> np.ndarray:
+    """An axial crop of the ``side`` recess with the patient's lateral direction to the right.
+
+    Columns run along the image row direction; patient left is +x (LPS). The
+    left recess is lateral towards +x, so its crop is mirrored when the row
+    direction points to -x; the right recess the other way round.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be left or right, not {side!r}")
+    towards_left = float(row_dir[0]) >= 0.0
+    mirror = towards_left if side == "right" else not towards_left
+    return np.ascontiguousarray(crop[:, :, ::-1]) if mirror else crop
 
 
 def n_parameters(model: nn.Module) -> int:
@@ -166,8 +220,10 @@ class GraderCheckpoint:
     state_dict: Mapping[str, torch.Tensor]
     widths: tuple[int, ...]
     temperatures: Mapping[str, float]
-    #: learned offsets (mm, patient LPS) from the disc centre to the crop centres:
-    #: "left"/"right" foramen (sagittal T1), "recess" (axial, midway between the subarticular zones)
+    #: learned offsets (mm) from the disc centre to the crop centres: "left"/"right" foramen
+    #: (sagittal T1; patient LPS), "sub_left"/"sub_right" subarticular recess (axial T2; in the
+    #: axial stack's plane: along its row direction, along its column direction, 0; see :func:`in_plane`),
+    #: "sag_t2"/"sag_c"/"sag_ct" sagittal canal crop (patient LPS, half way to the canal; absent: 0)
     crop_offsets: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
 
@@ -192,13 +248,18 @@ class GraderCheckpoint:
         )
 
 
-#: head -> the Condition it reports (foraminal is reported per side by the analyzer)
+#: head -> the Condition it reports (foraminal and subarticular are reported per side by the analyzer)
 HEAD_CONDITION: Mapping[str, Condition] = {
     "spinal_canal": Condition.SPINAL_CANAL_STENOSIS,
     "cervical_canal": Condition.SPINAL_CANAL_STENOSIS,
     "pfirrmann": Condition.PFIRRMANN,
-    "left_subarticular": Condition.LEFT_SUBARTICULAR_STENOSIS,
-    "right_subarticular": Condition.RIGHT_SUBARTICULAR_STENOSIS,
+}
+#: (head, side) -> Condition of the per-side heads
+SIDE_CONDITION: Mapping[tuple[str, str], Condition] = {
+    ("foraminal", "left"): Condition.LEFT_NEURAL_FORAMINAL_NARROWING,
+    ("foraminal", "right"): Condition.RIGHT_NEURAL_FORAMINAL_NARROWING,
+    ("subarticular", "left"): Condition.LEFT_SUBARTICULAR_STENOSIS,
+    ("subarticular", "right"): Condition.RIGHT_SUBARTICULAR_STENOSIS,
 }
 
 
@@ -245,16 +306,8 @@ class Grader:
             kind = torch.tensor([KIND_INDEX[r.kind] for r in chunk], device=self.device)
             probs = self._probs(x, kind)
             if self.tta:
-                # the view seen in training augmentation: slice order reversed, and axial
-                # crops mirrored left-right with the left/right heads swapped back
-                axial = kind == KIND_INDEX["axial_t2"]
-                xf = x.flip(1)
-                xf = torch.where(axial[:, None, None, None], xf.flip(3), xf)
-                pf = self._probs(xf, kind)
-                ax = axial.cpu().numpy()[:, None]
-                pl, pr = pf["left_subarticular"], pf["right_subarticular"]
-                pf["left_subarticular"] = np.where(ax, pr, pl)
-                pf["right_subarticular"] = np.where(ax, pl, pr)
+                # the view seen in training augmentation: slice order reversed
+                pf = self._probs(x.flip(1), kind)
                 probs = {h: (probs[h] + pf[h]) / 2.0 for h in probs}
             for i, r in enumerate(chunk):
                 out.append({h: probs[h][i].astype(np.float64) for h in r.heads})

@@ -53,6 +53,7 @@ class TrainConfig:
     version: str = "0.1.0"
     max_studies: int | None = None
     max_hours: float | None = None  # detector: stop after this much training time (ultralytics ``time``)
+    copies: int = 3  # grader: crops per level and series, the first unjittered
 
 
 def _progress() -> Any:
@@ -174,26 +175,25 @@ def _crop_job(root: str, sid: int, offsets: dict[str, list[float]], n_aug: int, 
         return CropSet.empty()
 
 
-def build_crops(cfg: TrainConfig, n_aug: int = 3) -> tuple[CropSet, dict[str, list[float]], list[int]]:
-    """Crops of every dataset; crop offsets are medians over lumbar training studies."""
+def build_crops(cfg: TrainConfig, n_aug: int | None = None) -> tuple[CropSet, dict[str, list[float]], list[int]]:
+    """Crops of every dataset; crop offsets are medians over (up to 60) training studies of each."""
     datasets = [(root, rsna.read_dataset(root)) for root in cfg.data]
     offsets: dict[str, list[float]] = {}
     parts: list[dict[str, list[list[float]]]] = []
     for root, ds in datasets:
-        if ds.region == "lumbar":
-            sample = [s for s in _studies(ds, cfg.max_studies)
-                      if not is_validation(s, cfg.seed, cfg.val_fraction)][:60]
-            parts += _map(_offset_job, [(str(root), s) for s in sample], cfg.workers, "crop offsets")
-    for side in ("left", "right", "recess"):
-        vals = [v for p in parts for v in p.get(side, [])]
+        sample = [s for s in _studies(ds, cfg.max_studies)
+                  if not is_validation(s, cfg.seed, cfg.val_fraction)][:60]
+        parts += _map(_offset_job, [(str(root), s) for s in sample], cfg.workers, "crop offsets")
+    for key in sorted({k for p in parts for k in p}):
+        vals = [v for p in parts for v in p.get(key, [])]
         if vals:
-            offsets[side] = [float(x) for x in np.median(np.asarray(vals), axis=0)]
+            offsets[key] = [float(x) for x in np.median(np.asarray(vals), axis=0)]
     jobs: list[tuple[str, int, dict[str, list[float]], int, int]] = []
     studies: list[int] = []
     for root, ds in datasets:
         ids = _studies(ds, cfg.max_studies)
         studies += ids
-        jobs += [(str(root), s, offsets, n_aug, cfg.seed) for s in ids]
+        jobs += [(str(root), s, offsets, n_aug or cfg.copies, cfg.seed) for s in ids]
     sets = _map(_crop_job, jobs, cfg.workers, "grader crops")
     return CropSet.concat(sets), offsets, studies
 
@@ -219,7 +219,7 @@ def train_grader(cfg: TrainConfig, crops: CropSet | None = None,
     reg = Registry(cfg.out / "weights")
     entry = reg.register(path, GRADER_NAME, cfg.version, "grader", file="grader.pt",
                          meta={"epochs": cfg.epochs, "seed": cfg.seed, "data": [str(d) for d in cfg.data]})
-    report.update({"kind": "grader", "crops_train": int((~val).sum()), "crops_val": int(val.sum()),
+    report.update({"kind": "grader", "copies": cfg.copies, "crops_train": int((~val).sum()), "crops_val": int(val.sum()),
                    "crop_offsets_mm": offsets, "sha256": entry.sha256, "heads": list(HEAD_ORDER),
                    "seconds": round(time.perf_counter() - t0, 1)})
     (cfg.out / "grader_metrics.json").write_text(json.dumps(report, indent=2))

@@ -25,7 +25,10 @@ from models.detector import (
     DETECTOR_CLASSES, OTHER_DISC, SPINAL_CANAL, VERTEBRAL_BODY, detector_image, middle_slice,
     normalized_pixels,
 )
-from models.grader import CROP_FOV_MM, CROP_PX, HALF_SLICES, HEADS, KIND_INDEX, sagittal_kind
+from models.grader import (
+    CROP_FOV_MM, CROP_PX, HALF_SLICES, HEADS, KIND_INDEX, canonical_side, grader_pixels, in_plane,
+    plane_offset, sagittal_kind,
+)
 from models.volume import Volume, load_volume, nearest_in_stacks, sample_crop, volumes_from_datasets, read_series_dir
 
 logger = logging.getLogger(__name__)
@@ -252,15 +255,27 @@ class _Builder:
 def crop_offsets_of_study(ds: rsna.RsnaDataset, study_id: int) -> dict[str, list[np.ndarray]]:
     """Offsets (patient mm) from each disc centre to the labelled crop targets.
 
-    ``left``/``right``: the foramen points on the sagittal T1; ``recess``: the
-    midpoint of the left and right subarticular points on the axial T2.
+    ``left``/``right``: the foramen points on the sagittal T1 (patient LPS); ``sub_left``/``sub_right``:
+    the left and right subarticular points on the axial T2, in that stack's plane
+    (:func:`models.grader.plane_offset`); the sagittal crop kind (``sag_t2``, ``sag_c``,
+    ``sag_ct``): half the way from the disc centre to the spinal canal point (patient
+    LPS), so that the crop holds the disc and the whole canal behind it.
     """
-    out: dict[str, list[np.ndarray]] = {"left": [], "right": [], "recess": []}
+    out: dict[str, list[np.ndarray]] = {"left": [], "right": [], "sub_left": [], "sub_right": []}
     series = primary_series(ds, study_id)
     if series is None:
         return out
     vol = load_volume(ds.series_dir(study_id, series.series_id))
     centers = disc_centers(ds, study_id, vol, series)
+    modality = "CT" if series.series_description == rsna.SAGITTAL_CT else "MR"
+    kind = sagittal_kind(ds.region, modality)
+    out[kind] = []
+    sag_index = {n: i for i, n in enumerate(vol.instance_numbers)}
+    for c in ds.coordinates_of(study_id):
+        lv = to_level_name(c.level)
+        if (c.series_id == series.series_id and c.condition == rsna.SPINAL_CANAL_STENOSIS
+                and c.instance_number in sag_index and lv in centers):
+            out[kind].append(0.5 * (vol.voxel_to_patient(sag_index[c.instance_number], c.y, c.x) - centers[lv]))
     t1 = ds.series_of(study_id, rsna.SAGITTAL_T1)
     if t1:
         t1v = load_volume(ds.series_dir(study_id, t1[0].series_id))
@@ -278,18 +293,15 @@ def crop_offsets_of_study(ds: rsna.RsnaDataset, study_id: int) -> dict[str, list
     if ax:
         stacks = volumes_from_datasets(read_series_dir(ds.series_dir(study_id, ax[0].series_id)))
         where = {n: (v, i) for v in stacks for i, n in enumerate(v.instance_numbers)}
-        points: dict[str, dict[str, np.ndarray]] = {}
         for c in ds.coordinates_of(study_id):
             if c.series_id != ax[0].series_id or c.instance_number not in where:
                 continue
             side = "left" if c.condition == rsna.LEFT_SUBARTICULAR_STENOSIS else (
                 "right" if c.condition == rsna.RIGHT_SUBARTICULAR_STENOSIS else None)
-            if side:
+            lv = to_level_name(c.level)
+            if side and lv in centers:
                 v, i = where[c.instance_number]
-                points.setdefault(to_level_name(c.level), {})[side] = v.voxel_to_patient(i, c.y, c.x)
-        for lv, sides in points.items():
-            if len(sides) == 2 and lv in centers:
-                out["recess"].append((sides["left"] + sides["right"]) / 2.0 - centers[lv])
+                out[f"sub_{side}"].append(plane_offset(v.voxel_to_patient(i, c.y, c.x), centers[lv], v))
     return out
 
 
@@ -303,10 +315,10 @@ def grader_study_crops(ds: rsna.RsnaDataset, study_id: int, crop_offsets: dict[s
         return CropSet.empty()
     b = _Builder()
     vol = load_volume(ds.series_dir(study_id, series.series_id))
-    pix = normalized_pixels(vol)
     centers = disc_centers(ds, study_id, vol, series)
     cervical = ds.region == "cervical"
     modality = "CT" if series.series_description == rsna.SAGITTAL_CT else "MR"
+    pix = grader_pixels(vol, modality)
     t1 = ds.series_of(study_id, rsna.SAGITTAL_T1) if not cervical else ()
     ax = ds.series_of(study_id, rsna.AXIAL_T2) if not cervical else ()
     t1v = load_volume(ds.series_dir(study_id, t1[0].series_id)) if t1 else None
@@ -322,7 +334,8 @@ def grader_study_crops(ds: rsna.RsnaDataset, study_id: int, crop_offsets: dict[s
         for a in range(n_aug):
             cc = jit(c, a)
             kind = sagittal_kind(ds.region, modality)
-            sag = sample_crop(vol, pix, cc, CROP_PX, CROP_FOV_MM[kind], HALF_SLICES)
+            sag = sample_crop(vol, pix, cc + crop_offsets.get(kind, np.zeros(3)), CROP_PX, CROP_FOV_MM[kind],
+                              HALF_SLICES)
             if cervical:
                 b.add(sag, kind, {"cervical_canal": labels.class_index(rsna.SPINAL_CANAL_STENOSIS, rl)})
             elif modality == "MR":
@@ -339,9 +352,14 @@ def grader_study_crops(ds: rsna.RsnaDataset, study_id: int, crop_offsets: dict[s
             if axv:
                 hit = nearest_in_stacks(axv, cc)
                 if hit is not None and hit[2] <= AXIAL_MAX_DISTANCE_MM:
-                    target = cc + crop_offsets.get("recess", np.zeros(3))
-                    crop = sample_crop(axv[hit[0]], axp[hit[0]], target, CROP_PX, CROP_FOV_MM["axial_t2"], HALF_SLICES)
-                    b.add(crop, "axial_t2", {
-                        "left_subarticular": labels.class_index(rsna.LEFT_SUBARTICULAR_STENOSIS, rl),
-                        "right_subarticular": labels.class_index(rsna.RIGHT_SUBARTICULAR_STENOSIS, rl)})
+                    av, ap = axv[hit[0]], axp[hit[0]]
+                    for side, cond in (("left", rsna.LEFT_SUBARTICULAR_STENOSIS),
+                                       ("right", rsna.RIGHT_SUBARTICULAR_STENOSIS)):
+                        off = crop_offsets.get(f"sub_{side}")
+                        if off is None:
+                            continue
+                        crop = sample_crop(av, ap, cc + in_plane(off, av), CROP_PX, CROP_FOV_MM["axial_t2"],
+                                           HALF_SLICES)
+                        b.add(canonical_side(crop, side, av.row_dir), "axial_t2",
+                              {"subarticular": labels.class_index(cond, rl)})
     return b.build(study_id)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.grader import HEADS, KIND_INDEX, GradeNet, GraderCheckpoint, class_weights, fit_temperature, n_parameters
+from models.grader import HEADS, GradeNet, GraderCheckpoint, class_weights, fit_temperature, n_parameters
 from models.metrics import accuracy, cohen_kappa, confusion_matrix, macro_f1, weighted_log_loss
 from models.train_data import HEAD_ORDER, CropSet
 
@@ -20,28 +20,41 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SWAP_LR = (HEAD_ORDER.index("left_subarticular"), HEAD_ORDER.index("right_subarticular"))
+#: Online geometric augmentation: rotation (degrees), scale, shift (fraction of the field of view).
+AUG_ROTATE_DEG = 8.0
+AUG_SCALE = 0.08
+AUG_SHIFT = 0.04
 
 
-def _augment(x: torch.Tensor, kind: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Intensity, noise, slice-order and (axial, with left/right labels swapped) mirror augmentation."""
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Small in-plane rotation/scale/shift, intensity, gamma, noise and slice-order augmentation.
+
+    No mirroring: axial crops are in one canonical orientation (lateral to the
+    right, :func:`models.grader.canonical_side`) and a mirror would break it.
+    """
     b = x.shape[0]
     dev = x.device
+
+    def uniform(scale: float) -> torch.Tensor:
+        return (2.0 * torch.rand(b, generator=gen, device=dev) - 1.0) * scale
+
+    angle = torch.deg2rad(uniform(AUG_ROTATE_DEG))
+    zoom = 1.0 + uniform(AUG_SCALE)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = torch.cos(angle) * zoom
+    theta[:, 0, 1] = -torch.sin(angle) * zoom
+    theta[:, 1, 0] = torch.sin(angle) * zoom
+    theta[:, 1, 1] = torch.cos(angle) * zoom
+    theta[:, 0, 2] = uniform(2.0 * AUG_SHIFT)
+    theta[:, 1, 2] = uniform(2.0 * AUG_SHIFT)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     scale = 0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=gen, device=dev)
     gamma = torch.exp(0.25 * torch.randn(b, 1, 1, 1, generator=gen, device=dev))
     x = x.clamp(0, 1) ** gamma * scale
     x = x + 0.03 * torch.randn(x.shape, generator=gen, device=dev) * torch.rand(b, 1, 1, 1, generator=gen, device=dev)
     flip_slices = torch.rand(b, generator=gen, device=dev) < 0.5
-    x = torch.where(flip_slices[:, None, None, None], x.flip(1), x)
-    axial = kind == KIND_INDEX["axial_t2"]
-    mirror = axial & (torch.rand(b, generator=gen, device=dev) < 0.5)
-    x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-    y = y.clone()
-    l, r = SWAP_LR
-    yl, yr = y[:, l].clone(), y[:, r].clone()
-    y[:, l] = torch.where(mirror, yr, yl)
-    y[:, r] = torch.where(mirror, yl, yr)
-    return x, y
+    return torch.where(flip_slices[:, None, None, None], x.flip(1), x)
 
 
 def _loss(logits: dict[str, torch.Tensor], y: torch.Tensor, cw: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -120,8 +133,8 @@ def fit_grader(train: CropSet, val: CropSet, cfg: TrainConfig,
             total, n = 0.0, 0
             for s in range(0, len(order), batch):
                 idx = order[s:s + batch]
-                x, y = _augment(x_all[idx].float(), k_all[idx], y_all[idx], gen)
-                loss = _loss(net(x, k_all[idx]), y, cw)
+                x = _augment(x_all[idx].float(), gen)
+                loss = _loss(net(x, k_all[idx]), y_all[idx], cw)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
 from pynetdicom import AE
@@ -39,10 +38,9 @@ def test_stalled_connection_and_idle_association_free_their_slot(node_factory: A
     # a peer that connects and never sends an A-ASSOCIATE-RQ
     stalled = socket.create_connection(("127.0.0.1", node.dicom_port))
     try:
-        t0 = time.monotonic()
+        # wait_until fails the test if the ACSE timeout does not free the slot
         wait_until(lambda: echoscu("127.0.0.1", node.dicom_port, "SPINENODE").returncode == 0, 20,
                    interval=0.5, what="the stalled connection to time out")
-        assert time.monotonic() - t0 < 20
         # the node closed the stalled socket
         stalled.settimeout(5)
         assert stalled.recv(1024) == b""

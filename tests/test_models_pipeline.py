@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from models.analyzer import SpineAnalyzer, read_study_dir
 from models.detector import SegDetection, detector_image
 from models.evaluate import StudyOutcome, level_matches, score_outcomes
 from models.grader import (
-    GradeNet, Grader, GraderCheckpoint, CropRequest, HEADS, fit_temperature, n_parameters,
+    KIND_INDEX, GradeNet, Grader, GraderCheckpoint, CropRequest, HEADS, canonical_side, fit_temperature,
+    grader_pixels, in_plane, n_parameters, plane_offset,
 )
 from models.train_data import (
     disc_centers, crop_offsets_of_study, grader_study_crops, is_validation, primary_series, yolo_lines,
@@ -61,20 +63,26 @@ def test_crop_offsets(dataset: rsna.RsnaDataset) -> None:
     right = np.median(np.asarray(off["right"]), axis=0)
     assert left == pytest.approx([16.0, 20.0, 0.0], abs=1.0)
     assert right == pytest.approx([-16.0, 20.0, 0.0], abs=1.0)
-    recess = np.median(np.asarray(off["recess"]), axis=0)
-    assert len(off["recess"]) == 5
-    assert recess == pytest.approx([0.0, 24.0, 0.0], abs=1.0)
+    # the canal points lie 24 mm behind the disc centres: the canal crop moves half that way
+    assert np.median(np.asarray(off["sag_t2"]), axis=0) == pytest.approx([0.0, 12.0, 0.0], abs=1.0)
+    for side, x in (("sub_left", 10.0), ("sub_right", -10.0)):  # recesses at x = +-10, y = 24
+        assert len(off[side]) == 5
+        assert np.median(np.asarray(off[side]), axis=0) == pytest.approx([x, 24.0, 0.0], abs=1.0)
 
 
 def test_grader_crops(dataset: rsna.RsnaDataset) -> None:
-    offs = {"left": np.array([16.0, 20.0, 0.0]), "right": np.array([-16.0, 20.0, 0.0])}
+    offs = {"left": np.array([16.0, 20.0, 0.0]), "right": np.array([-16.0, 20.0, 0.0]),
+            "sub_left": np.array([10.0, 24.0, 0.0]), "sub_right": np.array([-10.0, 24.0, 0.0])}
     cs = grader_study_crops(dataset, 1000, offs, n_aug=1)
-    # 5 levels x (1 sagittal T2 + 2 foramina + 1 axial)
-    assert cs.x.shape == (20, 5, 64, 64)
-    assert sorted(np.bincount(cs.kind).tolist()) == [5, 5, 10]
+    # 5 levels x (1 sagittal T2 + 2 foramina + 2 subarticular recesses)
+    assert cs.x.shape == (25, 5, 64, 64)
+    assert np.bincount(cs.kind).tolist() == [5, 10, 10]  # sag_t2, sag_t1, axial_t2
     has = (cs.y.max(axis=0) >= 0).tolist()
     # every lumbar head has labels; the cervical head none
-    assert has == [True, True, False, True, True, True]
+    assert has == [True, True, False, True, True]
+    # both recess crops are canonical: the synthetic recesses are mirror images, so the two crops agree
+    ax = cs.x[cs.kind == KIND_INDEX["axial_t2"]].astype(np.float32)
+    assert np.abs(ax[0::2] - ax[1::2]).mean() < 0.02
 
 
 def test_study_split_is_grouped_and_stable() -> None:
@@ -86,7 +94,7 @@ def test_study_split_is_grouped_and_stable() -> None:
 
 def test_gradenet_and_temperature() -> None:
     net = GradeNet()
-    assert 2_000_000 < n_parameters(net) < 3_500_000
+    assert 1_000_000 < n_parameters(net) < 3_500_000
     out = net(torch.zeros(2, 5, 64, 64), torch.tensor([0, 2]))
     assert {k: tuple(v.shape) for k, v in out.items()} == {h: (2, n) for h, n in HEADS.items()}
     rng = np.random.default_rng(0)
@@ -101,7 +109,8 @@ def _grader(tmp_path: Path) -> Grader:
     torch.manual_seed(0)
     net = GradeNet()
     ckpt = GraderCheckpoint(net.state_dict(), net.widths, {"spinal_canal": 1.5},
-                            {"left": (16.0, 20.0, 0.0), "right": (-16.0, 20.0, 0.0), "recess": (0.0, 24.0, 0.0)}, {})
+                            {"left": (16.0, 20.0, 0.0), "right": (-16.0, 20.0, 0.0),
+                             "sub_left": (10.0, 24.0, 0.0), "sub_right": (-10.0, 24.0, 0.0)}, {})
     ckpt.save(tmp_path / "g.pt")
     return Grader.from_file(tmp_path / "g.pt", ModelId("g", "0"))
 
@@ -203,15 +212,54 @@ def test_detector_image_channels() -> None:
     assert img[0, 0].tolist() == [0, 0, 128]
 
 
-def test_tta_is_left_right_consistent(tmp_path: Path) -> None:
+def test_tta_averages_the_slice_flip(tmp_path: Path) -> None:
     g = _grader(tmp_path)
     rng = np.random.default_rng(1)
     crop = rng.random((5, 64, 64)).astype(np.float32)
-    mirrored = crop[::-1, :, ::-1].copy()
-    heads = ("left_subarticular", "right_subarticular")
-    a, b = g.probabilities([CropRequest("axial_t2", crop, heads), CropRequest("axial_t2", mirrored, heads)])
-    assert np.allclose(a["left_subarticular"], b["right_subarticular"], atol=1e-5)
-    assert np.allclose(a["right_subarticular"], b["left_subarticular"], atol=1e-5)
+    flipped = crop[::-1].copy()
+    a, b = g.probabilities([CropRequest("axial_t2", crop, ("subarticular",)),
+                            CropRequest("axial_t2", flipped, ("subarticular",))])
+    assert np.allclose(a["subarticular"], b["subarticular"], atol=1e-5)
     g.tta = False
-    c = g.probabilities([CropRequest("axial_t2", crop, heads)])[0]
-    assert not np.allclose(c["left_subarticular"], a["left_subarticular"], atol=1e-6)
+    c = g.probabilities([CropRequest("axial_t2", crop, ("subarticular",))])[0]
+    assert not np.allclose(c["subarticular"], a["subarticular"], atol=1e-6)
+
+
+def test_canonical_side_puts_lateral_to_the_right() -> None:
+    crop = np.zeros((5, 8, 8), np.float32)
+    crop[:, :, -1] = 1.0  # something at the +column edge
+    standard, flipped = np.array([1.0, 0.0, 0.0]), np.array([-1.0, 0.0, 0.0])
+    # standard axial: columns run towards patient left, so the left recess is lateral at +column
+    assert canonical_side(crop, "left", standard)[0, 0, -1] == 1.0
+    assert canonical_side(crop, "right", standard)[0, 0, 0] == 1.0
+    assert canonical_side(crop, "left", flipped)[0, 0, 0] == 1.0
+    assert canonical_side(crop, "right", flipped)[0, 0, -1] == 1.0
+    with pytest.raises(ValueError):
+        canonical_side(crop, "middle", standard)
+
+
+def test_ct_crops_read_a_soft_tissue_window() -> None:
+    hu = np.array([[[-1000.0, -100.0, 8.0, 88.0, 200.0, 950.0]]], np.float32)
+    vol = SimpleNamespace(pixels=hu)
+    ct = grader_pixels(vol, "CT")  # type: ignore[arg-type]
+    assert ct[0, 0].tolist() == pytest.approx([0.0, 0.0, 0.36, 0.6266667, 1.0, 1.0], abs=1e-4)
+    # MR keeps the percentile normalisation (and reuses an array it is given)
+    given = np.zeros((1, 2, 2), np.float32)
+    assert grader_pixels(vol, "MR", mr_pixels=given) is given  # type: ignore[arg-type]
+
+
+def test_recess_offsets_live_in_the_axial_plane() -> None:
+    """An offset learned on one tilted stack lands on the disc's slice of a stack tilted otherwise."""
+    def stack(deg: float) -> SimpleNamespace:
+        t = np.radians(deg)
+        return SimpleNamespace(row_dir=np.array([1.0, 0.0, 0.0]), col_dir=np.array([0.0, np.cos(t), np.sin(t)]))
+
+    centre = np.array([1.0, 2.0, 3.0])
+    learned_on = stack(10.0)
+    recess = centre + in_plane((9.0, 16.0, 0.0), learned_on)  # type: ignore[arg-type]
+    assert plane_offset(recess, centre, learned_on) == pytest.approx([9.0, 16.0, 0.0])  # type: ignore[arg-type]
+    steep = stack(35.0)
+    v = in_plane((9.0, 16.0, 0.0), steep)  # type: ignore[arg-type]
+    normal = np.cross(steep.row_dir, steep.col_dir)
+    assert float(v @ normal) == pytest.approx(0.0, abs=1e-12)  # same slice as the disc centre
+    assert np.linalg.norm(v) == pytest.approx(np.hypot(9.0, 16.0))

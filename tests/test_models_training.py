@@ -24,7 +24,7 @@ def test_train_grader_short(tmp_path: Path) -> None:
     out = tmp_path / "run"
     report = train_grader(TrainConfig(data=(data,), out=out, epochs=1, device="cpu", val_fraction=0.5))
     assert report["crops_train"] > 0 and report["crops_val"] > 0
-    assert set(report["crop_offsets_mm"]) == {"left", "right", "recess"}
+    assert set(report["crop_offsets_mm"]) == {"left", "right", "sub_left", "sub_right", "sag_t2"}
     for name in ("grader.pt", "grader_metrics.json", "grader_curves.png", "grader_confusion.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "grader_metrics.json").read_text())
