@@ -42,7 +42,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.types import Condition, Grade, ModelId, ModelsError
-from models.volume import Volume, normalize_image
+from models.detector import normalized_pixels
+from models.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def grader_pixels(volume: Volume, modality: str, mr_pixels: np.ndarray | None = 
     if modality.upper() == "CT":
         lo, hi = CT_WINDOW_HU
         return np.clip((volume.pixels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    return mr_pixels if mr_pixels is not None else normalize_image(volume.pixels, 1.0, 99.5)
+    return mr_pixels if mr_pixels is not None else normalized_pixels(volume)
 
 
 def in_plane(offset: np.ndarray | Sequence[float], volume: Volume) -> np.ndarray:

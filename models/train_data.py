@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,40 +269,34 @@ def crop_offsets_of_study(ds: rsna.RsnaDataset, study_id: int) -> dict[str, list
     centers = disc_centers(ds, study_id, vol, series)
     modality = "CT" if series.series_description == rsna.SAGITTAL_CT else "MR"
     kind = sagittal_kind(ds.region, modality)
-    out[kind] = []
-    sag_index = {n: i for i, n in enumerate(vol.instance_numbers)}
-    for c in ds.coordinates_of(study_id):
-        lv = to_level_name(c.level)
-        if (c.series_id == series.series_id and c.condition == rsna.SPINAL_CANAL_STENOSIS
-                and c.instance_number in sag_index and lv in centers):
-            out[kind].append(0.5 * (vol.voxel_to_patient(sag_index[c.instance_number], c.y, c.x) - centers[lv]))
+    out[kind] = [0.5 * (p - centers[lv]) for _, lv, p, _ in
+                 _label_points(ds, study_id, series.series_id, [vol], {rsna.SPINAL_CANAL_STENOSIS: kind}, centers)]
     t1 = ds.series_of(study_id, rsna.SAGITTAL_T1)
     if t1:
         t1v = load_volume(ds.series_dir(study_id, t1[0].series_id))
-        inst_index = {n: i for i, n in enumerate(t1v.instance_numbers)}
-        for c in ds.coordinates_of(study_id):
-            if c.series_id != t1[0].series_id or c.instance_number not in inst_index:
-                continue
-            side = "left" if c.condition == rsna.LEFT_NEURAL_FORAMINAL_NARROWING else (
-                "right" if c.condition == rsna.RIGHT_NEURAL_FORAMINAL_NARROWING else None)
-            lv = to_level_name(c.level)
-            if side and lv in centers:
-                p = t1v.voxel_to_patient(inst_index[c.instance_number], c.y, c.x)
-                out[side].append(p - centers[lv])
+        sides = {rsna.LEFT_NEURAL_FORAMINAL_NARROWING: "left", rsna.RIGHT_NEURAL_FORAMINAL_NARROWING: "right"}
+        for key, lv, p, _ in _label_points(ds, study_id, t1[0].series_id, [t1v], sides, centers):
+            out[key].append(p - centers[lv])
     ax = ds.series_of(study_id, rsna.AXIAL_T2)
     if ax:
         stacks = volumes_from_datasets(read_series_dir(ds.series_dir(study_id, ax[0].series_id)))
-        where = {n: (v, i) for v in stacks for i, n in enumerate(v.instance_numbers)}
-        for c in ds.coordinates_of(study_id):
-            if c.series_id != ax[0].series_id or c.instance_number not in where:
-                continue
-            side = "left" if c.condition == rsna.LEFT_SUBARTICULAR_STENOSIS else (
-                "right" if c.condition == rsna.RIGHT_SUBARTICULAR_STENOSIS else None)
-            lv = to_level_name(c.level)
-            if side and lv in centers:
-                v, i = where[c.instance_number]
-                out[f"sub_{side}"].append(plane_offset(v.voxel_to_patient(i, c.y, c.x), centers[lv], v))
+        sides = {rsna.LEFT_SUBARTICULAR_STENOSIS: "sub_left", rsna.RIGHT_SUBARTICULAR_STENOSIS: "sub_right"}
+        for key, lv, p, v in _label_points(ds, study_id, ax[0].series_id, stacks, sides, centers):
+            out[key].append(plane_offset(p, centers[lv], v))
     return out
+
+
+def _label_points(ds: rsna.RsnaDataset, study_id: int, series_id: int, volumes: Sequence[Volume],
+                  keys: dict[str, str], centers: dict[str, np.ndarray]) -> Iterator[tuple[str, str, np.ndarray, Volume]]:
+    """(key, level name, patient point, volume) of each labelled point of ``keys``' conditions
+    on the series, at a level with a known disc centre."""
+    where = {n: (v, i) for v in volumes for i, n in enumerate(v.instance_numbers)}
+    for c in ds.coordinates_of(study_id):
+        lv = to_level_name(c.level)
+        if c.series_id != series_id or c.condition not in keys or c.instance_number not in where or lv not in centers:
+            continue
+        v, i = where[c.instance_number]
+        yield keys[c.condition], lv, v.voxel_to_patient(i, c.y, c.x), v
 
 
 def grader_study_crops(ds: rsna.RsnaDataset, study_id: int, crop_offsets: dict[str, np.ndarray],
