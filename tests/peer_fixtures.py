@@ -1,4 +1,4 @@
-"""pytest fixtures for the real peers in ``peers.py``.
+"""pytest fixtures for the real peers in the ``peers`` package.
 
 Loaded as a plugin (``pytest_plugins = ["peer_fixtures"]`` in ``tests/conftest.py``, or
 ``-p peer_fixtures``).  Every fixture stops its processes by PID in teardown, also when
