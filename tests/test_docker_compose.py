@@ -15,7 +15,7 @@ COMPOSE = REPO / "docker" / "compose.yaml"
 
 
 def test_compose_config_is_valid() -> None:
-    env = {**os.environ, "SPINENODE_ADMIN_TOKEN": "test-token"}
+    env = {**os.environ, "SPINENODE_ADMIN_TOKEN": "test-token", "FLOWER_BASIC_AUTH": "admin:test-secret"}
     r = subprocess.run(["/usr/bin/docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -24,6 +24,7 @@ def test_compose_config_is_valid() -> None:
     gpu = config["services"]["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert all("healthcheck" in config["services"][s] for s in ("redis", "postgres", "node"))
+    assert "--basic-auth=admin:test-secret" in config["services"]["flower"]["command"]  # tests/test_flower.py
 
 
 def _spinenode_commands(config: dict[str, Any]) -> list[list[str]]:
