@@ -139,6 +139,10 @@ class SeriesSelection:
     ct_sagittal: str | None = None
     missing: tuple[str, ...] = field(default=())
 
+    def series_uids(self) -> set[str]:
+        """The series chosen for any role."""
+        return {uid for role in ROLE_CONDITIONS if (uid := getattr(self, role))}
+
     def role_of(self, series_uid: str) -> str | None:
         for role in ROLE_CONDITIONS:
             if getattr(self, role) == series_uid:

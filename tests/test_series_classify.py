@@ -39,6 +39,7 @@ def test_classifies_lumbar_protocol(tmp_path: Path) -> None:
     sel = select_series(c)
     assert (sel.sagittal_t2, sel.sagittal_t1, sel.axial_t2) == (c[0].series_uid, c[1].series_uid, c[2].series_uid)
     assert sel.missing == ()
+    assert sel.series_uids() == {c[0].series_uid, c[1].series_uid, c[2].series_uid}  # not the spare STIR
 
 
 def test_weighting_from_numbers_not_description(tmp_path: Path) -> None:
@@ -53,6 +54,7 @@ def test_missing_inputs_are_reported(tmp_path: Path) -> None:
     assert not c[1].usable and "coronal" in c[1].reason
     sel = select_series(c)
     assert sel.sagittal_t2 == c[0].series_uid
+    assert sel.series_uids() == {c[0].series_uid}
     assert any("foraminal" in m for m in sel.missing) and any("subarticular" in m for m in sel.missing)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,16 +55,23 @@ def load_analyzer(settings: Settings, weights_dir: Path | None = None) -> Any:
 
 
 def run_analysis(
-    settings: Settings, study_uid: str, series_files: Mapping[str, Sequence[Path]], region: str | None
+    settings: Settings, study_uid: str, series_files: Mapping[str, Sequence[Path]], region: str | None,
+    selected: Collection[str] | None = None,
 ) -> Any:
-    """AnalysisResult, or NotAnalysed(reason) when the models cannot read this study."""
+    """AnalysisResult, or NotAnalysed(reason) when the models cannot read this study.
+
+    Pixels are read for the ``selected`` series only (all when None); the others are
+    read as headers, so that the analyzer's own classification (and what it reports
+    missing) sees the whole study without loading localisers and unused sequences.
+    """
     from models.analyzer import AnalyzerError
 
     analyzer = load_analyzer(settings)
     series: dict[str, list[Any]] = {}
     for uid, files in series_files.items():
         try:
-            series[uid] = [dcmread(f) for f in files]
+            headers_only = selected is not None and uid not in selected
+            series[uid] = [dcmread(f, stop_before_pixels=headers_only) for f in files]
         except Exception as exc:
             log.warning("series %s unreadable (%s): left out of the analysis", uid, type(exc).__name__)
     try:

@@ -98,7 +98,8 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         if not (selection.sagittal_t2 or selection.sagittal_t1 or selection.ct_sagittal):
             outcome: object = NotAnalysed("no usable sagittal MR or CT series in the study")
         else:
-            outcome = run_analysis(ctx.settings, study_uid, _series_files(ctx, study_uid), study.region)
+            outcome = run_analysis(ctx.settings, study_uid, _series_files(ctx, study_uid), study.region,
+                                   selection.series_uids())
             if not isinstance(outcome, NotAnalysed) and not outcome.findings.levels:
                 why = "; ".join(outcome.findings.missing) or "no disc level was found on the sagittal series"
                 outcome = NotAnalysed(f"no disc level could be located ({why})")
