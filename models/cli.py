@@ -6,11 +6,24 @@ Heavy imports (torch, ultralytics) happen inside the commands.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+
+def _progress_log() -> None:
+    """INFO lines of ``models.*`` (one per grader epoch) on stderr: rich's progress bars draw
+    nothing until the end when the output goes to a file, as in a training job's log."""
+    lg = logging.getLogger("models")
+    if not lg.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
 
 
 class Target(StrEnum):
@@ -39,6 +52,7 @@ def train(
     from models.analyzer import resolve_device
     from models.train import TrainConfig, train_detector, train_grader
 
+    _progress_log()
     cfg = TrainConfig(data=tuple(data), out=out, epochs=epochs, device=resolve_device(device), seed=seed,
                       workers=workers, batch=batch, imgsz=imgsz, version=version, max_studies=max_studies,
                       max_hours=max_hours, copies=copies)

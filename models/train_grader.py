@@ -150,6 +150,9 @@ def fit_grader(train: CropSet, val: CropSet, cfg: TrainConfig,
             if best is None or not val_loss >= best[0]:
                 best = (val_loss, epoch + 1, {k: v.detach().clone() for k, v in net.state_dict().items()})
             prog.update(task, advance=1, description=f"grader epochs (val loss {val_loss:.3f})")
+            # rich draws nothing until the end when stdout is not a terminal: a log line per epoch
+            logger.info("grader epoch %d/%d: train loss %.4f, validation loss %.4f, %.0f s", epoch + 1,
+                        cfg.epochs, total / max(n, 1), val_loss, time.perf_counter() - t0)
     if best is not None and len(val.kind):
         net.load_state_dict(best[2])
     vl = _logits(net, val, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -18,11 +19,14 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def test_train_grader_short(tmp_path: Path) -> None:
+def test_train_grader_short(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     data = tmp_path / "data"
     make_dataset(data, n_studies=2)
     out = tmp_path / "run"
-    report = train_grader(TrainConfig(data=(data,), out=out, epochs=1, device="cpu", val_fraction=0.5))
+    with caplog.at_level(logging.INFO, logger="models.train_grader"):
+        report = train_grader(TrainConfig(data=(data,), out=out, epochs=1, device="cpu", val_fraction=0.5))
+    # one log line per epoch (rich's bars draw nothing into a log file)
+    assert any(r.getMessage().startswith("grader epoch 1/1: train loss ") for r in caplog.records)
     assert report["crops_train"] > 0 and report["crops_val"] > 0
     assert set(report["crop_offsets_mm"]) == {"left", "right", "sub_left", "sub_right", "sag_t2"}
     for name in ("grader.pt", "grader_metrics.json", "grader_curves.png", "grader_confusion.png"):
