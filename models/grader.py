@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from models.types import Condition, Grade, ModelId, ModelsError
 from models.detector import normalized_pixels
-from models.volume import Volume
+from models.volume import Volume, sample_crop
 
 logger = logging.getLogger(__name__)
 
@@ -146,22 +146,64 @@ def grader_pixels(volume: Volume, modality: str, mr_pixels: np.ndarray | None = 
     return mr_pixels if mr_pixels is not None else normalized_pixels(volume)
 
 
-def in_plane(offset: np.ndarray | Sequence[float], volume: Volume) -> np.ndarray:
-    """A stored axial offset ``(u, v, 0)`` as a patient-space vector in ``volume``'s slice plane.
+#: An axial stack whose normal is within this angle (degrees) of the spine axis is
+#: angled along the disc; its own plane is the disc plane.
+ANGLED_STACK_MAX_DEG = 12.0
 
-    Stored in the stack's own frame, the recess offset does not depend on how the
-    disc is tilted: added to the disc centre it stays on the slice through the disc
-    (an offset in patient coordinates would move to another slice when the disc is
-    tilted more or less than the training average).
+
+def recess_frame(volume: Volume, spine_axis: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(lateral, posterior) unit vectors of the disc plane at a level, seen from an axial stack.
+
+    The subarticular recess lies in the disc plane, lateral and posterior of the
+    disc centre. A stack angled along the disc (its normal within
+    :data:`ANGLED_STACK_MAX_DEG` of the spine axis, or no axis known) gives its own
+    row and column directions. Across an unangled block the disc plane is the plane
+    across the spine axis (:func:`models.levels.spine_axes`): lateral is the row
+    direction laid into it, posterior the direction in it on the column's side. Added
+    to the disc centre, an offset in this frame lands on the recess whatever the tilt
+    of the disc against the stack, and :func:`~models.volume.sample_crop` then takes the
+    slice nearest the recess, not the disc centre's (on a block cutting a disc tilted by
+    30 degrees, the recess 20 mm behind the centre is two slices away).
+    """
+    row, col = np.asarray(volume.row_dir, float), np.asarray(volume.col_dir, float)
+    if spine_axis is None:
+        return row, col
+    axis = np.asarray(spine_axis, float) / float(np.linalg.norm(spine_axis))
+    normal = np.cross(row, col)
+    if abs(float(normal @ axis)) >= np.cos(np.radians(ANGLED_STACK_MAX_DEG)):
+        return row, col
+    lateral = row - float(row @ axis) * axis
+    lateral /= float(np.linalg.norm(lateral))
+    posterior = np.cross(axis, lateral)
+    if float(posterior @ col) < 0.0:
+        posterior = -posterior
+    return lateral, posterior
+
+
+def in_plane(offset: np.ndarray | Sequence[float], frame: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """A stored recess offset ``(u, v, 0)`` as a patient-space vector in a :func:`recess_frame`.
+
+    Stored in the disc's own frame, the recess offset does not depend on how the
+    disc is tilted (an offset in patient coordinates would move to another slice
+    when the disc is tilted more or less than the training average).
     """
     o = np.asarray(offset, dtype=float)
-    return o[0] * volume.row_dir + o[1] * volume.col_dir
+    return o[0] * frame[0] + o[1] * frame[1]
 
 
-def plane_offset(point: np.ndarray, center: np.ndarray, volume: Volume) -> np.ndarray:
-    """The inverse of :func:`in_plane`: ``(u, v, 0)`` of ``point - center`` in ``volume``'s frame."""
+def plane_offset(point: np.ndarray, center: np.ndarray, frame: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The inverse of :func:`in_plane`: ``(u, v, 0)`` of ``point - center`` in ``frame``."""
     d = np.asarray(point, dtype=float) - np.asarray(center, dtype=float)
-    return np.array([float(d @ volume.row_dir), float(d @ volume.col_dir), 0.0])
+    return np.array([float(d @ frame[0]), float(d @ frame[1]), 0.0])
+
+
+def recess_crop(volume: Volume, pixels: np.ndarray, center: np.ndarray | Sequence[float],
+                offset: np.ndarray | Sequence[float], frame: tuple[np.ndarray, np.ndarray], side: str) -> np.ndarray:
+    """The crop of one subarticular recess, ``offset`` (u, v, 0) from the disc centre in a
+    :func:`recess_frame`, in the :func:`canonical_side` orientation (training and inference alike)."""
+    point = np.asarray(center, dtype=float) + in_plane(offset, frame)
+    crop = sample_crop(volume, pixels, point, CROP_PX, CROP_FOV_MM["axial_t2"], HALF_SLICES)
+    return canonical_side(crop, side, volume.row_dir)
 
 
 def canonical_side(crop: np.ndarray, side: str, row_dir: np.ndarray) -> np.ndarray:
@@ -223,7 +265,7 @@ class GraderCheckpoint:
     temperatures: Mapping[str, float]
     #: learned offsets (mm) from the disc centre to the crop centres: "left"/"right" foramen
     #: (sagittal T1; patient LPS), "sub_left"/"sub_right" subarticular recess (axial T2; in the
-    #: axial stack's plane: along its row direction, along its column direction, 0; see :func:`in_plane`),
+    #: disc plane: lateral, posterior, 0; see :func:`recess_frame` and :func:`in_plane`),
     #: "sag_t2"/"sag_c"/"sag_ct" sagittal canal crop (patient LPS, half way to the canal; absent: 0)
     crop_offsets: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)

@@ -129,3 +129,34 @@ def name_levels(
         if 0 <= idx < len(names):
             out.append(NamedDisc(c.key, names[idx], c.axis_mm))
     return out
+
+
+def spine_axes(centers: Mapping[str, np.ndarray | Sequence[float]],
+               order: Sequence[str]) -> dict[str, np.ndarray]:
+    """The spine's direction (unit vector towards the head) at each disc, from the disc centres.
+
+    ``order`` lists the level names from the most superior down. The axis at a disc is
+    the tangent of a quadratic through it and its neighbours (the three consecutive found
+    discs nearest it, by chord length), so the end discs (L5-S1, C2-C3) follow the
+    curve instead of the chord to their one neighbour. With two discs the axis is the
+    chord between them; with fewer, none is returned. On a smooth spine it is the disc's
+    normal within a few degrees (discs lie across the spine).
+    """
+    names = [n for n in order if n in centers]
+    pts = np.array([np.asarray(centers[n], dtype=float) for n in names])
+    if len(names) < 2:
+        return {}
+    t = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+    out: dict[str, np.ndarray] = {}
+    for i, name in enumerate(names):
+        if len(names) == 2:
+            d = pts[1] - pts[0]
+        else:
+            lo = min(max(i - 1, 0), len(names) - 3)
+            tt, pp = t[lo:lo + 3], pts[lo:lo + 3]
+            coef = np.polyfit(tt - tt[1], pp, 2)  # (3, 3): a, b, c per coordinate
+            d = 2.0 * coef[0] * (t[i] - tt[1]) + coef[1]
+        norm = float(np.linalg.norm(d))
+        if norm > 1e-6:
+            out[name] = -d / norm  # the order runs towards the feet
+    return out

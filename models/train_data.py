@@ -26,9 +26,11 @@ from models.detector import (
     normalized_pixels,
 )
 from models.grader import (
-    CROP_FOV_MM, CROP_PX, HALF_SLICES, HEADS, KIND_INDEX, canonical_side, grader_pixels, in_plane,
-    plane_offset, sagittal_kind,
+    CROP_FOV_MM, CROP_PX, HALF_SLICES, HEADS, KIND_INDEX, grader_pixels, plane_offset, recess_crop,
+    recess_frame, sagittal_kind,
 )
+from models.levels import spine_axes
+from models.types import levels_of
 from models.volume import Volume, load_volume, nearest_in_stacks, sample_crop, volumes_from_datasets, read_series_dir
 
 logger = logging.getLogger(__name__)
@@ -256,8 +258,8 @@ def crop_offsets_of_study(ds: rsna.RsnaDataset, study_id: int) -> dict[str, list
     """Offsets (patient mm) from each disc centre to the labelled crop targets.
 
     ``left``/``right``: the foramen points on the sagittal T1 (patient LPS); ``sub_left``/``sub_right``:
-    the left and right subarticular points on the axial T2, in that stack's plane
-    (:func:`models.grader.plane_offset`); the sagittal crop kind (``sag_t2``, ``sag_c``,
+    the left and right subarticular points on the axial T2, in the disc plane
+    (:func:`models.grader.recess_frame`, :func:`models.grader.plane_offset`); the sagittal crop kind (``sag_t2``, ``sag_c``,
     ``sag_ct``): half the way from the disc centre to the spinal canal point (patient
     LPS), so that the crop holds the disc and the whole canal behind it.
     """
@@ -281,8 +283,9 @@ def crop_offsets_of_study(ds: rsna.RsnaDataset, study_id: int) -> dict[str, list
     if ax:
         stacks = volumes_from_datasets(read_series_dir(ds.series_dir(study_id, ax[0].series_id)))
         sides = {rsna.LEFT_SUBARTICULAR_STENOSIS: "sub_left", rsna.RIGHT_SUBARTICULAR_STENOSIS: "sub_right"}
+        axes = spine_axes(centers, levels_of(ds.region))
         for key, lv, p, v in _label_points(ds, study_id, ax[0].series_id, stacks, sides, centers):
-            out[key].append(plane_offset(p, centers[lv], v))
+            out[key].append(plane_offset(p, centers[lv], recess_frame(v, axes.get(lv))))
     return out
 
 
@@ -323,6 +326,7 @@ def grader_study_crops(ds: rsna.RsnaDataset, study_id: int, crop_offsets: dict[s
     def jit(c: np.ndarray, a: int) -> np.ndarray:
         return c if a == 0 else c + rng.uniform(-jitter_mm, jitter_mm, 3)
 
+    axes = spine_axes(centers, levels_of(ds.region))
     for lv_name, c in centers.items():
         rl = lv_name.replace("-", "/")
         for a in range(n_aug):
@@ -347,13 +351,12 @@ def grader_study_crops(ds: rsna.RsnaDataset, study_id: int, crop_offsets: dict[s
                 hit = nearest_in_stacks(axv, cc)
                 if hit is not None and hit[2] <= AXIAL_MAX_DISTANCE_MM:
                     av, ap = axv[hit[0]], axp[hit[0]]
+                    frame = recess_frame(av, axes.get(lv_name))
                     for side, cond in (("left", rsna.LEFT_SUBARTICULAR_STENOSIS),
                                        ("right", rsna.RIGHT_SUBARTICULAR_STENOSIS)):
                         off = crop_offsets.get(f"sub_{side}")
                         if off is None:
                             continue
-                        crop = sample_crop(av, ap, cc + in_plane(off, av), CROP_PX, CROP_FOV_MM["axial_t2"],
-                                           HALF_SLICES)
-                        b.add(canonical_side(crop, side, av.row_dir), "axial_t2",
+                        b.add(recess_crop(av, ap, cc, off, frame, side), "axial_t2",
                               {"subarticular": labels.class_index(cond, rl)})
     return b.build(study_id)

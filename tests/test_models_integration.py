@@ -49,3 +49,29 @@ def test_shipped_weights_on_phantoms(lumbar: Path, monkeypatch: pytest.MonkeyPat
     assert report["rsna_score"]["score"] < 0.8
     assert report["model"]["name"] == "spinenode-spine"
     assert report["seconds_per_study"] > 0  # measured and reported; speed itself is bench/inference.py's
+
+
+@pytest.mark.skipif(not HAVE_WEIGHTS, reason="no shipped weights (test_weights_are_shipped fails)")
+def test_recess_views_are_averaged_into_one_grade(lumbar: Path) -> None:
+    """Several shifted views of a recess give one grade per side: their mean, not duplicates."""
+    from models.analyzer import RECESS_SHIFTS_MM, SpineAnalyzer, read_study_dir
+    from models.types import LUMBAR_CONDITIONS, Condition
+
+    assert len(RECESS_SHIFTS_MM) > 1 and RECESS_SHIFTS_MM[0] == (0.0, 0.0)
+    study = next(p for p in sorted((lumbar / "train_images").iterdir()) if p.is_dir())
+    series = read_study_dir(study)
+    analyzer = SpineAnalyzer.from_registry(None, device="cpu")
+    views = {}
+    for shifts in (RECESS_SHIFTS_MM, RECESS_SHIFTS_MM[:1], RECESS_SHIFTS_MM[1:2]):
+        analyzer.recess_shifts_mm = shifts
+        findings = analyzer.analyze(study.name, series, "lumbar").findings
+        assert findings.levels
+        for lf in findings.levels:
+            conds = [g.condition for g in lf.grades]
+            assert sorted(conds) == sorted(set(conds)) and set(LUMBAR_CONDITIONS) <= set(conds)
+        views[len(shifts), shifts[0]] = [lf.grade_of(Condition.LEFT_SUBARTICULAR_STENOSIS).probabilities
+                                         for lf in findings.levels]
+    both = views[len(RECESS_SHIFTS_MM), (0.0, 0.0)]
+    centre, shifted = views[1, (0.0, 0.0)], views[1, RECESS_SHIFTS_MM[1]]
+    assert centre != shifted  # a shifted view is another crop
+    assert both != centre  # and the average is not just the centre view

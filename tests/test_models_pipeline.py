@@ -14,9 +14,10 @@ from models import rsna
 from models.analyzer import SpineAnalyzer, read_study_dir
 from models.detector import SegDetection, detector_image
 from models.evaluate import StudyOutcome, level_matches, score_outcomes
+from models.levels import spine_axes
 from models.grader import (
     KIND_INDEX, GradeNet, Grader, GraderCheckpoint, CropRequest, HEADS, canonical_side, fit_temperature,
-    grader_pixels, in_plane, n_parameters, plane_offset,
+    grader_pixels, in_plane, n_parameters, plane_offset, recess_frame,
 )
 from models.train_data import (
     disc_centers, crop_offsets_of_study, grader_study_crops, is_validation, primary_series, yolo_lines,
@@ -248,18 +249,58 @@ def test_ct_crops_read_a_soft_tissue_window() -> None:
     assert grader_pixels(vol, "MR", mr_pixels=given) is given  # type: ignore[arg-type]
 
 
-def test_recess_offsets_live_in_the_axial_plane() -> None:
-    """An offset learned on one tilted stack lands on the disc's slice of a stack tilted otherwise."""
-    def stack(deg: float) -> SimpleNamespace:
-        t = np.radians(deg)
-        return SimpleNamespace(row_dir=np.array([1.0, 0.0, 0.0]), col_dir=np.array([0.0, np.cos(t), np.sin(t)]))
+def _axial_stack(deg: float) -> SimpleNamespace:
+    """Row, column (LPS) of an axial stack tilted by ``deg`` about the left-right axis."""
+    t = np.radians(deg)
+    return SimpleNamespace(row_dir=np.array([1.0, 0.0, 0.0]), col_dir=np.array([0.0, np.cos(t), np.sin(t)]))
 
+
+def _spine_axis(deg: float) -> np.ndarray:
+    """Towards the head, for a disc tilted by ``deg`` (its normal)."""
+    t = np.radians(deg)
+    return np.array([0.0, -np.sin(t), np.cos(t)])
+
+
+def test_recess_offsets_live_in_the_disc_plane() -> None:
+    """An offset learned on one tilted stack lands on the disc's slice of a stack tilted otherwise."""
     centre = np.array([1.0, 2.0, 3.0])
-    learned_on = stack(10.0)
-    recess = centre + in_plane((9.0, 16.0, 0.0), learned_on)  # type: ignore[arg-type]
-    assert plane_offset(recess, centre, learned_on) == pytest.approx([9.0, 16.0, 0.0])  # type: ignore[arg-type]
-    steep = stack(35.0)
-    v = in_plane((9.0, 16.0, 0.0), steep)  # type: ignore[arg-type]
+    learned_on = _axial_stack(10.0)
+    frame = recess_frame(learned_on, _spine_axis(12.0))  # type: ignore[arg-type]  # angled along the disc
+    assert frame[1] == pytest.approx(learned_on.col_dir)
+    recess = centre + in_plane((9.0, 16.0, 0.0), frame)
+    assert plane_offset(recess, centre, frame) == pytest.approx([9.0, 16.0, 0.0])
+    steep = _axial_stack(35.0)
+    v = in_plane((9.0, 16.0, 0.0), recess_frame(steep, None))  # type: ignore[arg-type]  # no axis: the stack
     normal = np.cross(steep.row_dir, steep.col_dir)
     assert float(v @ normal) == pytest.approx(0.0, abs=1e-12)  # same slice as the disc centre
     assert np.linalg.norm(v) == pytest.approx(np.hypot(9.0, 16.0))
+
+
+def test_recess_on_an_unangled_block_follows_the_disc_tilt() -> None:
+    """Across a block that does not follow a 30-degree disc, the recess is placed in the disc
+    plane (posterior and 8 mm higher than the centre: two 4 mm slices away), not in the slice."""
+    block = _axial_stack(0.0)
+    axis = _spine_axis(30.0)
+    lateral, posterior = recess_frame(block, axis)  # type: ignore[arg-type]
+    assert float(lateral @ axis) == pytest.approx(0.0, abs=1e-12)
+    assert float(posterior @ axis) == pytest.approx(0.0, abs=1e-12)
+    assert posterior[1] == pytest.approx(np.cos(np.radians(30.0)))  # still posterior (+y in LPS)
+    v = in_plane((0.0, 16.0, 0.0), (lateral, posterior))
+    assert v[2] == pytest.approx(16.0 * np.sin(np.radians(30.0)))
+
+
+def test_spine_axes_follow_the_curve_to_the_end_discs() -> None:
+    """Disc centres on a circular arc (a lordosis): the axis at each disc, end discs included,
+    is the arc's tangent; fewer than two discs give none."""
+    r = 150.0
+    names = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+    angles = np.radians([40.0, 28.0, 16.0, 4.0, -8.0])  # top to bottom
+    centers = {n: np.array([0.0, r * np.cos(a), r * np.sin(a)]) for n, a in zip(names, angles)}
+    del centers["L3-L4"]  # a missed disc
+    axes = spine_axes(centers, names)
+    assert set(axes) == set(centers)
+    for n, a in zip(names, angles):
+        if n in axes:
+            tangent = np.array([0.0, -np.sin(a), np.cos(a)])  # towards the head (larger angle)
+            assert float(axes[n] @ tangent) > np.cos(np.radians(1.5)), n
+    assert spine_axes({"L4-L5": np.zeros(3)}, names) == {}
