@@ -90,22 +90,32 @@ def _render(report: dict) -> None:  # type: ignore[type-arg]
     rs = report.get("rsna_score") or {}
     for k in ("score", "spinal", "foraminal", "subarticular", "any_severe_spinal"):
         if rs.get(k) is not None:
-            head.add_row(f"RSNA 2024 {k}", f"{rs[k]:.4f}")
+            ci = _interval(rs.get("score_ci95")) if k == "score" else ""
+            head.add_row(f"RSNA 2024 {k}", f"{rs[k]:.4f}{ci}")
     for k in ("level_detection_recall", "level_naming_accuracy", "seconds_per_study",
               "seconds_per_study_with_io", "missing_predictions"):
         v = report.get(k)
         if v is not None:
             head.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     if "pfirrmann" in report:
+        pf = report["pfirrmann"]
         head.add_row("pfirrmann accuracy / kappa",
-                     f"{report['pfirrmann']['accuracy']:.3f} / {report['pfirrmann']['kappa_linear']:.3f}")
+                     f"{pf['accuracy']:.3f} / {pf['kappa_linear']:.3f}{_interval(pf.get('kappa_linear_ci95'))}")
     con.print(head)
     tab = Table(title="per condition")
     for c in ("condition", "n", "accuracy", "macro-F1", "kappa (linear)"):
         tab.add_column(c)
     for name, m in report.get("conditions", {}).items():
-        tab.add_row(name, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['kappa_linear']:.3f}")
+        tab.add_row(name, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}",
+                    f"{m['kappa_linear']:.3f}{_interval(m.get('kappa_linear_ci95'))}")
     con.print(tab)
+    if report.get("bootstrap"):
+        con.print(f"95 % intervals: {report['bootstrap']['resamples']} resamples of the studies (seed "
+                  f"{report['bootstrap']['seed']})")
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f" ({ci[0]:.3f} to {ci[1]:.3f})" if ci else ""
 
 
 def register(app: typer.Typer) -> None:

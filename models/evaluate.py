@@ -4,7 +4,9 @@ Reports the RSNA 2024 score (:func:`models.metrics.rsna_score`), per-condition
 accuracy, macro-F1 and linearly weighted kappa, level detection recall (a
 predicted disc centre within 5 mm of the true one) and naming accuracy (of the
 detected levels, the share given the true name), Pfirrmann accuracy and kappa,
-and seconds per study.
+and seconds per study. The RSNA score and every kappa carry a 95 % interval from a
+study-level bootstrap (:func:`models.metrics.study_resample_counts`, fixed seed, so
+the same data give the same interval).
 
 A condition the analyzer could not grade at a level (level not found, series
 missing) is scored with the training prior ``MISSING_PROBS`` and counted in
@@ -24,7 +26,10 @@ from typing import Any
 import numpy as np
 
 from models import rsna
-from models.metrics import ScoreRow, accuracy, cohen_kappa, macro_f1, rsna_score
+from models.metrics import (
+    BOOTSTRAP_RESAMPLES, ScoreRow, accuracy, cohen_kappa, cohen_kappa_resampled, macro_f1, percentile_interval,
+    rsna_score, rsna_score_resampled, study_resample_counts,
+)
 from models.train_data import disc_centers, primary_series, to_level_name
 from models.types import AnalysisResult, Condition, Region
 from models.volume import load_volume
@@ -33,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MISSING_PROBS = (0.70, 0.20, 0.10)
 DETECTION_RADIUS_MM = 5.0
+BOOTSTRAP_SEED = 0
 
 _COND: dict[str, Condition] = {
     rsna.SPINAL_CANAL_STENOSIS: Condition.SPINAL_CANAL_STENOSIS,
@@ -67,17 +73,19 @@ def level_matches(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray]
     return len(truth), found, named
 
 
-def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome]) -> dict[str, Any]:
-    """All metrics from analyzer outcomes and the dataset's labels."""
+def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
+                   resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+    """All metrics from analyzer outcomes and the dataset's labels (``resamples=0``: no intervals)."""
     rows: list[ScoreRow] = []
-    per_cond: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    per_cond: dict[str, tuple[list[int], list[int], list[int]]] = defaultdict(lambda: ([], [], []))
     pf_t: list[int] = []
     pf_p: list[int] = []
+    pf_s: list[int] = []
     n_true = n_found = n_named = 0
     missing_preds = 0
     seconds: list[float] = []
     region = Region(ds.region)
-    for o in outcomes:
+    for si, o in enumerate(outcomes):
         seconds.append(o.result.seconds)
         pred_centers = {lf.level.name: np.asarray(lf.level.center_patient) for lf in o.result.findings.levels}
         t, f, nm = level_matches(o.truth_centers, pred_centers)
@@ -103,6 +111,7 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome]) -> di
                 rows.append(ScoreRow(str(o.study_id), group, lv, true, probs))  # type: ignore[arg-type]
                 per_cond[cond.value][0].append(true)
                 per_cond[cond.value][1].append(int(np.argmax(probs)))
+                per_cond[cond.value][2].append(si)
         if region is Region.LUMBAR:
             for lv in rsna.LUMBAR_LEVELS:
                 truth_pf = ds.pfirrmann.get((o.study_id, lv))
@@ -111,13 +120,24 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome]) -> di
                 if truth_pf is not None and g is not None:
                     pf_t.append(truth_pf - 1)
                     pf_p.append(int(np.argmax(g.probabilities)))
+                    pf_s.append(si)
     out: dict[str, Any] = {"studies": len(outcomes), "region": ds.region}
+    counts = study_resample_counts(len(outcomes), resamples, BOOTSTRAP_SEED) if resamples and outcomes else None
+
+    def kappa_ci(t: list[int], p: list[int], studies: list[int], n_classes: int) -> list[float] | None:
+        if counts is None:
+            return None
+        return list(percentile_interval(cohen_kappa_resampled(t, p, n_classes, counts[:, studies])))
+
     if rows:
         out["rsna_score"] = rsna_score(rows).as_dict()
+        if counts is not None:
+            ids = [str(o.study_id) for o in outcomes]
+            out["rsna_score"]["score_ci95"] = list(percentile_interval(rsna_score_resampled(rows, ids, counts)))
     out["conditions"] = {
         c: {"n": len(t), "accuracy": accuracy(t, p), "macro_f1": macro_f1(t, p, 3),
-            "kappa_linear": cohen_kappa(t, p, 3)}
-        for c, (t, p) in per_cond.items() if t
+            "kappa_linear": cohen_kappa(t, p, 3), "kappa_linear_ci95": kappa_ci(t, p, st, 3)}
+        for c, (t, p, st) in per_cond.items() if t
     }
     out["missing_predictions"] = missing_preds
     out["level_detection_recall"] = n_found / n_true if n_true else None
@@ -125,7 +145,10 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome]) -> di
     out["levels_true"] = n_true
     if pf_t:
         out["pfirrmann"] = {"n": len(pf_t), "accuracy": accuracy(pf_t, pf_p),
-                            "kappa_linear": cohen_kappa(pf_t, pf_p, 5)}
+                            "kappa_linear": cohen_kappa(pf_t, pf_p, 5),
+                            "kappa_linear_ci95": kappa_ci(pf_t, pf_p, pf_s, 5)}
+    if counts is not None:
+        out["bootstrap"] = {"unit": "study", "resamples": resamples, "seed": BOOTSTRAP_SEED, "level": 0.95}
     if seconds:
         out["seconds_per_study"] = float(np.mean(seconds))
     return out

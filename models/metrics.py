@@ -1,4 +1,5 @@
-"""Metrics: the RSNA 2024 score, weighted Cohen's kappa, macro-F1, accuracy.
+"""Metrics: the RSNA 2024 score, weighted Cohen's kappa, macro-F1, accuracy, and
+study-level bootstrap intervals of the score and of kappa.
 
 The RSNA 2024 Lumbar Spine Degenerative Classification score, as the Kaggle
 metric computes it:
@@ -89,10 +90,14 @@ def weighted_log_loss(
     if y.size == 0:
         raise ValueError("no samples")
     w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
-    p = np.clip(p, eps, 1.0 - eps)
+    return float(np.sum(w * row_log_losses(y, p, eps)) / np.sum(w))
+
+
+def row_log_losses(labels: np.ndarray, probs: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """``-log p_true`` of each row, rows clipped to ``[eps, 1 - eps]`` and renormalised."""
+    p = np.clip(np.asarray(probs, dtype=float), eps, 1.0 - eps)
     p = p / p.sum(axis=1, keepdims=True)
-    losses = -np.log(p[np.arange(len(y)), y])
-    return float(np.sum(w * losses) / np.sum(w))
+    return -np.log(p[np.arange(len(labels)), np.asarray(labels, dtype=int)])
 
 
 def binary_log_loss(
@@ -170,7 +175,13 @@ def cohen_kappa(
     disagreement weights ``|i - j|`` (linear) or ``(i - j)**2`` (quadratic).
     When E has no weighted disagreement (one class only), agreement gives 1.
     """
-    o = confusion_matrix(y_true, y_pred, n_classes).astype(float)
+    return kappa_of_confusion(confusion_matrix(y_true, y_pred, n_classes), weights)
+
+
+def kappa_of_confusion(confusion: np.ndarray, weights: str = "linear") -> float:
+    """Cohen's kappa of a ``[true, predicted]`` matrix of counts (see :func:`cohen_kappa`)."""
+    o = np.asarray(confusion, dtype=float)
+    n_classes = o.shape[0]
     n = o.sum()
     if n == 0:
         raise ValueError("no samples")
@@ -213,3 +224,102 @@ def accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndar
     if t.size == 0:
         raise ValueError("no samples")
     return float(np.mean(t == p))
+
+
+#: Resamples of the study-level bootstrap behind the 95 % intervals of ``spinenode evaluate``.
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def study_resample_counts(n_studies: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """``(resamples, n_studies)``: how many times each study is drawn in each bootstrap resample.
+
+    A resample draws ``n_studies`` studies with replacement. Studies, not rows, are
+    the unit: the levels of one study share its acquisition and its detector, so
+    resampling levels alone would make the intervals too narrow.
+    """
+    if n_studies < 1:
+        raise ValueError("no studies to resample")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_studies, np.full(n_studies, 1.0 / n_studies), size=resamples)
+
+
+def percentile_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap values (percentile method; NaNs left out)."""
+    tail = (1.0 - level) / 2.0 * 100.0
+    lo, hi = np.nanpercentile(np.asarray(values, dtype=float), [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+def rsna_score_resampled(
+    rows: Sequence[ScoreRow], study_ids: Sequence[str], counts: np.ndarray,
+    any_severe_scalar: float = 1.0, eps: float = DEFAULT_EPS,
+) -> np.ndarray:
+    """The RSNA 2024 score of each resample, one per row of ``counts`` (``(resamples, len(study_ids))``).
+
+    In resample ``b`` every row of study ``study_ids[s]`` counts ``counts[b, s]`` times,
+    and so does the study's any-severe term: the same as :func:`rsna_score` of the
+    rows with each drawn copy of a study given its own ID. Counts of one everywhere
+    give ``rsna_score(rows).score``. A group with no rows in a resample is left out
+    of that resample's mean, as :func:`rsna_score` leaves it out.
+    """
+    index = {s: i for i, s in enumerate(study_ids)}
+    c = np.asarray(counts, dtype=float)
+    if c.ndim != 2 or c.shape[1] != len(study_ids):
+        raise ValueError("counts must be (resamples, studies)")
+    study = np.array([index[r.study_id] for r in rows], dtype=int)
+    label = np.array([r.label for r in rows], dtype=int)
+    loss = row_log_losses(label, np.array([r.probs for r in rows], dtype=float), eps)
+    weight = np.asarray(SAMPLE_WEIGHTS)[label]
+    terms: list[np.ndarray] = []
+    scalars: list[float] = []
+    group = np.array([r.group for r in rows])
+    for g in RSNA_GROUPS:
+        sel = group == g
+        if sel.any():
+            m = c[:, study[sel]] * weight[sel]
+            terms.append(_ratio(m @ loss[sel], m.sum(axis=1)))
+            scalars.append(1.0)
+    spinal = np.flatnonzero(group == "spinal")
+    if spinal.size:
+        ss = np.unique(study[spinal])
+        y = np.zeros(len(ss), dtype=int)
+        ps = np.zeros(len(ss))
+        ws = np.zeros(len(ss))
+        for k, s in enumerate(ss):
+            r = spinal[study[spinal] == s]
+            y[k] = int((label[r] == 2).any())
+            raw = np.array([rows[i].probs for i in r], dtype=float)
+            ps[k] = float(np.max(raw[:, 2] / np.maximum(raw.sum(axis=1), 1e-12)))
+            ws[k] = float(weight[r].max())
+        lb = row_log_losses(y, np.stack([1.0 - ps, ps], axis=1), eps)
+        m = c[:, ss] * ws
+        terms.append(_ratio(m @ lb, m.sum(axis=1)))
+        scalars.append(any_severe_scalar)
+    t = np.stack(terms, axis=1)
+    w = np.where(np.isnan(t), 0.0, np.asarray(scalars))
+    return _ratio(np.nansum(t * w, axis=1), w.sum(axis=1))
+
+
+def cohen_kappa_resampled(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int,
+    row_counts: np.ndarray, weights: str = "linear",
+) -> np.ndarray:
+    """Cohen's kappa of each resample: in resample ``b``, row ``i`` counts ``row_counts[b, i]`` times."""
+    t = np.asarray(y_true, dtype=int)
+    p = np.asarray(y_pred, dtype=int)
+    rc = np.asarray(row_counts, dtype=float)
+    if rc.ndim != 2 or rc.shape[1] != t.size or t.shape != p.shape:
+        raise ValueError("row_counts must be (resamples, rows) with one row per label")
+    onehot = np.zeros((t.size, n_classes * n_classes))
+    onehot[np.arange(t.size), t * n_classes + p] = 1.0
+    cells = rc @ onehot
+    out = np.full(rc.shape[0], np.nan)
+    for b, flat in enumerate(cells):
+        if flat.sum() > 0:
+            out[b] = kappa_of_confusion(flat.reshape(n_classes, n_classes), weights)
+    return out
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)

@@ -14,7 +14,11 @@ from models.metrics import (
     cohen_kappa,
     confusion_matrix,
     macro_f1,
+    cohen_kappa_resampled,
+    percentile_interval,
     rsna_score,
+    rsna_score_resampled,
+    study_resample_counts,
     weighted_log_loss,
 )
 
@@ -112,3 +116,55 @@ def test_macro_f1_and_accuracy() -> None:
     m = confusion_matrix(t, p, 3)
     assert m.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
     assert np.trace(m) == 3
+
+
+def _mixed_rows(n_studies: int, seed: int) -> list[ScoreRow]:
+    """Random lumbar-like rows: spinal, foraminal and subarticular at five levels per study."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_studies):
+        for group in ("spinal", "foraminal", "subarticular"):
+            for lv in range(5):
+                p = rng.dirichlet((2.0, 1.0, 0.5))
+                rows.append(ScoreRow(f"s{s}", group, f"L{lv}", int(rng.choice(3, p=(0.7, 0.2, 0.1))),
+                                     (float(p[0]), float(p[1]), float(p[2]))))
+    return rows
+
+
+def test_resampled_rsna_score_is_the_score_of_the_resampled_studies() -> None:
+    """Counts of one give the plain score; a drawn resample gives the score of the rows with
+    each copy of a study under its own ID (the any-severe term counted per copy)."""
+    rows = _mixed_rows(6, seed=3)
+    ids = [f"s{s}" for s in range(6)]
+    ones = np.ones((1, 6))
+    assert rsna_score_resampled(rows, ids, ones)[0] == pytest.approx(rsna_score(rows).score, rel=1e-12)
+    counts = study_resample_counts(6, resamples=5, seed=1)
+    got = rsna_score_resampled(rows, ids, counts)
+    for b in range(5):
+        copies = [ScoreRow(f"{r.study_id}#{k}", r.group, r.level, r.label, r.probs)
+                  for r in rows for k in range(int(counts[b, ids.index(r.study_id)]))]
+        assert got[b] == pytest.approx(rsna_score(copies).score, rel=1e-12)
+
+
+def test_resampled_kappa_counts_rows_by_their_study() -> None:
+    t = [0, 0, 1, 2, 2, 1]
+    p = [0, 1, 1, 2, 1, 1]
+    assert cohen_kappa_resampled(t, p, 3, np.ones((1, 6)))[0] == pytest.approx(cohen_kappa(t, p, 3))
+    twice_first = np.array([[2, 2, 0, 0, 1, 1]])  # rows of one study drawn twice, another never
+    assert cohen_kappa_resampled(t, p, 3, twice_first)[0] == pytest.approx(
+        cohen_kappa([0, 0, 0, 0, 2, 1], [0, 1, 0, 1, 1, 1], 3))
+    assert np.isnan(cohen_kappa_resampled(t, p, 3, np.zeros((1, 6)))[0])
+
+
+def test_study_bootstrap_is_reproducible_and_brackets_the_estimate() -> None:
+    counts = study_resample_counts(40, resamples=400, seed=0)
+    assert counts.shape == (400, 40) and (counts.sum(axis=1) == 40).all()
+    assert (counts == study_resample_counts(40, resamples=400, seed=0)).all()
+    rows = _mixed_rows(40, seed=7)
+    ids = [f"s{s}" for s in range(40)]
+    lo, hi = percentile_interval(rsna_score_resampled(rows, ids, counts))
+    assert lo < rsna_score(rows).score < hi
+    assert hi - lo < 0.5 * rsna_score(rows).score  # 40 studies pin the score down to well within a half
+    assert percentile_interval([1.0, 2.0, 3.0, float("nan")], level=1.0) == (1.0, 3.0)
+    with pytest.raises(ValueError):
+        study_resample_counts(0)

@@ -204,6 +204,13 @@ def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path) -
     assert rep["missing_predictions"] == 0
     assert len(rep["conditions"]) == 5 and rep["pfirrmann"]["n"] == 10
     assert 0 < rep["rsna_score"]["score"] < 5
+    lo, hi = rep["rsna_score"]["score_ci95"]  # study-level bootstrap, same seed, same interval
+    assert lo <= rep["rsna_score"]["score"] <= hi
+    for m in (*rep["conditions"].values(), rep["pfirrmann"]):
+        assert m["kappa_linear_ci95"][0] <= m["kappa_linear_ci95"][1] <= 1.0
+    assert score_outcomes(dataset, outs)["rsna_score"]["score_ci95"] == [lo, hi]
+    assert rep["bootstrap"]["unit"] == "study"
+    assert "score_ci95" not in score_outcomes(dataset, outs, resamples=0)["rsna_score"]
 
 
 def test_detector_image_channels() -> None:
