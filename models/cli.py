@@ -103,11 +103,12 @@ def _render(report: dict) -> None:  # type: ignore[type-arg]
                      f"{pf['accuracy']:.3f} / {pf['kappa_linear']:.3f}{_interval(pf.get('kappa_linear_ci95'))}")
     con.print(head)
     tab = Table(title="per condition")
-    for c in ("condition", "n", "accuracy", "macro-F1", "kappa (linear)"):
+    for c in ("condition", "n", "accuracy", "macro-F1", "kappa (linear)", "ECE", "severe: predicted / observed"):
         tab.add_column(c)
     for name, m in report.get("conditions", {}).items():
         tab.add_row(name, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}",
-                    f"{m['kappa_linear']:.3f}{_interval(m.get('kappa_linear_ci95'))}")
+                    f"{m['kappa_linear']:.3f}{_interval(m.get('kappa_linear_ci95'))}", f"{m['ece']:.3f}",
+                    f"{m['mean_probability'][2]:.3f} / {m['observed_frequency'][2]:.3f}")
     con.print(tab)
     if report.get("bootstrap"):
         con.print(f"95 % intervals: {report['bootstrap']['resamples']} resamples of the studies (seed "

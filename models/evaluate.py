@@ -1,7 +1,9 @@
 """``spinenode evaluate``: run the whole analyzer on RSNA-layout data and score it.
 
 Reports the RSNA 2024 score (:func:`models.metrics.rsna_score`), per-condition
-accuracy, macro-F1 and linearly weighted kappa, level detection recall (a
+accuracy, macro-F1, linearly weighted kappa and calibration (top-label expected
+calibration error, and the mean predicted probability of each grade beside its
+observed frequency), level detection recall (a
 predicted disc centre within 5 mm of the true one) and naming accuracy (of the
 detected levels, the share given the true name), Pfirrmann accuracy and kappa,
 and seconds per study. The RSNA score and every kappa carry a 95 % interval from a
@@ -27,8 +29,8 @@ import numpy as np
 
 from models import rsna
 from models.metrics import (
-    BOOTSTRAP_RESAMPLES, ScoreRow, accuracy, cohen_kappa, cohen_kappa_resampled, macro_f1, percentile_interval,
-    rsna_score, rsna_score_resampled, study_resample_counts,
+    BOOTSTRAP_RESAMPLES, ScoreRow, accuracy, cohen_kappa, cohen_kappa_resampled, expected_calibration_error,
+    macro_f1, percentile_interval, rsna_score, rsna_score_resampled, study_resample_counts,
 )
 from models.train_data import disc_centers, primary_series, to_level_name
 from models.types import AnalysisResult, Condition, Region
@@ -77,7 +79,8 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
                    resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
     """All metrics from analyzer outcomes and the dataset's labels (``resamples=0``: no intervals)."""
     rows: list[ScoreRow] = []
-    per_cond: dict[str, tuple[list[int], list[int], list[int]]] = defaultdict(lambda: ([], [], []))
+    per_cond: dict[str, tuple[list[int], list[int], list[int], list[tuple[float, ...]]]] = defaultdict(
+        lambda: ([], [], [], []))
     pf_t: list[int] = []
     pf_p: list[int] = []
     pf_s: list[int] = []
@@ -112,6 +115,7 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
                 per_cond[cond.value][0].append(true)
                 per_cond[cond.value][1].append(int(np.argmax(probs)))
                 per_cond[cond.value][2].append(si)
+                per_cond[cond.value][3].append(probs)
         if region is Region.LUMBAR:
             for lv in rsna.LUMBAR_LEVELS:
                 truth_pf = ds.pfirrmann.get((o.study_id, lv))
@@ -136,8 +140,9 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
             out["rsna_score"]["score_ci95"] = list(percentile_interval(rsna_score_resampled(rows, ids, counts)))
     out["conditions"] = {
         c: {"n": len(t), "accuracy": accuracy(t, p), "macro_f1": macro_f1(t, p, 3),
-            "kappa_linear": cohen_kappa(t, p, 3), "kappa_linear_ci95": kappa_ci(t, p, st, 3)}
-        for c, (t, p, st) in per_cond.items() if t
+            "kappa_linear": cohen_kappa(t, p, 3), "kappa_linear_ci95": kappa_ci(t, p, st, 3),
+            **_calibration(t, pr)}
+        for c, (t, p, st, pr) in per_cond.items() if t
     }
     out["missing_predictions"] = missing_preds
     out["level_detection_recall"] = n_found / n_true if n_true else None
@@ -152,6 +157,16 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
     if seconds:
         out["seconds_per_study"] = float(np.mean(seconds))
     return out
+
+
+def _calibration(labels: list[int], probs: list[tuple[float, ...]]) -> dict[str, Any]:
+    """Expected calibration error, and mean predicted probability against observed frequency per grade."""
+    p = np.asarray(probs, dtype=float)
+    p = p / p.sum(axis=1, keepdims=True)
+    t = np.asarray(labels, dtype=int)
+    return {"ece": expected_calibration_error(t, p),
+            "mean_probability": [float(v) for v in p.mean(axis=0)],
+            "observed_frequency": [float(np.mean(t == k)) for k in range(p.shape[1])]}
 
 
 def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batch_studies: int = 1,

@@ -1,5 +1,5 @@
-"""Metrics: the RSNA 2024 score, weighted Cohen's kappa, macro-F1, accuracy, and
-study-level bootstrap intervals of the score and of kappa.
+"""Metrics: the RSNA 2024 score, weighted Cohen's kappa, macro-F1, accuracy, calibration
+error, and study-level bootstrap intervals of the score and of kappa.
 
 The RSNA 2024 Lumbar Spine Degenerative Classification score, as the Kaggle
 metric computes it:
@@ -224,6 +224,26 @@ def accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndar
     if t.size == 0:
         raise ValueError("no samples")
     return float(np.mean(t == p))
+
+
+def expected_calibration_error(
+    y_true: Sequence[int] | np.ndarray, probs: Sequence[Sequence[float]] | np.ndarray, bins: int = 10
+) -> float:
+    """Top-label expected calibration error: rows binned by their largest probability
+    (``bins`` equal-width bins on [0, 1]); the row-weighted mean over bins of
+    ``|accuracy - mean confidence|``. 0 for a perfectly calibrated model."""
+    t = np.asarray(y_true, dtype=int)
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2 or p.shape[0] != t.size or t.size == 0:
+        raise ValueError("probs must be (n_samples, n_classes) with one row per label")
+    conf = p.max(axis=1)
+    hit = (p.argmax(axis=1) == t).astype(float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        sel = which == b
+        total += sel.sum() * abs(float(hit[sel].mean()) - float(conf[sel].mean()))
+    return total / t.size
 
 
 #: Resamples of the study-level bootstrap behind the 95 % intervals of ``spinenode evaluate``.

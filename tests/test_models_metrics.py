@@ -13,6 +13,7 @@ from models.metrics import (
     binary_log_loss,
     cohen_kappa,
     confusion_matrix,
+    expected_calibration_error,
     macro_f1,
     cohen_kappa_resampled,
     percentile_interval,
@@ -168,3 +169,14 @@ def test_study_bootstrap_is_reproducible_and_brackets_the_estimate() -> None:
     assert percentile_interval([1.0, 2.0, 3.0, float("nan")], level=1.0) == (1.0, 3.0)
     with pytest.raises(ValueError):
         study_resample_counts(0)
+
+
+def test_expected_calibration_error_hand_computed() -> None:
+    # bin 0.9-1.0: confidences .95, .95, right and wrong -> |0.5 - 0.95| over 2 rows;
+    # bin 0.6-0.7: confidence .6, right -> |1 - 0.6| over 1 row; ECE = (2*0.45 + 0.4) / 3
+    probs = [[0.95, 0.03, 0.02], [0.02, 0.03, 0.95], [0.6, 0.3, 0.1]]
+    assert expected_calibration_error([0, 0, 0], probs) == pytest.approx((2 * 0.45 + 0.4) / 3)
+    # a confidence of exactly 1 falls in the top bin, and a right answer there costs nothing
+    assert expected_calibration_error([1], [[0.0, 1.0, 0.0]]) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        expected_calibration_error([], np.zeros((0, 3)))

@@ -187,7 +187,8 @@ def test_batched_analysis_matches_single(dataset: rsna.RsnaDataset, tmp_path: Pa
     assert np.allclose(a.grades[0].probabilities, b.grades[0].probabilities, atol=1e-5)
 
 
-def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path) -> None:
+def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     truth = {"L1-L2": np.array([0.0, 0.0, 0.0]), "L2-L3": np.array([0.0, 0.0, -30.0])}
     assert level_matches(truth, {"L1-L2": np.array([0.0, 3.0, 0.0]), "L3-L4": np.array([0, 0, -31.0])}) == (2, 2, 1)
     assert level_matches(truth, {"L1-L2": np.array([0.0, 6.0, 0.0])}) == (2, 0, 0)
@@ -208,9 +209,18 @@ def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path) -
     assert lo <= rep["rsna_score"]["score"] <= hi
     for m in (*rep["conditions"].values(), rep["pfirrmann"]):
         assert m["kappa_linear_ci95"][0] <= m["kappa_linear_ci95"][1] <= 1.0
+    for m in rep["conditions"].values():
+        assert 0.0 <= m["ece"] <= 1.0
+        assert sum(m["mean_probability"]) == pytest.approx(1.0) and sum(m["observed_frequency"]) == pytest.approx(1.0)
     assert score_outcomes(dataset, outs)["rsna_score"]["score_ci95"] == [lo, hi]
     assert rep["bootstrap"]["unit"] == "study"
     assert "score_ci95" not in score_outcomes(dataset, outs, resamples=0)["rsna_score"]
+    from models.cli import _render
+
+    _render({**rep, "model": "test"})  # the table of `spinenode evaluate` without --json
+    out = capsys.readouterr().out
+    assert f"{rep['rsna_score']['score']:.4f} ({lo:.3f} to {hi:.3f})" in out
+    assert "95 % intervals: 1000 resamples of the studies (seed 0)" in out
 
 
 def test_detector_image_channels() -> None:
