@@ -2,12 +2,18 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# free disk space the install needs (KiB): the venv is about 6.1 GiB, mostly torch's CUDA build
+INSTALL_NEEDS_KB := 7340032
 
 .PHONY: demo test install test-deps bench clean
 
 ## install the package with its test extras into $(VENV) (torch 2.14.1 from the local wheel cache)
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
+	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	if [ "$$free_kb" -lt $(INSTALL_NEEDS_KB) ]; then \
+	  echo "WARNING: $$((free_kb / 1048576)) GiB free here; the install needs about 7 GiB (torch's CUDA build is 6 GiB in the venv). pip will fail with 'No space left on device' if it runs out." >&2; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
