@@ -75,3 +75,25 @@ def test_recess_views_are_averaged_into_one_grade(lumbar: Path) -> None:
     centre, shifted = views[1, (0.0, 0.0)], views[1, RECESS_SHIFTS_MM[1]]
     assert centre != shifted  # a shifted view is another crop
     assert both != centre  # and the average is not just the centre view
+
+
+@pytest.mark.skipif(not HAVE_WEIGHTS, reason="no shipped weights (test_weights_are_shipped fails)")
+def test_inference_bench_prints_a_table(lumbar: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/inference.py runs on phantoms and prints its table (its numbers are not asserted)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_inference", Path(__file__).parents[1] / "bench" / "inference.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json = tmp_path / "bench.json"
+    args = ["--data", str(lumbar), "--studies", "1", "--repeats", "1", "--threads", "1", "--device", "cpu"]
+    assert bench.main([*args, "--recess-views", "1", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "1 lumbar studies" in text and "1 views per recess" in text
+    assert "| analyzer, s per study (mean)" in text
+    report = json.loads(out_json.read_text())
+    assert report["recess_views"] == 1 and report["seconds_per_study_mean"] > 0
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--recess-views", "9"])
