@@ -15,8 +15,8 @@ from scp_node import status
 STATUSES = (status.OUT_OF_RESOURCES, status.DATASET_DOES_NOT_MATCH_SOP_CLASS, status.CANNOT_UNDERSTAND,
             status.PROCESSING_FAILURE)
 REASONS = ("called_ae", "calling_ae", "disk_low", "acse", "other")
-_INSTANCES, _BYTES, _ASSOCIATIONS = 0, 1, 2
-_FIRST_STATUS = 3
+_INSTANCES, _BYTES, _ASSOCIATIONS, _OWN_RESULTS = 0, 1, 2, 3
+_FIRST_STATUS = 4
 _FIRST_REASON = _FIRST_STATUS + len(STATUSES) + 1  # +1: "other" status
 
 
@@ -52,6 +52,10 @@ class SharedScpCounters:
         self._values[_ASSOCIATIONS] = value
 
     @property
+    def own_results(self) -> int:
+        return int(self._values[_OWN_RESULTS])
+
+    @property
     def failures(self) -> dict[int, int]:
         out = {code: int(self._values[_FIRST_STATUS + i]) for i, code in enumerate(STATUSES)}
         out[-1] = int(self._values[_FIRST_STATUS + len(STATUSES)])
@@ -66,6 +70,9 @@ class SharedScpCounters:
         with self.lock:
             self._values[_INSTANCES] += 1
             self._values[_BYTES] += nbytes
+
+    def own_result(self) -> None:
+        self._add(_OWN_RESULTS)
 
     def failed(self, code: int) -> None:
         i = STATUSES.index(code) if code in STATUSES else len(STATUSES)

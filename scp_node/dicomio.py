@@ -13,6 +13,11 @@ from pydicom.uid import UID
 from scp_node.errors import InvalidDatasetError, SOPClassMismatchError
 from scp_node.storage import check_uid
 
+#: How the node's own result objects (SR, SEG, key images) are marked: this
+#: Manufacturer and one of these series numbers (``workers.results.identity`` uses both).
+RESULT_MANUFACTURER = "spinenode project"
+RESULT_SERIES_NUMBERS = frozenset({9901, 9902, 9903})
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceMeta:
@@ -31,6 +36,13 @@ class InstanceMeta:
     body_part: str | None
     accession_number: str | None
     patient_id: str | None
+    manufacturer: str | None = None
+
+    @property
+    def is_own_result(self) -> bool:
+        """One of the node's own result objects, sent back to it (a PACS routing rule
+        that forwards whole studies): it must not reopen the study it belongs to."""
+        return self.manufacturer == RESULT_MANUFACTURER and self.series_number in RESULT_SERIES_NUMBERS
 
 
 def _text(value: object, limit: int) -> str | None:
@@ -100,6 +112,7 @@ def parse_header(
         body_part=_text(ds.get("BodyPartExamined"), 64),
         accession_number=_text(ds.get("AccessionNumber"), 64),
         patient_id=_text(ds.get("PatientID"), 64),
+        manufacturer=_text(ds.get("Manufacturer"), 64),
     )
 
 

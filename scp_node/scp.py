@@ -48,6 +48,7 @@ class ScpCounters:
     failures: dict[int, int] = field(default_factory=dict)
     associations: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    own_results: int = 0
 
     def stored(self, nbytes: int) -> None:
         with self.lock:
@@ -57,6 +58,10 @@ class ScpCounters:
     def failed(self, code: int) -> None:
         with self.lock:
             self.failures[code] = self.failures.get(code, 0) + 1
+
+    def own_result(self) -> None:
+        with self.lock:
+            self.own_results += 1
 
     def reject(self, reason: str) -> None:
         with self.lock:
@@ -75,6 +80,14 @@ def handle_store(event: Any, ingestor: Ingestor, counters: ScpCounters) -> int:
             expected_sop_class=str(request.AffectedSOPClassUID or "") or None,
             expected_sop_instance=str(request.AffectedSOPInstanceUID or "") or None,
         )
+        if meta.is_own_result:
+            # Our own SR/SEG/key image routed back by the PACS: storing it would reopen
+            # the study, analyse it again and send a new SR, which would come back too.
+            # We keep the original; the PACS gets success so it does not retry.
+            counters.own_result()
+            log.info("C-STORE of %s (study %s) from %s: the node's own result came back; acknowledged, "
+                     "not stored, study not reopened", meta.sop_instance_uid, meta.study_uid, calling)
+            return status.SUCCESS
         ingestor.store(meta, data, calling)
     except (InvalidDatasetError, InvalidUIDError) as exc:
         return _fail(counters, status.CANNOT_UNDERSTAND, sop_uid, calling, exc)

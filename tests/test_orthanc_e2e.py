@@ -69,8 +69,20 @@ def test_orthanc_routes_study_and_receives_not_analysed_sr(
     assert any("no usable sagittal" in t for t in texts)
     assert any("NOT A DIAGNOSIS" in t for t in texts)
 
+    # A PACS rule that forwards whole studies sends the node's own SR back: acknowledged,
+    # not stored, and the study is not reopened (else: a new SR, sent back again, forever).
+    before = node.study(study.study_uid)
+    assert before is not None
+    sr_ids = [i for i in orthanc.study_instances(study.study_uid)
+              if dcmread(io.BytesIO(orthanc.download(i)), stop_before_pixels=True).Modality == "SR"]
+    orthanc.store_to_modality("SPINENODE", sr_ids)  # synchronous: raises unless the node answered success
+    after = node.study(study.study_uid)
+    assert after is not None and after["state"] == "DONE"
+    assert after["generation"] == before["generation"] and len(after["events"]) == len(before["events"])
+
     # metrics scraped after the real run
     m = _metrics(node)
+    assert m[("spinenode_own_results_ignored_total", ())] == len(sr_ids) == 1
     assert m[("spinenode_instances_received_total", ())] == len(study.paths)
     assert m[("spinenode_associations_accepted_total", ())] >= 1
     assert m[("spinenode_studies", (("state", "DONE"),))] == 1

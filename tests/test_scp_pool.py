@@ -97,3 +97,23 @@ def test_four_associations_two_processes_then_kill9(node_factory: Any, tmp_path:
     node.kill9()
     wait_until(lambda: all(_gone(pid) for pid in workers), 30, what="SCP workers to exit")
     assert _refused(node.dicom_port)
+
+
+def test_shared_counters_count_what_the_in_process_ones_count() -> None:
+    """The pool's shared-memory counters have the same counters as ScpCounters and add the same way."""
+    from scp_node import status
+    from scp_node.counters import SharedScpCounters
+    from scp_node.scp import ScpCounters
+
+    plain, shared = ScpCounters(), SharedScpCounters()
+    for c in (plain, shared):
+        c.stored(100)
+        c.stored(50)
+        c.own_result()
+        c.failed(status.CANNOT_UNDERSTAND)
+        c.reject("calling_ae")
+        with c.lock:
+            c.associations += 1
+    for name in ("instances", "bytes", "associations", "own_results", "failures", "rejected"):
+        assert getattr(shared, name) == getattr(plain, name), name
+    assert (shared.instances, shared.bytes, shared.own_results) == (2, 150, 1)

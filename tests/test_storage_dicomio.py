@@ -104,6 +104,28 @@ def test_parse_missing_or_crafted_uids(one_file: Path, tmp_path: Path) -> None:
         parse_header(out.read_bytes())
 
 
+def test_own_results_are_recognised(one_file: Path, tmp_path: Path) -> None:
+    """The node's Manufacturer and a result series number mark its own objects; either alone does not."""
+    from pydicom import dcmread
+
+    from scp_node.dicomio import RESULT_MANUFACTURER
+
+    out = tmp_path / "r.dcm"
+    seen = {}
+    for manufacturer, number in ((RESULT_MANUFACTURER, 9902), (RESULT_MANUFACTURER, 3), ("ACME", 9901), (None, 9901)):
+        ds = dcmread(one_file)
+        ds.SeriesNumber = number
+        if manufacturer is None:
+            del ds.Manufacturer
+        else:
+            ds.Manufacturer = manufacturer
+        ds.save_as(out)
+        seen[manufacturer, number] = parse_header(out.read_bytes()).is_own_result
+    assert seen == {(RESULT_MANUFACTURER, 9902): True, (RESULT_MANUFACTURER, 3): False,
+                    ("ACME", 9901): False, (None, 9901): False}
+    assert not parse_header(one_file.read_bytes()).is_own_result
+
+
 def test_parse_mismatch_with_request(one_file: Path) -> None:
     data = one_file.read_bytes()
     with pytest.raises(SOPClassMismatchError):

@@ -69,9 +69,12 @@ class NodeCollector:
         with c.lock:
             instances, nbytes, accepted = c.instances, c.bytes, c.associations
             rejected, failures = dict(c.rejected), dict(c.failures)
+            own_results = c.own_results
         yield CounterMetricFamily("spinenode_instances_received", "Instances stored and acknowledged", value=instances)
         yield CounterMetricFamily("spinenode_bytes_received", "Bytes of acknowledged instances", value=nbytes)
         yield CounterMetricFamily("spinenode_associations_accepted", "DICOM associations accepted", value=accepted)
+        yield CounterMetricFamily("spinenode_own_results_ignored",
+                                  "The node's own results sent back to it: acknowledged, not stored", value=own_results)
         rej = CounterMetricFamily("spinenode_associations_rejected", "DICOM associations refused", labels=["reason"])
         for reason, n in sorted(rejected.items()):
             rej.add_metric([reason], n)

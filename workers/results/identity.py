@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from scp_node.dicomio import RESULT_MANUFACTURER, RESULT_SERIES_NUMBERS
+
 UID_ROOT: Final = "2.25."
-MANUFACTURER: Final = "spinenode project"
+MANUFACTURER: Final = RESULT_MANUFACTURER  # the receiver recognises its own results by it
 DEVICE_NAME: Final = "spinenode"
 
 
@@ -38,6 +40,8 @@ SERIES_NUMBERS: Final[dict[ResultKind, int]] = {
     ResultKind.SEG: 9902,
     ResultKind.KEY_IMAGES: 9903,
 }
+
+assert set(SERIES_NUMBERS.values()) == RESULT_SERIES_NUMBERS
 
 SERIES_DESCRIPTIONS: Final[dict[ResultKind, str]] = {
     ResultKind.SR: "AI spine findings (PRELIMINARY)",
