@@ -504,3 +504,27 @@ def test_retry_refused_without_configured_token_and_viewer_token_gates_reads(ser
         for server, thread, _ in servers:
             server.should_exit = True
             thread.join(10)
+
+
+def test_retry_with_the_broker_down_is_503_and_the_study_stays_requeued(served_rw: Served) -> None:
+    """A Redis broker nobody listens on: REST and dashboard answer 503, not a bare 500, and the
+    study is committed as QUEUED so that the scheduler's sweep sends it once the broker is back."""
+    settings = load_settings(data_dir=served_rw.tmp / "data", admin_token=ADMIN_TOKEN,
+                             broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    down = TaskSender(make_celery(settings))
+    down.app.conf.broker_connection_timeout = 1.0
+    down.app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
+    server, thread, port = _serve(create_app(AdminContext(settings, served_rw.db, down, lambda: {})))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False, timeout=60) as c:
+            uid = served_rw.seeded.uids["FAILED"]
+            r = c.post(f"/api/studies/{uid}/retry", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert r.status_code == 503 and "broker could not be reached" in r.json()["detail"]
+            assert _state(served_rw.db, uid).state == P.QUEUED
+            uid = served_rw.seeded.uids["FAILED_EXPORT"]
+            r = c.post(f"/studies/{uid}/retry", data={"token": ADMIN_TOKEN})
+            assert r.status_code == 503 and "broker could not be reached" in r.text
+            assert _state(served_rw.db, uid).state == P.EXPORTING
+    finally:
+        server.should_exit = True
+        thread.join(10)

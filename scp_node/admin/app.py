@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -17,6 +18,8 @@ from scp_node.errors import StudyNotFoundError
 from scp_node.queue_status import summary
 from scp_node.scheduler import Enqueue, requeue_studies
 from scp_node.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -184,6 +187,11 @@ def create_app(ctx: AdminContext) -> FastAPI:
             uids = requeue_studies(ctx.db, ctx.enqueue, study_uid=study_uid, all_failed=False)
         except StudyNotFoundError:
             raise HTTPException(404, "unknown study") from None
+        except Exception as exc:  # committed as requeued; the broker refused the message
+            log.warning("retry of %s: enqueue failed (%s); the sweep will send it again", study_uid,
+                        type(exc).__name__)
+            raise HTTPException(503, "the study was requeued but the broker could not be reached; "
+                                     "the scheduler will send it again") from None
         if not uids:
             raise HTTPException(409, "study is still receiving")
         return {"requeued": uids}
