@@ -7,8 +7,11 @@ line that names the setting, which the CLI prints before exiting.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +20,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from scp_node.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "SPINENODE_"
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
@@ -91,7 +96,7 @@ class Settings(BaseSettings):
     #: Read-only access to the dashboard (optional); with it set, dashboard pages need a login.
     viewer_token: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # DICOM association limits
     max_associations: int = Field(16, ge=1, le=512)
@@ -152,7 +157,12 @@ class Settings(BaseSettings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _level(cls, v: Any) -> Any:
-        return v.upper() if isinstance(v, str) else v
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("database_url", "broker_url")
     @classmethod
@@ -219,8 +229,29 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    if "spinenode" in raw and len(raw) > 1:
+        stray = ", ".join(sorted(str(k) for k in raw if k != "spinenode"))
+        raise ConfigError(f"config file {path} has settings both at top level ({stray}) and under "
+                          "[spinenode]: put them all in one place")
     section = raw.get("spinenode", raw)
     return {str(k).lower(): v for k, v in section.items()}
+
+
+#: ``SPINENODE_*`` variables that are read elsewhere, not settings.
+OTHER_ENV = frozenset({"yolo_dir"})
+
+
+def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
+    """``SPINENODE_*`` variables that are neither a setting nor in :data:`OTHER_ENV`."""
+    names = {k[len(ENV_PREFIX):].lower() for k in environ if k.upper().startswith(ENV_PREFIX)}
+    return sorted(n for n in names - set(Settings.model_fields) - OTHER_ENV)
+
+
+def _warn_unknown_env(environ: Mapping[str, str]) -> None:
+    for name in unknown_env_names(environ):
+        close = difflib.get_close_matches(name, list(Settings.model_fields), n=1)
+        hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}?" if close else ""
+        log.warning("%s%s is not a setting and is ignored%s", ENV_PREFIX, name.upper(), hint)
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
@@ -236,6 +267,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     import os
 
     file_values = _read_toml(config) if config else {}
+    _warn_unknown_env(os.environ)
     env_names = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
     init = {k: v for k, v in file_values.items() if k not in env_names}
     init.update(overrides)

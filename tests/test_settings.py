@@ -71,6 +71,37 @@ def test_unknown_setting_in_file_is_refused(tmp_path: Path) -> None:
         load_settings(cfg)
 
 
+def test_settings_both_at_top_level_and_in_the_section_are_refused(tmp_path: Path) -> None:
+    """With a [spinenode] table, top-level keys would be ignored: refused instead."""
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('DICOM_PORT = 2000\n[spinenode]\nAE_TITLE = "FROMFILE"\n')
+    with pytest.raises(ConfigError, match="both at top level .DICOM_PORT. and under .spinenode."):
+        load_settings(cfg)
+    cfg.write_text('[spinenode]\nAE_TITLE = "FROMFILE"\n')
+    assert load_settings(cfg).ae_title == "FROMFILE"
+
+
+def test_misspelt_environment_variable_is_named_in_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SPINENODE_STABLE_SECOND", "5")
+    monkeypatch.setenv("SPINENODE_YOLO_DIR", "/tmp/yolo")  # read by models.offline, not a setting
+    with caplog.at_level("WARNING", logger="scp_node.settings"):
+        s = load_settings()
+    assert s.stable_seconds == 60  # the misspelt value does not apply ...
+    warnings = [r.getMessage() for r in caplog.records]
+    # ... and the log says so, with the likely meaning; YOLO_DIR is not reported
+    assert warnings == ["SPINENODE_STABLE_SECOND is not a setting and is ignored; did you mean "
+                        "SPINENODE_STABLE_SECONDS?"]
+
+
+def test_device_and_log_level_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPINENODE_DEVICE", "CUDA")
+    monkeypatch.setenv("SPINENODE_LOG_LEVEL", "critical")
+    s = load_settings()
+    assert (s.device, s.log_level) == ("cuda", "CRITICAL")
+
+
 def test_serve_refuses_bad_setting_with_one_line(tmp_path: Path) -> None:
     env = {"SPINENODE_DICOM_PORT": "notaport", "SPINENODE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "scp_node.cli", "serve"], env=env, capture_output=True,
