@@ -21,7 +21,6 @@ the mean; with complete lumbar data this is exactly the Kaggle metric.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -118,35 +117,65 @@ def rsna_score(
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to score")
-    terms: dict[str, float | None] = {}
-    for group in RSNA_GROUPS:
-        sel = [r for r in rows if r.group == group]
-        if not sel:
-            terms[group] = None
-            continue
-        labels = [r.label for r in sel]
-        terms[group] = weighted_log_loss(
-            labels, [r.probs for r in sel], [SAMPLE_WEIGHTS[k] for k in labels], eps
-        )
-    spinal_by_study: dict[str, list[ScoreRow]] = defaultdict(list)
-    for r in rows:
-        if r.group == "spinal":
-            spinal_by_study[r.study_id].append(r)
-    any_severe: float | None = None
-    if spinal_by_study:
-        studies = sorted(spinal_by_study)
-        y = [int(any(r.label == 2 for r in spinal_by_study[s])) for s in studies]
-        p = [max(float(r.probs[2]) / max(sum(r.probs), 1e-12) for r in spinal_by_study[s])
-             for s in studies]
-        w = [max(SAMPLE_WEIGHTS[r.label] for r in spinal_by_study[s]) for s in studies]
-        any_severe = binary_log_loss(y, p, w, eps)
-    values = [terms[g] for g in RSNA_GROUPS if terms[g] is not None]
-    weights = [1.0] * len(values)
-    if any_severe is not None:
-        values.append(any_severe)
-        weights.append(any_severe_scalar)
-    score = float(np.average(values, weights=weights))
-    return RsnaScore(terms["spinal"], terms["foraminal"], terms["subarticular"], any_severe, score)
+    ids = sorted({r.study_id for r in rows})
+    terms = _score_terms(rows, ids, any_severe_scalar, eps)
+    once = np.ones((1, len(ids)))
+    value = {t.name: float(t.values(once)[0]) for t in terms}
+    return RsnaScore(value.get("spinal"), value.get("foraminal"), value.get("subarticular"),
+                     value.get("any_severe_spinal"), float(_mean_of_terms(terms, once)[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Term:
+    """One term of the score: a weighted mean of ``loss`` over items (rows, or studies for
+    any-severe), each item belonging to study ``study[i]`` and counted as often as it is drawn."""
+
+    name: str
+    study: np.ndarray
+    weight: np.ndarray
+    loss: np.ndarray
+    scalar: float = 1.0  # the term's weight in the mean
+
+    def values(self, counts: np.ndarray) -> np.ndarray:
+        m = counts[:, self.study] * self.weight
+        return _ratio(m @ self.loss, m.sum(axis=1))
+
+
+def _mean_of_terms(terms: Sequence[_Term], counts: np.ndarray) -> np.ndarray:
+    """The score of each row of ``counts``: the weighted mean of the terms that have items."""
+    t = np.stack([term.values(counts) for term in terms], axis=1)
+    w = np.where(np.isnan(t), 0.0, np.array([term.scalar for term in terms]))
+    return _ratio(np.nansum(t * w, axis=1), w.sum(axis=1))
+
+
+def _score_terms(rows: Sequence[ScoreRow], study_ids: Sequence[str], any_severe_scalar: float,
+                 eps: float) -> list[_Term]:
+    """The terms with rows, in order: spinal, foraminal, subarticular, any severe spinal."""
+    index = {s: i for i, s in enumerate(study_ids)}
+    study = np.array([index[r.study_id] for r in rows], dtype=int)
+    label = np.array([r.label for r in rows], dtype=int)
+    weight = np.asarray(SAMPLE_WEIGHTS)[label]
+    loss = row_log_losses(label, np.array([r.probs for r in rows], dtype=float), eps)
+    group = np.array([r.group for r in rows])
+    terms = [_Term(g, study[sel], weight[sel], loss[sel])
+             for g in RSNA_GROUPS if (sel := group == g).any()]
+    spinal = np.flatnonzero(group == "spinal")
+    if spinal.size:
+        # per study: label = any severe row, prediction = the largest (renormalised) severe
+        # probability, weight = the largest sample weight of its spinal rows
+        ss = np.unique(study[spinal])
+        y = np.zeros(len(ss), dtype=int)
+        ps = np.zeros(len(ss))
+        ws = np.zeros(len(ss))
+        for k, st in enumerate(ss):
+            r = spinal[study[spinal] == st]
+            raw = np.array([rows[i].probs for i in r], dtype=float)
+            y[k] = int((label[r] == 2).any())
+            ps[k] = float(np.max(raw[:, 2] / np.maximum(raw.sum(axis=1), 1e-12)))
+            ws[k] = float(weight[r].max())
+        terms.append(_Term("any_severe_spinal", ss, ws, row_log_losses(y, np.stack([1.0 - ps, ps], axis=1), eps),
+                           any_severe_scalar))
+    return terms
 
 
 def confusion_matrix(
@@ -282,42 +311,10 @@ def rsna_score_resampled(
     give ``rsna_score(rows).score``. A group with no rows in a resample is left out
     of that resample's mean, as :func:`rsna_score` leaves it out.
     """
-    index = {s: i for i, s in enumerate(study_ids)}
     c = np.asarray(counts, dtype=float)
     if c.ndim != 2 or c.shape[1] != len(study_ids):
         raise ValueError("counts must be (resamples, studies)")
-    study = np.array([index[r.study_id] for r in rows], dtype=int)
-    label = np.array([r.label for r in rows], dtype=int)
-    loss = row_log_losses(label, np.array([r.probs for r in rows], dtype=float), eps)
-    weight = np.asarray(SAMPLE_WEIGHTS)[label]
-    terms: list[np.ndarray] = []
-    scalars: list[float] = []
-    group = np.array([r.group for r in rows])
-    for g in RSNA_GROUPS:
-        sel = group == g
-        if sel.any():
-            m = c[:, study[sel]] * weight[sel]
-            terms.append(_ratio(m @ loss[sel], m.sum(axis=1)))
-            scalars.append(1.0)
-    spinal = np.flatnonzero(group == "spinal")
-    if spinal.size:
-        ss = np.unique(study[spinal])
-        y = np.zeros(len(ss), dtype=int)
-        ps = np.zeros(len(ss))
-        ws = np.zeros(len(ss))
-        for k, s in enumerate(ss):
-            r = spinal[study[spinal] == s]
-            y[k] = int((label[r] == 2).any())
-            raw = np.array([rows[i].probs for i in r], dtype=float)
-            ps[k] = float(np.max(raw[:, 2] / np.maximum(raw.sum(axis=1), 1e-12)))
-            ws[k] = float(weight[r].max())
-        lb = row_log_losses(y, np.stack([1.0 - ps, ps], axis=1), eps)
-        m = c[:, ss] * ws
-        terms.append(_ratio(m @ lb, m.sum(axis=1)))
-        scalars.append(any_severe_scalar)
-    t = np.stack(terms, axis=1)
-    w = np.where(np.isnan(t), 0.0, np.asarray(scalars))
-    return _ratio(np.nansum(t * w, axis=1), w.sum(axis=1))
+    return _mean_of_terms(_score_terms(rows, study_ids, any_severe_scalar, eps), c)
 
 
 def cohen_kappa_resampled(
