@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -94,10 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _table(r: dict[str, object]) -> str:
-    model = r["model"]
-    version = model.get("version") if isinstance(model, dict) else model
-    head = (f"spinenode analyzer {version}: {r['studies']} {r['region']} studies, {r['series_per_study']:.1f} "
+def _table(r: dict[str, Any]) -> str:
+    head = (f"spinenode analyzer {r['model']['version']}: {r['studies']} {r['region']} studies, "
+            f"{r['series_per_study']:.1f} "
             f"series each, device {r['device']}{' (' + str(r['gpu']) + ')' if r['gpu'] else ''}, "
             f"{r['threads']} threads, batch {r['batch_studies']}, {r['recess_views']} views per recess")
     rows = [("analyzer, s per study (mean)", r["seconds_per_study_mean"]),
@@ -106,7 +106,7 @@ def _table(r: dict[str, object]) -> str:
             ("loading the models, s (once per process)", r["model_load_seconds"])]
     width = max(len(k) for k, _ in rows)
     lines = [head, "", f"| {'measure'.ljust(width)} | seconds |", f"| {'-' * width} | ------: |"]
-    lines += [f"| {k.ljust(width)} | {float(v):7.3f} |" for k, v in rows]  # type: ignore[arg-type]
+    lines += [f"| {k.ljust(width)} | {float(v):7.3f} |" for k, v in rows]
     return "\n".join(lines)
 
 

@@ -241,14 +241,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 OTHER_ENV = frozenset({"yolo_dir"})
 
 
-def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
-    """``SPINENODE_*`` variables that are neither a setting nor in :data:`OTHER_ENV`."""
-    names = {k[len(ENV_PREFIX):].lower() for k in environ if k.upper().startswith(ENV_PREFIX)}
-    return sorted(n for n in names - set(Settings.model_fields) - OTHER_ENV)
+def env_names(environ: Mapping[str, str]) -> set[str]:
+    """The lower-case names of the ``SPINENODE_*`` variables, without the prefix."""
+    return {k[len(ENV_PREFIX):].lower() for k in environ if k.upper().startswith(ENV_PREFIX)}
 
 
-def _warn_unknown_env(environ: Mapping[str, str]) -> None:
-    for name in unknown_env_names(environ):
+def _warn_unknown_env(names: set[str]) -> None:
+    """A warning for each name that is neither a setting nor in :data:`OTHER_ENV`."""
+    for name in sorted(names - set(Settings.model_fields) - OTHER_ENV):
         close = difflib.get_close_matches(name, list(Settings.model_fields), n=1)
         hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}?" if close else ""
         log.warning("%s%s is not a setting and is ignored%s", ENV_PREFIX, name.upper(), hint)
@@ -267,9 +267,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     import os
 
     file_values = _read_toml(config) if config else {}
-    _warn_unknown_env(os.environ)
-    env_names = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
-    init = {k: v for k, v in file_values.items() if k not in env_names}
+    in_env = env_names(os.environ)
+    _warn_unknown_env(in_env)
+    init = {k: v for k, v in file_values.items() if k not in in_env}
     init.update(overrides)
     try:
         return Settings(**init)
