@@ -234,7 +234,7 @@ def worker_main(
 
     def _on_sigterm(_signum: int, _frame: object) -> None:
         # From PR_SET_PDEATHSIG (the node is gone): exit at once. From a signal to the
-        # whole process group (a service stop): the node is stopping too and will close
+        # whole process group (the supervisor shutting down): the node is exiting too and will close
         # our channel, so keep serving until then and drain open associations.
         if os.getppid() != parent_pid:
             os._exit(0)

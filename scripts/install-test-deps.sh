@@ -2,8 +2,9 @@
 # Install the real peers the test suite starts (design.md section 6) from Debian packages.
 #
 # Idempotent: when every needed binary is already present, apt is skipped entirely.
-# Then stops any system service the packages started (the tests run their own instances
-# on free loopback ports) and prints one line per tool with its version.
+# Then prints one line per tool with its version. A system service that a package starts on
+# install (Orthanc on 4242/8042, Redis on 6379, PostgreSQL on 5432) is left alone: it may be
+# somebody else's, and the tests start their own instances on free loopback ports.
 #
 # Usage: bash scripts/install-test-deps.sh        (as root, or a user with sudo)
 set -euo pipefail
@@ -16,10 +17,6 @@ REQUIRED_BINARIES=(
   /usr/bin/dsrdump /usr/sbin/Orthanc /usr/bin/dciodvfy /usr/bin/redis-server
   /usr/bin/docker-compose /usr/bin/chromium
 )
-
-can_be_root() {
-  [[ "$(id -u)" -eq 0 ]] || command -v sudo >/dev/null 2>&1
-}
 
 as_root() {
   if [[ "$(id -u)" -eq 0 ]]; then
@@ -54,22 +51,6 @@ install_packages() {
   as_root apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}"
 }
 
-stop_system_services() {
-  # No systemd here: `service` runs the SysV scripts. Failures mean "not running".
-  if ! can_be_root; then
-    echo "install-test-deps: not root and no sudo: not stopping system services"
-    return 0
-  fi
-  local svc
-  for svc in orthanc redis-server postgresql; do
-    as_root service "$svc" stop >/dev/null 2>&1 || true
-  done
-  # Anything still holding the default ports, by exact binary name only.
-  as_root pkill -x Orthanc >/dev/null 2>&1 || true
-  # redis-server renames its process title; match the daemon started by the package only.
-  as_root pkill -u redis -x redis-server >/dev/null 2>&1 || true
-}
-
 print_versions() {
   local pgbin
   pgbin="$(postgres_bindir)"
@@ -93,7 +74,6 @@ main() {
       exit 1
     fi
   fi
-  stop_system_services
   print_versions
 }
 
