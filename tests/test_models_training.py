@@ -37,7 +37,6 @@ def test_train_grader_short(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     assert entry.kind == "grader" and path.stat().st_size > 1_000_000
 
 
-@pytest.mark.slow
 def test_train_detector_and_cli(tmp_path: Path) -> None:
     """One epoch of YOLO-seg from scratch through the CLI (about 30 s on 2 cores)."""
     import typer
