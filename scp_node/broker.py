@@ -52,7 +52,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         control = settings.broker_dir / "control"
         for d in (folder, processed, control):
             d.mkdir(parents=True, exist_ok=True)
-        conf["broker_url"] = "filesystem://"
+        # a host name, although the file transport ignores it: kombu warns without one
+        conf["broker_url"] = "filesystem://localhost/"
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -30,12 +30,26 @@ ConfigOpt = Annotated[
 ]
 
 
+def _config_exit(exc: ConfigError) -> NoReturn:
+    """Every bad setting ends a command the same way: one line, exit code 2."""
+    typer.echo(f"spinenode: {exc}", err=True)
+    raise typer.Exit(2) from None
+
+
 def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        typer.echo(f"spinenode: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _config_exit(exc)
+
+
+def _existing_node(settings: Settings) -> None:
+    from scp_node.data_dir import existing_node
+
+    try:
+        existing_node(settings)
+    except ConfigError as exc:
+        _config_exit(exc)
 
 
 @app.command()
@@ -48,6 +62,8 @@ def serve(config: ConfigOpt = None) -> None:
 
     try:
         run_node(settings)
+    except ConfigError as exc:
+        _config_exit(exc)
     except SpinenodeError as exc:
         typer.echo(f"spinenode: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -63,11 +79,15 @@ def worker(
     """Run a Celery worker for the given queues."""
     settings = _settings(config)
     configure_logging(settings)
+    from scp_node.data_dir import prepare_data_dir
     from workers.celery_app import run_worker
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     try:
+        prepare_data_dir(settings)
         run_worker(settings, wanted, concurrency=concurrency, hostname=hostname)
+    except ConfigError as exc:
+        _config_exit(exc)
     except SpinenodeError as exc:
         typer.echo(f"spinenode: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -80,6 +100,7 @@ def status(
 ) -> None:
     """Summary of studies per state and the queues."""
     settings = _settings(config)
+    _existing_node(settings)
     from scp_node.queue_status import queue_summary, render_summary
 
     summary = queue_summary(settings)
@@ -101,6 +122,7 @@ def retry(
     if not study_uid and not failed:
         typer.echo("spinenode: give a STUDY_UID or --failed", err=True)
         raise typer.Exit(2)
+    _existing_node(settings)
     from scp_node.scheduler import requeue
 
     try:
@@ -151,7 +173,8 @@ def send(
     except (ValueError, SpinenodeError) as exc:
         typer.echo(f"spinenode: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"sent {report.sent}, failed {report.failed} to {dest}")
+    skipped = f", skipped {len(report.skipped)} files that are not DICOM" if report.skipped else ""
+    typer.echo(f"sent {report.sent}, failed {report.failed} to {dest}{skipped}")
     raise typer.Exit(0 if report.failed == 0 else 1)
 
 

@@ -21,9 +21,10 @@ def configure_logging(settings: Settings) -> None:
     )
     # pynetdicom logs every PDU at INFO, including patient-level identifiers in
     # debug dumps: keep it at WARNING unless the operator asks for DEBUG.
+    # highdicom narrates every object it builds at INFO: keep the node's log about the node.
     if settings.log_level != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        for name in ("pynetdicom", "alembic", "highdicom"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     # pydicom's value-validation warnings quote the offending value, which may be a
     # patient name: values are never validated on read (the node stores bytes as sent).
     import pydicom.config

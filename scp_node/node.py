@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from scp_node.broker import TaskSender, make_celery, queue_depths
 from scp_node.db.models import Instance
+from scp_node.data_dir import prepare_data_dir
 from scp_node.db.session import Database
 from scp_node.dicomio import parse_header
 from scp_node.disk import DiskGuard
@@ -126,7 +127,7 @@ def _start_http(settings: Settings, app: object) -> tuple[object, threading.Thre
 def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
     check_http_bind(settings)
     stop = stop or threading.Event()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     db = Database(settings.database_url)
     db.migrate(settings.data_dir)
     spool = Spool(settings.data_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Lock
@@ -173,6 +174,21 @@ def handle_requested(
     counters.reject(reason)
     log.warning("association from %s to %r refused: %s", calling, called.strip(), reason)
     event.assoc.acse.send_reject(result, source, diagnostic)
+    _wait_until_sent(event.assoc)
+
+
+#: The longest a refusal waits for its A-ASSOCIATE-RJ to leave (seconds).
+REJECT_SEND_WAIT = 2.0
+
+
+def _wait_until_sent(assoc: Any) -> None:
+    """Wait until the DUL has written the A-ASSOCIATE-RJ: pynetdicom closes the socket
+    as soon as this handler returns, and a close that overtakes the queued PDU leaves
+    the caller with an abort instead of the reason (seen with ``spinenode echo``)."""
+    deadline = time.monotonic() + REJECT_SEND_WAIT
+    machine = assoc.dul.state_machine
+    while machine.current_state not in ("Sta13", "Sta1") and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 def handle_accepted(event: Any, counters: ScpCounters) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE, evt
+from pynetdicom import AE, Association, evt
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
 from pynetdicom.sop_class import Verification
 
 from scp_node.errors import DicomNetworkError
@@ -20,9 +21,46 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class SendReport:
+    """What ``send_files`` did: files stored, files refused, files skipped as not DICOM."""
+
     sent: int
     failed: int
     statuses: tuple[tuple[str, int], ...]
+    skipped: tuple[str, ...] = ()
+
+
+class _Outcome:
+    """Why an association was not established, from the PDUs the peer sent.
+
+    Read from the PDU, not from the ACSE primitive: a peer that rejects and then closes
+    the connection queues an abort behind the rejection, and pynetdicom reports the abort.
+    """
+
+    def __init__(self) -> None:
+        self.answer: str | None = None
+
+    def on_pdu_recv(self, event: evt.Event) -> None:
+        pdu = event.pdu  # type: ignore[attr-defined]
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            kind = "permanently" if pdu.result == 0x01 else "transiently"
+            self.answer = f"rejected {kind}: {pdu.reason_str} (source: {pdu.source_str})"
+        elif self.answer is None and isinstance(pdu, A_ABORT_RQ):
+            self.answer = "aborted by the peer"
+
+
+def _associate(ae: AE, dest: Destination) -> Association:
+    """Open an association or raise :class:`DicomNetworkError` saying why it failed:
+    the peer's rejection reason (called AE not recognised, calling AE not allowed, no free
+    slot), an abort, or no answer at all."""
+    outcome = _Outcome()
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_PDU_RECV, outcome.on_pdu_recv)])
+    if assoc.is_established:
+        return assoc
+    if outcome.answer is None:
+        outcome.answer = ("no answer (nothing listens there, or the connection was closed)"
+                          if not assoc.is_rejected else "rejected")
+    raise DicomNetworkError(f"association with {dest} not established: {outcome.answer}")
 
 
 def _nodelay(event: object) -> None:
@@ -35,9 +73,7 @@ def echo(dest: Destination, *, calling_ae: str = "SPINENODE", timeout: float = 1
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
-    if not assoc.is_established:
-        raise DicomNetworkError(f"association with {dest} not established")
+    assoc = _associate(ae, dest)
     try:
         rsp = assoc.send_c_echo()
         if not rsp or "Status" not in rsp:
@@ -59,15 +95,21 @@ def iter_dicom_files(path: Path) -> Iterator[Path]:
 def send_files(
     dest: Destination, path: Path | Iterable[Path], *, calling_ae: str = "SPINENODE", timeout: float = 30.0
 ) -> SendReport:
-    """C-STORE every DICOM file under ``path`` in one association."""
+    """C-STORE every DICOM file under ``path`` in one association.
+
+    Files that are not DICOM (the CSV side files of ``spinenode phantom``, a README) are
+    skipped and listed in the report's ``skipped``; they are not failures.
+    """
     files = list(iter_dicom_files(path)) if isinstance(path, Path) else list(path)
     headers = []
+    skipped: list[str] = []
     for f in files:
         try:
             ds = dcmread(f, stop_before_pixels=True)
             headers.append((f, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
         except Exception as exc:
-            log.warning("skipping %s: not a readable DICOM file (%s)", f.name, type(exc).__name__)
+            log.info("skipping %s: not a readable DICOM file (%s)", f.name, type(exc).__name__)
+            skipped.append(f.name)
     if not headers:
         raise DicomNetworkError(f"no DICOM files under {path}")
     ae = AE(ae_title=calling_ae)
@@ -77,9 +119,7 @@ def send_files(
         raise DicomNetworkError("more than 128 SOP class / transfer syntax combinations")
     for sop_class, tsyntax in contexts:
         ae.add_requested_context(sop_class, [tsyntax])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
-    if not assoc.is_established:
-        raise DicomNetworkError(f"association with {dest} not established")
+    assoc = _associate(ae, dest)
     statuses: list[tuple[str, int]] = []
     try:
         for f, _, _ in headers:
@@ -91,4 +131,4 @@ def send_files(
         if assoc.is_established:
             assoc.release()
     failed = sum(1 for _, c in statuses if c not in (0x0000, 0xB000, 0xB007, 0xB006))
-    return SendReport(len(statuses) - failed, failed + len(files) - len(headers), tuple(statuses))
+    return SendReport(len(statuses) - failed, failed, tuple(statuses), tuple(skipped))

@@ -221,7 +221,8 @@ class Settings(BaseSettings):
         return env
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings in a TOML file by lower-case name, and each name as the file spells it."""
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
@@ -234,7 +235,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} has settings both at top level ({stray}) and under "
                           "[spinenode]: put them all in one place")
     section = raw.get("spinenode", raw)
-    return {str(k).lower(): v for k, v in section.items()}
+    return {str(k).lower(): v for k, v in section.items()}, {str(k).lower(): str(k) for k in section}
 
 
 #: ``SPINENODE_*`` variables that are read elsewhere, not settings.
@@ -266,7 +267,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """
     import os
 
-    file_values = _read_toml(config) if config else {}
+    file_values, spelled = _read_toml(config) if config else ({}, {})
     in_env = env_names(os.environ)
     _warn_unknown_env(in_env)
     init = {k: v for k, v in file_values.items() if k not in in_env}
@@ -276,5 +277,10 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "settings"
-        where = f"{ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
+        if name in file_values and name not in in_env and name not in overrides:
+            where = f"{spelled[name]} in {config}"  # the key as the file spells it
+        elif name in Settings.model_fields:
+            where = f"{ENV_PREFIX}{name.upper()}"
+        else:
+            where = name
         raise ConfigError(f"invalid setting {where}: {err['msg']}") from None

@@ -67,7 +67,7 @@ def test_bad_value_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, name: str,
 def test_unknown_setting_in_file_is_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "node.toml"
     cfg.write_text("DICOM_PROT = 1\n")
-    with pytest.raises(ConfigError, match="dicom_prot"):
+    with pytest.raises(ConfigError, match="DICOM_PROT in "):  # as the file spells it
         load_settings(cfg)
 
 
@@ -115,5 +115,5 @@ def test_serve_refuses_public_http_without_token(tmp_path: Path) -> None:
     env = {"SPINENODE_HTTP_HOST": "0.0.0.0", "SPINENODE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "scp_node.cli", "serve"], env=env, capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "SPINENODE_ADMIN_TOKEN" in r.stderr

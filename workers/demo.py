@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -173,9 +174,24 @@ def _print_findings(findings: dict[str, Any], truth: dict[tuple[str, str], str])
 
 
 def run_demo(keep: Path | None = None, timeout: float = 300.0) -> int:
+    """The demo in ``keep``, or in a temporary directory removed at the end when it succeeds
+    (kept after a failure, for its logs)."""
     work = keep or Path(tempfile.mkdtemp(prefix="spinenode-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"demo directory: {work}")
+    code = 1
+    try:
+        code = _run_demo(work, timeout)
+        return code
+    finally:
+        if keep is None and code == 0:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"removed {work} (pass --keep DIR to keep the data, logs and results)")
+        elif keep is None:
+            print(f"kept {work} for its logs (serve.log)", file=sys.stderr)
+
+
+def _run_demo(work: Path, timeout: float) -> int:
     pacs = DemoPacs(work / "pacs")
     pacs.start()
     dicom_port, http_port = free_port(), free_port()
