@@ -93,8 +93,13 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     destinations: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_token: str = ""
-    #: Read-only access to the dashboard (optional); with it set, dashboard pages need a login.
+    #: Read-only access (optional); with it set, every read (pages, /api/*, /metrics,
+    #: OpenAPI) needs it or ADMIN_TOKEN. /api/health stays open.
     viewer_token: str = ""
+    #: Bearer token that may read /metrics only (a Prometheus scrape job); optional.
+    metrics_token: str = ""
+    #: Seconds a dashboard login lasts; /logout ends it earlier.
+    session_max_age: float = Field(43200.0, gt=0, le=30 * 86400)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 

@@ -1,34 +1,30 @@
-"""FastAPI admin app: health, studies, queue, retry. Reads the database; never logs patient data."""
+"""FastAPI admin app: health, studies, queue, retry. Reads the database; never logs patient data.
+
+Every request passes :class:`scp_node.admin.security.SecurityMiddleware` (headers, control
+characters, the read policy of :mod:`scp_node.admin.access`)."""
 
 from __future__ import annotations
 
 import logging
-import secrets
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
-from sqlalchemy import func, select, text
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from sqlalchemy import func, select
 
 from scp_node import __version__
+from scp_node.admin.access import Decision, Role
+from scp_node.admin.context import AdminContext
 from scp_node.admin.dashboard import register_dashboard
+from scp_node.admin.health import health_report
+from scp_node.admin.security import SecurityMiddleware
 from scp_node.db.models import Export, Instance, Result, Series, Study, StudyState
-from scp_node.db.session import Database
 from scp_node.errors import StudyNotFoundError
 from scp_node.queue_status import summary
-from scp_node.scheduler import Enqueue, requeue_studies
-from scp_node.settings import Settings
+from scp_node.scheduler import requeue_studies
+
+__all__ = ["AdminContext", "create_app", "study_row"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AdminContext:
-    settings: Settings
-    db: Database
-    enqueue: Enqueue
-    depths: Any  # () -> dict[str, int | None]
-    counters: Any = None  # scp_node.scp.ScpCounters
 
 
 def _iso(value: Any) -> str | None:
@@ -58,29 +54,28 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app = FastAPI(title="spinenode admin", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")
 
-    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        token = ctx.settings.admin_token
-        if not token:
+    access = ctx.access
+    app.add_middleware(SecurityMiddleware, access=access)
+
+    def require_admin(request: Request) -> None:
+        if not ctx.settings.admin_token:
             raise HTTPException(403, "write calls are disabled: SPINENODE_ADMIN_TOKEN is not set")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given.encode(), token.encode()):
+        token = access.bearer(request)
+        if not token:
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        role = access.check_token(request, token, f"Bearer on {request.url.path}")
+        if role is Decision.LIMITED:
+            raise HTTPException(429, "too many wrong tokens from this address; try again later")
+        if role is not Role.ADMIN:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     @app.get("/api/health")
-    def health() -> dict[str, Any]:
-        try:
-            with ctx.db.session() as s:
-                s.execute(text("SELECT 1"))
-            db_ok = True
-        except Exception:
-            db_ok = False
-        return {
-            "status": "ok" if db_ok else "degraded",
-            "version": __version__,
-            "database": "ok" if db_ok else "unavailable",
-            "ae_title": ctx.settings.ae_title,
-            "dicom_port": ctx.settings.dicom_port,
-        }
+    def health(response: Response) -> dict[str, Any]:
+        report = health_report(ctx.settings, ctx.db, ctx.depths)
+        if report["status"] == "unhealthy":
+            response.status_code = 503
+        return {**report, "version": __version__, "ae_title": ctx.settings.ae_title,
+                "dicom_port": ctx.settings.dicom_port}
 
     @app.get("/api/studies")
     def studies(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import FastAPI, Query, Request
@@ -22,28 +22,15 @@ from starlette.concurrency import run_in_threadpool
 
 from scp_node import __version__
 from scp_node.admin import dashboard_format as fmt
-from scp_node.admin.dashboard_auth import (
-    COOKIE,
-    SESSION_MAX_AGE_S,
-    DashboardError,
-    check_same_origin,
-    may_read,
-    require_admin,
-    role_of_token,
-    safe_next,
-    session_role,
-    session_value,
-    viewer_token,
-)
+from scp_node.admin.access import COOKIE, Role, client_address
+from scp_node.admin.context import AdminContext
+from scp_node.admin.dashboard_auth import DashboardError, check_same_origin, require_admin, safe_next, token_role
 from scp_node.admin.dashboard_charts import latency_chart, throughput_chart
 from scp_node.admin.dashboard_queries import list_studies, overview, studies_in_state, study_detail
 from scp_node.db.models import StudyState, utcnow
 from scp_node.errors import StudyNotFoundError
 from scp_node.queue_status import state_counts
 from scp_node.scheduler import requeue_studies
-
-if TYPE_CHECKING:
-    from scp_node.admin.app import AdminContext
 
 log = logging.getLogger(__name__)
 
@@ -84,35 +71,25 @@ def register_dashboard(app: FastAPI, ctx: AdminContext) -> None:
     """Add the dashboard pages and their form routes to the admin app."""
     env = make_environment()
     settings = ctx.settings
+    access = ctx.access
 
     def render(request: Request, template: str, status_code: int = 200, **values: Any) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
-        role = session_role(request, settings)
+        role = access.session_role(request)
         html = env.get_template(template).render(
             request_path=request.url.path, nonce=nonce, now=utcnow(), role=str(role) if role else "",
-            admin_enabled=bool(settings.admin_token), viewer_enabled=bool(viewer_token(settings)),
-            ae_title=settings.ae_title, failed_count=values.pop("failed_count", None), refresh_s=REFRESH_S,
+            admin_enabled=bool(settings.admin_token), viewer_enabled=access.reads_gated,
+            ae_title=settings.ae_title, session_max_age=settings.session_max_age, failed_count=values.pop("failed_count", None), refresh_s=REFRESH_S,
             **values,
         )
         response = HTMLResponse(html, status_code=status_code)
-        response.headers.update({
-            "Content-Security-Policy": (
-                f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; "
-                "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-                "base-uri 'none'"
-            ),
-            "X-Frame-Options": "DENY",
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-            "Cache-Control": "no-store",
-        })
+        # the other security headers come from SecurityMiddleware, on every response
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; "
+            "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+            "base-uri 'none'"
+        )
         return response
-
-    def login_redirect(request: Request) -> Response | None:
-        if may_read(request, settings):
-            return None
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
 
     def failed_count() -> int:
         return state_counts(ctx.db).get(str(StudyState.FAILED), 0)
@@ -120,14 +97,14 @@ def register_dashboard(app: FastAPI, ctx: AdminContext) -> None:
     @app.exception_handler(DashboardError)
     async def dashboard_error(request: Request, exc: DashboardError) -> Response:
         headers = {"WWW-Authenticate": 'Bearer realm="spinenode"'} if exc.status == 401 else {}
+        if exc.status == 429:
+            headers["Retry-After"] = str(int(access.limiter.retry_after(client_address(request))) or 1)
         response = render(request, "error.html", exc.status, status=exc.status, message=exc.message)
         response.headers.update(headers)
         return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page_overview(request: Request) -> Response:
-        if (redirect := login_redirect(request)) is not None:
-            return redirect
         now = utcnow()
         data = overview(ctx.db, ctx.depths(), now)
         return render(request, "overview.html", data=data, failed_count=data.states.get("FAILED", 0),
@@ -140,8 +117,6 @@ def register_dashboard(app: FastAPI, ctx: AdminContext) -> None:
         q: Annotated[str, Query(max_length=64)] = "",
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     ) -> Response:
-        if (redirect := login_redirect(request)) is not None:
-            return redirect
         chosen = StudyState(state) if state in StudyState.__members__ else None
         q = q.strip()
         result = list_studies(ctx.db, state=chosen, q=q, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
@@ -156,8 +131,6 @@ def register_dashboard(app: FastAPI, ctx: AdminContext) -> None:
 
     @app.get("/studies/{study_uid}", response_class=HTMLResponse, include_in_schema=False)
     def page_study(request: Request, study_uid: str, requeued: int = 0) -> Response:
-        if (redirect := login_redirect(request)) is not None:
-            return redirect
         detail = study_detail(ctx.db, study_uid)
         if detail is None:
             raise DashboardError(404, "no study with this Study Instance UID on this node")
@@ -166,8 +139,6 @@ def register_dashboard(app: FastAPI, ctx: AdminContext) -> None:
 
     @app.get("/failures", response_class=HTMLResponse, include_in_schema=False)
     def page_failures(request: Request, requeued: int = -1) -> Response:
-        if (redirect := login_redirect(request)) is not None:
-            return redirect
         failed = studies_in_state(ctx.db, StudyState.FAILED, 500)
         skipped = studies_in_state(ctx.db, StudyState.SKIPPED, 50)
         by_stage: dict[str, int] = {}
@@ -189,7 +160,7 @@ def register_dashboard(app: FastAPI, ctx: AdminContext) -> None:
     @app.post("/studies/{study_uid}/retry", include_in_schema=False)
     async def post_retry(request: Request, study_uid: str) -> Response:
         form = await _form(request)
-        require_admin(request, settings, form.get("token", ""))
+        require_admin(request, access, form.get("token", ""))
         uids = await run_in_threadpool(requeue, study_uid)
         if not uids:
             raise DashboardError(409, "the study is still receiving; it is queued by itself after the quiet period")
@@ -199,7 +170,7 @@ def register_dashboard(app: FastAPI, ctx: AdminContext) -> None:
     @app.post("/failures/retry", include_in_schema=False)
     async def post_retry_failed(request: Request) -> Response:
         form = await _form(request)
-        require_admin(request, settings, form.get("token", ""))
+        require_admin(request, access, form.get("token", ""))
         uids = await run_in_threadpool(requeue, None)
         log.info("dashboard retry: %d failed studies requeued", len(uids))
         return RedirectResponse(f"/failures?requeued={len(uids)}", status_code=303)
@@ -213,18 +184,19 @@ def register_dashboard(app: FastAPI, ctx: AdminContext) -> None:
         check_same_origin(request)
         form = await _form(request)
         target = safe_next(form.get("next", "/"))
-        role = role_of_token(settings, form.get("token", ""))
-        if role is None:
+        role = token_role(request, access, form.get("token", ""), "dashboard login")
+        if role not in (Role.ADMIN, Role.VIEWER):
             return render(request, "login.html", 401, next_path=target, error="That token is not valid here.")
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, session_value(settings, role), max_age=SESSION_MAX_AGE_S, path="/",
+        response.set_cookie(COOKIE, access.sessions.create(role), max_age=int(settings.session_max_age), path="/",
                             httponly=True, samesite="strict", secure=request.url.scheme == "https")
-        log.info("dashboard login as %s", role)
+        log.info("dashboard login as %s from %s", role, client_address(request))
         return response
 
     @app.post("/logout", include_in_schema=False)
     async def post_logout(request: Request) -> Response:
         check_same_origin(request)
-        response = RedirectResponse("/login" if viewer_token(settings) else "/", status_code=303)
+        access.sessions.revoke(request.cookies.get(COOKIE, ""))
+        response = RedirectResponse("/login" if access.reads_gated else "/", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response

@@ -1,30 +1,21 @@
-"""Who may do what on the dashboard.
+"""Who may write from the dashboard, and the form checks around it.
 
-* Writes (retry) need ``ADMIN_TOKEN``: typed into the form, or a session cookie
-  set by ``/login``. With no admin token configured, writes are refused (403).
-* Reads are open, like the REST API, unless a viewer token is configured
-  (``VIEWER_TOKEN``); then a session (viewer or admin) is needed.
+* Reads follow the one policy of :mod:`scp_node.admin.access` (applied to every request
+  by :class:`scp_node.admin.security.SecurityMiddleware`).
+* Writes (retry) need ``ADMIN_TOKEN``: typed into the form, or an admin session made by
+  ``/login``. With no admin token configured, writes are refused (403).
 
-The cookie never holds a token: it holds an HMAC of a fixed label keyed by the
-token, so it is only valid while that token is configured (changing the token
-logs everyone out). It is ``HttpOnly`` and ``SameSite=Strict``; a POST whose
-``Origin`` is another site is refused as well.
+The session cookie holds a random id only (never a token); it is ``HttpOnly`` and
+``SameSite=Strict``, and a POST whose ``Origin`` is another site is refused as well.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-from enum import StrEnum
 from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from scp_node.settings import Settings
-
-COOKIE = "spinenode_session"
-SESSION_MAX_AGE_S = 12 * 3600
+from scp_node.admin.access import Access, Decision, Role
 
 
 class DashboardError(Exception):
@@ -36,56 +27,6 @@ class DashboardError(Exception):
         self.message = message
 
 
-class Role(StrEnum):
-    ADMIN = "admin"
-    VIEWER = "viewer"
-
-
-def viewer_token(settings: Settings) -> str:
-    return str(getattr(settings, "viewer_token", "") or "")
-
-
-def _token_for(settings: Settings, role: Role) -> str:
-    return settings.admin_token if role is Role.ADMIN else viewer_token(settings)
-
-
-def session_value(settings: Settings, role: Role) -> str:
-    token = _token_for(settings, role)
-    digest = hmac.new(token.encode(), f"spinenode-dashboard:{role}".encode(), hashlib.sha256).hexdigest()
-    return f"{role}:{digest}"
-
-
-def _same(a: str, b: str) -> bool:
-    return secrets.compare_digest(a.encode(), b.encode())
-
-
-def role_of_token(settings: Settings, token: str) -> Role | None:
-    """The role a typed token grants, if any."""
-    if not token:
-        return None
-    if settings.admin_token and _same(token, settings.admin_token):
-        return Role.ADMIN
-    viewer = viewer_token(settings)
-    if viewer and _same(token, viewer):
-        return Role.VIEWER
-    return None
-
-
-def session_role(request: Request, settings: Settings) -> Role | None:
-    cookie = request.cookies.get(COOKIE, "")
-    name = cookie.partition(":")[0]
-    if name not in (Role.ADMIN, Role.VIEWER):
-        return None
-    role = Role(name)
-    if not _token_for(settings, role):
-        return None
-    return role if _same(cookie, session_value(settings, role)) else None
-
-
-def may_read(request: Request, settings: Settings) -> bool:
-    return not viewer_token(settings) or session_role(request, settings) is not None
-
-
 def check_same_origin(request: Request) -> None:
     """Refuse a cross-site form post (defence in depth besides SameSite=Strict)."""
     origin = request.headers.get("origin")
@@ -95,16 +36,25 @@ def check_same_origin(request: Request) -> None:
         raise DashboardError(403, "cross-site request refused")
 
 
-def require_admin(request: Request, settings: Settings, form_token: str) -> None:
+def token_role(request: Request, access: Access, token: str, what: str) -> Role | None:
+    """The role of a typed token; 429 when this address has tried too many wrong ones."""
+    role = access.check_token(request, token, what)
+    if role is Decision.LIMITED:
+        raise DashboardError(429, "too many wrong tokens from this address; wait a minute and try again")
+    assert not isinstance(role, Decision)
+    return role
+
+
+def require_admin(request: Request, access: Access, form_token: str) -> None:
     """Raise 403 when writes are disabled, 401 without a valid admin token or session."""
     check_same_origin(request)
-    if not settings.admin_token:
+    if not access.settings.admin_token:
         raise DashboardError(403, "retry is disabled: SPINENODE_ADMIN_TOKEN is not set on the node")
     if form_token:
-        if role_of_token(settings, form_token) is Role.ADMIN:
+        if token_role(request, access, form_token, "retry form") is Role.ADMIN:
             return
         raise DashboardError(401, "wrong admin token")
-    if session_role(request, settings) is Role.ADMIN:
+    if access.session_role(request) is Role.ADMIN:
         return
     raise DashboardError(401, "the admin token is needed: type it in, or log in as admin")
 
