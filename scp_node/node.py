@@ -45,6 +45,9 @@ def check_http_bind(settings: Settings) -> None:
         raise ConfigError(
             f"invalid setting SPINENODE_HTTP_HOST: binding the admin API to {host} needs SPINENODE_ADMIN_TOKEN"
         )
+    if not loopback and not settings.viewer_token:
+        log.warning("the admin API listens on %s without SPINENODE_VIEWER_TOKEN: anyone who reaches it can "
+                    "read study lists, patient IDs and findings", host)
 
 
 def reconcile_spool(db: Database, spool: Spool, ingestor: Ingestor) -> int:

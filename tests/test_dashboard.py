@@ -482,9 +482,8 @@ def test_retry_refused_without_configured_token_and_viewer_token_gates_reads(ser
 
     base = load_settings(data_dir=served_rw.tmp / "data")
     assert base.admin_token == ""
-    # the optional VIEWER_TOKEN setting, read with getattr by the dashboard
-    viewer: Settings = load_settings(data_dir=served_rw.tmp / "data", admin_token=ADMIN_TOKEN).model_copy(
-        update={"viewer_token": "viewer-pass"})
+    viewer: Settings = load_settings(data_dir=served_rw.tmp / "data", admin_token=ADMIN_TOKEN,
+                                     viewer_token="viewer-pass")
     servers = [_serve(create_app(AdminContext(st, served_rw.db, nothing_sent, lambda: {}))) for st in (base, viewer)]
     try:
         (_, _, open_port), (_, _, gated_port) = servers
@@ -495,9 +494,11 @@ def test_retry_refused_without_configured_token_and_viewer_token_gates_reads(ser
         with httpx.Client(base_url=f"http://127.0.0.1:{gated_port}", follow_redirects=False) as c:
             r = c.get("/studies")
             assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+            assert c.get("/api/studies").status_code == 401  # one policy: the API too
             assert c.post("/login", data={"token": "viewer-pass"}).status_code == 303
             page = c.get("/studies")
             assert page.status_code == 200 and "signed in as viewer" in page.text
+            assert c.get("/api/studies").status_code == 200  # the session reads the API as well
             r = c.post(f"/studies/{served_rw.seeded.uids['DONE']}/retry")
             assert r.status_code == 401  # a viewer may read, not retry
     finally:
