@@ -48,8 +48,8 @@ def database_writable(db: Database) -> bool:
         try:
             session.rollback()
             session.close()
-        except Exception:  # a dead connection: the write already failed above
-            pass
+        except Exception as exc:  # a dead connection: the write already failed above
+            log.debug("health: closing the probe session failed (%s)", type(exc).__name__)
 
 
 def disk_state(data_dir: Path, min_free_bytes: int) -> tuple[str, int]:
