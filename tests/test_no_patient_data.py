@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
 from nodeproc import Node
@@ -50,7 +51,7 @@ def _bad_instance(source: Path, out: Path) -> Path:
     """An instance with the markers whose Study Instance UID is not a UID: refused."""
     ds = dcmread(source)
     ds.StudyInstanceUID = f"1.2.{PATIENT_ID}"
-    ds.SOPInstanceUID = ds.SOPInstanceUID + ".999"
+    ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out)
@@ -140,8 +141,10 @@ def test_patient_data_reaches_no_log_and_no_other_column(
 ) -> None:
     pacs = StorescpServer(tmp_path / "pacs").start()
     try:
+        # two receiver processes: the C-STOREs are handled in SCP worker processes, whose
+        # logging is configured apart from the node's (as the Celery worker's is)
         node: Node = node_factory(database_url=postgres_url, destinations=pacs.destination,
-                                  admin_token=ADMIN, stable_seconds=2)
+                                  admin_token=ADMIN, stable_seconds=2, scp_processes=2)
         study_uid, files = _phantom_with_markers(tmp_path / "phantom")
         r = storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE")
         assert r.returncode == 0, r.stderr
@@ -160,6 +163,7 @@ def test_patient_data_reaches_no_log_and_no_other_column(
     # the library warnings were there, reduced to their category
     assert "UserWarning (message withheld" in log, "highdicom's person-name warning was captured"
     assert "wrong token from 127.0.0.1 (dashboard login)" in log
+    assert "refused 0xC210" in log, "the bad instance was refused and logged (by UID, without patient data)"
     data = node.data_dir
     # the PACS's own files and log are not the node's
     hits, searched = _log_hits(tmp_path, skip=[data / "incoming", data / "results", tmp_path / "phantom",
