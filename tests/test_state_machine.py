@@ -4,6 +4,7 @@ columns and the database guard of migration 0003 (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from scp_node.states import LEGAL_TRANSITIONS, is_legal, transition
 
 S = StudyState
 ALL_PAIRS = list(itertools.product(StudyState, StudyState))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -187,3 +189,17 @@ def test_database_refuses_unknown_values_sqlite(tmp_path: Path) -> None:
 def test_database_refuses_unknown_values_postgres(postgres_url: str, tmp_path: Path) -> None:
     _guard(postgres_url, tmp_path)
 
+
+
+def test_architecture_doc_lists_the_legal_moves() -> None:
+    """docs/architecture.md's transition table is the code's table, row for row."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc.split("## Study states", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ((?:`\w+`(?:, )?)+) \| `(\w+)` \|", section, re.M)
+    assert rows, "no transition table under '## Study states'"
+    documented: list[tuple[StudyState, StudyState]] = []
+    for sources, target in rows:
+        names = re.findall(r"`(\w+)`", sources)
+        states = list(StudyState) if names == ["any"] else [S(n) for n in names]
+        documented += [(state, S(target)) for state in states]
+    assert sorted(documented) == sorted(LEGAL_TRANSITIONS)  # no pair missing, none twice
