@@ -15,7 +15,6 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from models import rsna
 from models.registry import Registry
+from models.train_config import TrainConfig, progress_bar
 from models.train_data import (
     HEAD_ORDER, CropSet, crop_offsets_of_study, grader_study_crops, is_validation,
     write_dataset_yaml, write_detector_study,
@@ -37,36 +37,14 @@ GRADER_NAME = "spinenode-grader"
 DISC_SCORE = 0.04
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run; ``data`` may name several datasets (e.g. lumbar MR, cervical MR, cervical CT)."""
-
-    data: tuple[Path, ...]
-    out: Path
-    epochs: int
-    device: str = "cpu"
-    seed: int = 0
-    val_fraction: float = 0.15
-    workers: int = 1
-    batch: int = 0  # 0: a default per trainer
-    imgsz: int = 384
-    version: str = "0.1.0"
-    max_studies: int | None = None
-    max_hours: float | None = None  # detector: stop after this much training time (ultralytics ``time``)
-    copies: int = 3  # grader: crops per level and series, the first unjittered
-
-
-def _progress() -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), transient=False)
+#: ``models.evaluate`` shows its progress with the same bar.
+_progress = progress_bar
 
 
 def _map(fn: Callable[..., T], args: Sequence[tuple[Any, ...]], workers: int, label: str) -> list[T]:
     """Run ``fn(*a)`` for every ``a`` with a rich progress bar, in processes when workers > 1."""
     out: list[T] = []
-    with _progress() as prog:
+    with progress_bar() as prog:
         task = prog.add_task(label, total=len(args))
         if workers <= 1:
             for a in args:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,10 +13,8 @@ from torch.nn import functional as F
 
 from models.grader import HEADS, GradeNet, GraderCheckpoint, class_weights, fit_temperature, n_parameters
 from models.metrics import accuracy, cohen_kappa, confusion_matrix, macro_f1, weighted_log_loss
+from models.train_config import TrainConfig, progress_bar
 from models.train_data import HEAD_ORDER, CropSet
-
-if TYPE_CHECKING:
-    from models.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +102,6 @@ def head_report(logits: dict[str, np.ndarray], y: np.ndarray, temps: dict[str, f
 
 def fit_grader(train: CropSet, val: CropSet, cfg: TrainConfig,
                offsets: dict[str, list[float]]) -> tuple[dict[str, Any], GraderCheckpoint]:
-    from models.train import _progress
-
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = torch.device("cuda" if cfg.device.startswith("cuda") and torch.cuda.is_available() else "cpu")
@@ -125,7 +121,7 @@ def fit_grader(train: CropSet, val: CropSet, cfg: TrainConfig,
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # early stopping on val loss
     t0 = time.perf_counter()
-    with _progress() as prog:
+    with progress_bar() as prog:
         task = prog.add_task("grader epochs", total=cfg.epochs)
         for epoch in range(cfg.epochs):
             net.train()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from scp_node.cli_options import ConfigOpt, config_exit, settings_or_exit
 from scp_node.errors import ConfigError, SpinenodeError
 from scp_node.logs import configure_logging
-from scp_node.settings import Settings, load_settings
+from scp_node.settings import Settings
 
 app = typer.Typer(
     name="spinenode",
@@ -25,69 +26,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="TOML settings file", exists=False)
-]
-
-
-def _config_exit(exc: ConfigError) -> NoReturn:
-    """Every bad setting ends a command the same way: one line, exit code 2."""
-    typer.echo(f"spinenode: {exc}", err=True)
-    raise typer.Exit(2) from None
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        _config_exit(exc)
-
-
 def _existing_node(settings: Settings) -> None:
     from scp_node.data_dir import existing_node
 
     try:
         existing_node(settings)
     except ConfigError as exc:
-        _config_exit(exc)
+        config_exit(exc)
 
 
 @app.command()
 def serve(config: ConfigOpt = None) -> None:
     """Run the DICOM receiver, the scheduler and the admin HTTP API (and, with the
     embedded broker, a worker for every queue as a child process)."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     configure_logging(settings)
     from scp_node.node import run_node
 
     try:
         run_node(settings)
     except ConfigError as exc:
-        _config_exit(exc)
-    except SpinenodeError as exc:
-        typer.echo(f"spinenode: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-@app.command()
-def worker(
-    config: ConfigOpt = None,
-    queues: Annotated[str, typer.Option(help="comma-separated: gpu,cpu,export")] = "gpu,cpu,export",
-    concurrency: Annotated[int, typer.Option(min=1, help="worker threads (GPU hosts: 1)")] = 1,
-    hostname: Annotated[Optional[str], typer.Option(help="Celery node name")] = None,
-) -> None:
-    """Run a Celery worker for the given queues."""
-    settings = _settings(config)
-    configure_logging(settings)
-    from scp_node.data_dir import prepare_data_dir
-    from workers.celery_app import run_worker
-
-    wanted = [q.strip() for q in queues.split(",") if q.strip()]
-    try:
-        prepare_data_dir(settings)
-        run_worker(settings, wanted, concurrency=concurrency, hostname=hostname)
-    except ConfigError as exc:
-        _config_exit(exc)
+        config_exit(exc)
     except SpinenodeError as exc:
         typer.echo(f"spinenode: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -99,7 +58,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Summary of studies per state and the queues."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     _existing_node(settings)
     from scp_node.queue_status import queue_summary, render_summary
 
@@ -117,7 +76,7 @@ def retry(
     config: ConfigOpt = None,
 ) -> None:
     """Requeue a study (or every failed one) from the stage that failed (export, encode or analysis)."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     configure_logging(settings)
     if not study_uid and not failed:
         typer.echo("spinenode: give a STUDY_UID or --failed", err=True)
@@ -179,7 +138,10 @@ def send(
 
 
 def _register_optional() -> None:
-    """Commands that live with their packages (phantom, train, evaluate, demo)."""
+    """Commands that live with their packages: phantom, train, evaluate (``models``); worker
+    and demo (``workers``). They are loaded by name, so that the receiver package does not
+    import the stages it sends work to; the CLI is application code, and moves out of
+    ``scp_node`` with the shared core (docs/architecture.md)."""
     import importlib
 
     for module in ("models.phantom.cli", "models.cli", "workers.cli"):

@@ -1,14 +1,16 @@
-"""Receiver counters shared by every SCP worker process (``SCP_PROCESSES`` > 1).
+"""Receiver counters: the interface (:class:`ReceiverCounters`) and the shared-memory kind.
 
-Same interface as :class:`scp_node.scp.ScpCounters`, backed by one shared-memory
-array so the node's ``/metrics`` counts what every receiver process stored. Status
-codes and refusal reasons are a fixed set; anything else is counted under "other".
+:class:`scp_node.scp.ScpCounters` counts in one process; :class:`SharedScpCounters`
+is backed by one shared-memory array so the node's ``/metrics`` counts what every
+receiver process stored (``SCP_PROCESSES`` > 1). Both satisfy
+:class:`ReceiverCounters`. Status codes and refusal reasons of the shared kind are a
+fixed set; anything else is counted under "other".
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from scp_node import status
 
@@ -20,8 +22,47 @@ _FIRST_STATUS = 4
 _FIRST_REASON = _FIRST_STATUS + len(STATUSES) + 1  # +1: "other" status
 
 
+@runtime_checkable
+class ReceiverCounters(Protocol):
+    """What the C-STORE and association handlers count and ``/metrics`` reads."""
+
+    #: True when the counts live in shared memory, so receiver worker processes
+    #: (``scp_node.scp_pool``) can be handed the object and add to it.
+    shared_across_processes: ClassVar[bool]
+    #: Accepted associations; handlers add to it under :attr:`lock`.
+    associations: int
+
+    @property
+    def lock(self) -> Any: ...
+
+    @property
+    def instances(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+    @property
+    def own_results(self) -> int: ...
+
+    @property
+    def failures(self) -> dict[int, int]: ...
+
+    @property
+    def rejected(self) -> dict[str, int]: ...
+
+    def stored(self, nbytes: int) -> None: ...
+
+    def own_result(self) -> None: ...
+
+    def failed(self, code: int) -> None: ...
+
+    def reject(self, reason: str) -> None: ...
+
+
 class SharedScpCounters:
     """Counters in shared memory; pass the object to spawned processes as an argument."""
+
+    shared_across_processes: ClassVar[bool] = True
 
     def __init__(self, ctx: Any = None) -> None:
         ctx = ctx or multiprocessing.get_context("spawn")

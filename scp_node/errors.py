@@ -58,3 +58,14 @@ class DicomNetworkError(SpinenodeError):
     """A DICOM association to a peer failed (refused, aborted, timed out)."""
 
     transient = True
+
+
+class IllegalTransitionError(SpinenodeError):
+    """A study was asked to move between two states that the state machine does not link
+    (:data:`scp_node.states.LEGAL_TRANSITIONS`): a bug or a lost race, never retried."""
+
+    def __init__(self, study_uid: str, previous: str, wanted: str) -> None:
+        super().__init__(f"study {study_uid}: {previous} -> {wanted} is not a legal transition")
+        self.study_uid = study_uid
+        self.previous = previous
+        self.wanted = wanted

@@ -26,7 +26,7 @@ from scp_node.db.session import Database
 from scp_node.errors import StudyNotFoundError
 from scp_node.routing import EligibilityRules, StudyFacts, decide
 from scp_node.settings import Settings
-from scp_node.states import record_event, transition
+from scp_node.states import record_event, require_legal, transition
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,9 @@ def claim(db: Database, study_uid: str, generation: int, *, from_state: StudySta
     """Atomically move a study from ``from_state`` to ``to_state`` for this generation.
 
     Returns False when another delivery already took it or new instances reopened it.
+    Raises IllegalTransitionError for a move the state machine does not allow.
     """
+    require_legal(study_uid, from_state, to_state)
     now = now or utcnow()
     with db.session() as s:
         claimed = s.execute(

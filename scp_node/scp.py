@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
@@ -22,6 +22,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp_node.logs import log_failure
 from scp_node import pynetdicom_tuning, status
+from scp_node.counters import ReceiverCounters
 from scp_node.dicomio import parse_header
 from scp_node.errors import (
     DatabaseError,
@@ -41,8 +42,9 @@ Admission = Callable[[], str | None]
 
 @dataclass
 class ScpCounters:
-    """In-process counters (the admin metrics read them)."""
+    """In-process counters (the admin metrics read them); a :class:`ReceiverCounters`."""
 
+    shared_across_processes: ClassVar[bool] = False
     lock: Lock = field(default_factory=Lock)
     instances: int = 0
     bytes: int = 0
@@ -246,7 +248,7 @@ class ScpServer(Protocol):
 def start_scp(
     settings: Settings,
     ingestor: Ingestor,
-    counters: ScpCounters,
+    counters: ReceiverCounters,
     admission: Admission | None = None,
 ) -> ScpServer:
     """Start listening (non-blocking) and return the server; call ``shutdown()`` to stop.
@@ -261,7 +263,7 @@ def start_scp(
         from scp_node.scp_pool import ScpPool
 
         return ScpPool(settings, settings.scp_processes, admission,
-                       counters if not isinstance(counters, ScpCounters) else None).start()
+                       counters if counters.shared_across_processes else None).start()
     pynetdicom_tuning.apply()
     ae = build_ae(settings)
     server = ae.start_server(

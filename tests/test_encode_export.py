@@ -17,6 +17,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 import dicomgen
+from study_states import walk_to
 from models.types import Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region, SeriesMasks
 from peers import OrthancServer, dciodvfy
 from scp_node.db.models import Result, Study, StudyState
@@ -24,7 +25,6 @@ from scp_node.db.session import Database
 from scp_node.dicomio import parse_header
 from scp_node.ingest import Ingestor
 from scp_node.settings import load_settings
-from scp_node.states import transition
 from scp_node.storage import Spool
 from workers.pipeline import StageContext, _masks_path, encode_study, export_study
 from workers.results.seg import save_masks
@@ -58,7 +58,7 @@ def _analysed(ctx: StageContext, study_uid: str, paths: list[Path]) -> int:
     with ctx.db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
         st.findings = findings.to_json()
-        transition(s, st, StudyState.ENCODING, stage="analyze", detail="test")
+        walk_to(s, st, StudyState.ENCODING, stage="analyze")
         generation = st.generation
     save_masks([masks], _masks_path(ctx, study_uid, generation))
     return generation

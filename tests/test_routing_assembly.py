@@ -172,18 +172,18 @@ def test_requeue_failed(env, tmp_path: Path) -> None:  # type: ignore[no-untyped
     _ingest(ingestor, study.paths)
     clock.advance(61)
     sched.sweep()
-    from scp_node.states import transition
+    from study_states import walk_to
 
     with db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
-        transition(s, st, StudyState.FAILED, stage="analyze", detail="boom")
+        walk_to(s, st, StudyState.FAILED, stage="analyze", detail="boom")
     assert requeue_studies(db, enq, study_uid=None, all_failed=True) == [study.study_uid]
     assert _state(db, study.study_uid).state == StudyState.QUEUED
 
 
 def test_retry_resumes_at_the_failed_export(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from scp_node.db.models import Export, ExportState, Result
-    from scp_node.states import transition
+    from study_states import walk_to
 
     ingestor, sched, clock, enq, db = env
     study = dicomgen.write_study(tmp_path / "st", seed=10)
@@ -197,7 +197,7 @@ def test_retry_resumes_at_the_failed_export(env, tmp_path: Path) -> None:  # typ
         s.flush()
         s.add(Export(result_id=r.id, study_id=st.id, destination="PACS@h:104", state=ExportState.FAILED,
                      attempts=30, last_status=0xA700, last_error="status 0xA700"))
-        transition(s, st, StudyState.FAILED, stage="export", detail="PACS@h:104: status 0xA700")
+        walk_to(s, st, StudyState.FAILED, stage="export", detail="PACS@h:104: status 0xA700")
     sent: list[tuple[str, str, int]] = []
     requeue_studies(db, lambda *a: sent.append(a), study_uid=study.study_uid, all_failed=False)
     assert sent == [("export", study.study_uid, 0)]
@@ -243,11 +243,11 @@ def test_retention_purges_spool_of_done_studies(env, tmp_path: Path) -> None:  #
     busy = dicomgen.write_study(tmp_path / "busy", seed=92)
     _ingest(ingestor, done.paths)
     _ingest(ingestor, busy.paths)
-    from scp_node.states import transition
+    from study_states import walk_to
 
     with db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == done.study_uid)).scalar_one()
-        transition(s, st, StudyState.DONE, detail="test", now=clock())
+        walk_to(s, st, StudyState.DONE, now=clock())
     spool = tmp_path / "incoming"
     assert purge_done_studies(db, tmp_path, 7, clock() + dt.timedelta(days=6)) == []
     assert purge_done_studies(db, tmp_path, 7, clock() + dt.timedelta(days=8)) == [done.study_uid]

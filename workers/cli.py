@@ -1,4 +1,4 @@
-"""Commands that live with the workers (registered by scp_node.cli): ``demo``."""
+"""Commands that live with the workers (registered by scp_node.cli): ``worker`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,33 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from scp_node.cli_options import ConfigOpt, config_exit, settings_or_exit
+from scp_node.errors import ConfigError, SpinenodeError
+from scp_node.logs import configure_logging
+
+
+def worker(
+    config: ConfigOpt = None,
+    queues: Annotated[str, typer.Option(help="comma-separated: gpu,cpu,export")] = "gpu,cpu,export",
+    concurrency: Annotated[int, typer.Option(min=1, help="worker threads (GPU hosts: 1)")] = 1,
+    hostname: Annotated[Optional[str], typer.Option(help="Celery node name")] = None,
+) -> None:
+    """Run a Celery worker for the given queues."""
+    settings = settings_or_exit(config)
+    configure_logging(settings)
+    from scp_node.data_dir import prepare_data_dir
+    from workers.celery_app import run_worker
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    try:
+        prepare_data_dir(settings)
+        run_worker(settings, wanted, concurrency=concurrency, hostname=hostname)
+    except ConfigError as exc:
+        config_exit(exc)
+    except SpinenodeError as exc:
+        typer.echo(f"spinenode: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def demo(
@@ -20,4 +47,5 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)
     app.command("demo")(demo)

@@ -11,21 +11,15 @@ import datetime as dt
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from scp_node.enums import ExportState, ResultKind, Stage, StudyState
 
-class StudyState(StrEnum):
-    RECEIVING = "RECEIVING"
-    COMPLETE = "COMPLETE"
-    QUEUED = "QUEUED"
-    ANALYZING = "ANALYZING"
-    ENCODING = "ENCODING"
-    EXPORTING = "EXPORTING"
-    DONE = "DONE"
-    SKIPPED = "SKIPPED"
-    FAILED = "FAILED"
-
+__all__ = [
+    "ACTIVE_STATES", "FINAL_STATES", "Base", "Event", "Export", "ExportState", "Instance", "Result",
+    "ResultKind", "Series", "Stage", "Study", "StudyState", "UTCDateTime", "WorkerHeartbeat", "utcnow",
+]
 
 #: States in which a worker owns the study.
 ACTIVE_STATES = frozenset({StudyState.QUEUED, StudyState.ANALYZING, StudyState.ENCODING, StudyState.EXPORTING})
@@ -51,6 +45,23 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+def enum_column_type(enum: type[StrEnum], length: int) -> Enum:
+    """A VARCHAR column holding ``enum``'s values (not its names), read back as members.
+
+    Writing a string that is no member's value raises at once (``validate_strings``),
+    before the statement reaches the database; the database refuses it as well
+    (CHECK constraints on PostgreSQL, triggers on SQLite: migration 0003).
+    """
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,  # the guard is made by migration 0003, per dialect
+        length=length,
+        validate_strings=True,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -64,10 +75,12 @@ class Study(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    state: Mapped[str] = mapped_column(String(16), index=True, default=StudyState.RECEIVING)
+    state: Mapped[StudyState] = mapped_column(
+        enum_column_type(StudyState, 16), index=True, default=StudyState.RECEIVING
+    )
     #: Bumped whenever new instances reopen the study; tasks carry it and drop stale work.
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    failed_stage: Mapped[str | None] = mapped_column(String(16))
+    failed_stage: Mapped[Stage | None] = mapped_column(enum_column_type(Stage, 16))
     reason: Mapped[str | None] = mapped_column(Text)
     region: Mapped[str | None] = mapped_column(String(16))
     modality: Mapped[str | None] = mapped_column(String(16))
@@ -132,21 +145,12 @@ class Event(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
-    state: Mapped[str] = mapped_column(String(16))
-    stage: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[StudyState] = mapped_column(enum_column_type(StudyState, 16))
+    stage: Mapped[Stage | None] = mapped_column(enum_column_type(Stage, 16))
     generation: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="events")
-
-
-class ExportState(StrEnum):
-    PENDING = "PENDING"
-    SENDING = "SENDING"
-    SENT = "SENT"
-    #: The destination refused this SOP class (SR/SEG); the key images stand in for it.
-    FALLBACK = "FALLBACK"
-    FAILED = "FAILED"
 
 
 class Result(Base):
@@ -157,7 +161,7 @@ class Result(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     generation: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[ResultKind] = mapped_column(enum_column_type(ResultKind, 32))
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     series_instance_uid: Mapped[str] = mapped_column(String(64))
@@ -181,7 +185,7 @@ class Export(Base):
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"))
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     destination: Mapped[str] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(16), default=ExportState.PENDING)
+    state: Mapped[ExportState] = mapped_column(enum_column_type(ExportState, 16), default=ExportState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)

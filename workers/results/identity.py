@@ -16,21 +16,14 @@ import hashlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 from scp_node.dicomio import RESULT_MANUFACTURER, RESULT_SERIES_NUMBERS
+from scp_node.enums import ResultKind as ResultKind  # results.kind: defined with the stored enums
 
 UID_ROOT: Final = "2.25."
 MANUFACTURER: Final = RESULT_MANUFACTURER  # the receiver recognises its own results by it
 DEVICE_NAME: Final = "spinenode"
-
-
-class ResultKind(StrEnum):
-    SR = "sr"
-    NOT_ANALYSED_SR = "not-analysed-sr"
-    SEG = "seg"
-    KEY_IMAGES = "key-images"
 
 
 #: Fixed series numbers per kind, never random (the viewer sorts by them).

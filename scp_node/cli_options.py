@@ -1,0 +1,31 @@
+"""What every ``spinenode`` command shares, for the commands defined in other packages too
+(``workers.cli``, ``models.cli``): the ``--config`` option, loading the settings once, and
+how a bad setting ends a command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from scp_node.errors import ConfigError
+from scp_node.settings import Settings, load_settings
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="TOML settings file", exists=False)
+]
+
+
+def config_exit(exc: ConfigError) -> NoReturn:
+    """Every bad setting ends a command the same way: one line, exit code 2."""
+    typer.echo(f"spinenode: {exc}", err=True)
+    raise typer.Exit(2) from None
+
+
+def settings_or_exit(config: Path | None) -> Settings:
+    """The settings, or one clear line on stderr and exit status 2."""
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        config_exit(exc)
