@@ -68,6 +68,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         conf["worker_enable_remote_control"] = False
     else:
         conf["broker_url"] = settings.broker_url
+        # Task events from the first task on: Flower's remote "enable events" reaches a busy
+        # worker late, and the tasks it ran before that never show (seen on a loaded machine).
+        conf["worker_send_task_events"] = True
         conf["broker_transport_options"] = {
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             "unacked_restore_interval": 2,

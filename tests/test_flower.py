@@ -53,7 +53,7 @@ def test_flower_shows_the_worker_and_the_pipeline_tasks(
             final = node.wait_state(study.study_uid, {"DONE", "FAILED"}, timeout=120)
             assert final["state"] == "DONE", final
             tasks = {TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT}
-            wait_until(lambda: _finished_tasks(flower, tasks), 30, interval=0.5, what="the tasks in Flower")
+            wait_until(lambda: _finished_tasks(flower, tasks), 60, interval=0.5, what="the tasks in Flower")
             page = flower.get("/tasks")
             assert page.status_code == 200 and "Flower" in page.text
         except (httpx.HTTPError, TimeoutError) as exc:
