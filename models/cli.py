@@ -1,4 +1,5 @@
-"""``spinenode train detector|grader`` and ``spinenode evaluate`` (registered by scp_node.cli).
+"""``spinenode train detector|grader``, ``spinenode evaluate`` and the report commands
+(``models.reports.cli``), registered by scp_node.cli.
 
 Heavy imports (torch, ultralytics) happen inside the commands.
 """
@@ -120,6 +121,10 @@ def _interval(ci: list[float] | None) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``evaluate`` to the ``spinenode`` command."""
+    """Add ``train``, ``evaluate``, ``labels-from-reports`` and ``phantom-reports`` to the
+    ``spinenode`` command."""
+    from models.reports.cli import register as register_reports
+
     app.command(name="train")(train)
     app.command(name="evaluate")(evaluate)
+    register_reports(app)

@@ -495,3 +495,20 @@ def write_masks(path: Path | str, labels: np.ndarray, instance_numbers: Sequence
         label_values=values, label_names=names,
     )
     return path
+
+
+def read_labels(path: Path | str) -> dict[int, StudyLabels]:
+    """Read one ``train.csv``-style label file alone (no series or images needed), e.g. the
+    output of ``spinenode labels-from-reports``; empty cells are None."""
+    path = Path(path)
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        targets = [c for c in (reader.fieldnames or []) if c != "study_id"]
+        unknown = [c for c in targets if c not in TARGET_INDEX]
+        if unknown:
+            raise ValueError(f"{path.name}: unknown target columns {unknown[:3]}")
+        return {
+            int(r["study_id"]): StudyLabels(int(r["study_id"]),
+                                            {c: _grade_cell(r.get(c) or "", c) for c in targets})
+            for r in reader
+        }
