@@ -34,8 +34,15 @@ from models.reports.parser import Label, read_report
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("report", "text", "report_text", "findings", "impression")
-KEY_COLUMNS = ("study_id", "studyinstanceuid", "study_uid", "study_instance_uid",
-               "accessionnumber", "accession_number", "accession")
+KEY_COLUMNS = (
+    "study_id",
+    "studyinstanceuid",
+    "study_uid",
+    "study_instance_uid",
+    "accessionnumber",
+    "accession_number",
+    "accession",
+)
 
 csv.field_size_limit(16 * 1024 * 1024)
 
@@ -77,7 +84,8 @@ def read_reports(path: Path | str) -> list[Report]:
         if text_col is None or key_col is None:
             raise ReportsFileError(
                 f"{Path(path).name}: needs a text column ({', '.join(TEXT_COLUMNS)}) and a key "
-                f"column (study_id, StudyInstanceUID or AccessionNumber)")
+                f"column (study_id, StudyInstanceUID or AccessionNumber)"
+            )
         out: list[Report] = []
         seen: dict[int, str] = {}
         for n, row in enumerate(reader, start=2):
@@ -86,8 +94,10 @@ def read_reports(path: Path | str) -> list[Report]:
                 raise ReportsFileError(f"{Path(path).name} line {n}: empty {key_col}")
             sid = study_id_of(key)
             if sid in seen:
-                raise ReportsFileError(f"{Path(path).name} line {n}: {key_col} repeats an "
-                                       f"earlier report (study id {sid})")
+                raise ReportsFileError(
+                    f"{Path(path).name} line {n}: {key_col} repeats an "
+                    f"earlier report (study id {sid})"
+                )
             seen[sid] = key
             out.append(Report(sid, key, key_col, row.get(text_col) or ""))
     return out
@@ -105,15 +115,33 @@ def write_outputs(out: Path | str, results: Sequence[ReportLabels], region: str 
     """Write train.csv, report_labels.csv and report_studies.csv (see module doc)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rsna.write_labels(out, [rsna.StudyLabels(r.report.study_id, grades_of(r.labels))
-                            for r in results], region=region)
-    _write(out / "report_labels.csv",
-           ["study_id", "key", "condition", "level", "grade", "confidence", "sentence"],
-           ([r.report.study_id, r.report.key, lb.condition, lb.level, lb.grade,
-             f"{lb.confidence:.3f}", lb.sentence] for r in results for lb in r.labels))
-    _write(out / "report_studies.csv", ["study_id", "key", "key_column", "labels"],
-           ([r.report.study_id, r.report.key, r.report.key_column, len(r.labels)]
-            for r in results))
+    rsna.write_labels(
+        out,
+        [rsna.StudyLabels(r.report.study_id, grades_of(r.labels)) for r in results],
+        region=region,
+    )
+    _write(
+        out / "report_labels.csv",
+        ["study_id", "key", "condition", "level", "grade", "confidence", "sentence"],
+        (
+            [
+                r.report.study_id,
+                r.report.key,
+                lb.condition,
+                lb.level,
+                lb.grade,
+                f"{lb.confidence:.3f}",
+                lb.sentence,
+            ]
+            for r in results
+            for lb in r.labels
+        ),
+    )
+    _write(
+        out / "report_studies.csv",
+        ["study_id", "key", "key_column", "labels"],
+        ([r.report.study_id, r.report.key, r.report.key_column, len(r.labels)] for r in results),
+    )
     log.info("labels from %d reports written to %s", len(results), out)
 
 

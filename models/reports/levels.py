@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 
 _ORDER: tuple[str, ...] = (
-    *(f"c{i}" for i in range(1, 8)), *(f"t{i}" for i in range(1, 13)),
-    *(f"l{i}" for i in range(1, 6)), *(f"s{i}" for i in range(1, 6)),
+    *(f"c{i}" for i in range(1, 8)),
+    *(f"t{i}" for i in range(1, 13)),
+    *(f"l{i}" for i in range(1, 6)),
+    *(f"s{i}" for i in range(1, 6)),
 )
 _INDEX = {v: i for i, v in enumerate(_ORDER)}
 
@@ -20,7 +22,9 @@ _VERT = r"[ctls]\s?\d{1,2}(?![\d])"
 _PAIR = rf"(?:{_VERT})(?:\s*[-/]\s*(?:{_VERT}|\d{{1,2}}(?![\d.]*\s*mm)(?![\d])))?"
 _JOIN = r"\s*(?:-|\bto\b|\bthrough\b|\bthru\b|\buntil\b)\s*"
 #: One level mention (the caller lowercases the text and turns dashes into "-").
-LEVEL_RE = re.compile(rf"(?<![a-z0-9])(?:from\s+)?(?P<a>{_PAIR})(?:{_JOIN}(?P<b>{_PAIR}))?(?![a-z0-9])")
+LEVEL_RE = re.compile(
+    rf"(?<![a-z0-9])(?:from\s+)?(?P<a>{_PAIR})(?:{_JOIN}(?P<b>{_PAIR}))?(?![a-z0-9])"
+)
 _V_RE = re.compile(r"([ctls])\s?(\d{1,2})")
 
 

@@ -39,18 +39,20 @@ from models.reports.levels import LEVEL_RE, disc_levels
 #: Confidence of a label and what lowers it (multiplied).
 CONFIDENCE: dict[str, float] = {
     "base": 0.95,
-    "grade_range": 0.85,        # "mild to moderate"
-    "side_unspecified": 0.8,    # "mild foraminal narrowing" (singular noun, no side word)
-    "grade_inherited": 0.85,    # "moderate canal stenosis and left foraminal narrowing"
-    "predicate": 0.97,          # grade after a copula ("the canal is moderately narrowed")
+    "grade_range": 0.85,  # "mild to moderate"
+    "side_unspecified": 0.8,  # "mild foraminal narrowing" (singular noun, no side word)
+    "grade_inherited": 0.85,  # "moderate canal stenosis and left foraminal narrowing"
+    "predicate": 0.97,  # grade after a copula ("the canal is moderately narrowed")
     "level_from_context": 0.97,  # from the paragraph's "L4-L5:" header
     "level_from_previous": 0.8,  # from the previous sentence's level
-    "whole_level": 0.9,         # "L1-L2: unremarkable"
-    "remaining": 0.85,          # "... at the remaining levels"
-    "conflict": 0.6,            # two statements disagree: the more severe is kept
+    "whole_level": 0.9,  # "L1-L2: unremarkable"
+    "remaining": 0.85,  # "... at the remaining levels"
+    "conflict": 0.6,  # two statements disagree: the more severe is kept
+    "condition_carried": 0.9,  # "moderate canal stenosis at L4-L5; mild at L5-S1"
 }
 
 LEVEL = "level"
+_WHOLE_LEVEL_WORDS = frozenset({"normal", "unremarkable"})
 WORD = "word"
 
 
@@ -108,7 +110,7 @@ def tokenize(text: str, vocab: V.Vocabulary) -> list[Token]:
         for i in range(m.start(), m.end()):
             taken[i] = True
     for m in vocab.pattern().finditer(text):
-        if any(taken[m.start():m.end()]):
+        if any(taken[m.start() : m.end()]):
             continue
         phrase = " ".join(m.group(0).split())
         kind, value = vocab.lookup(phrase)
@@ -116,14 +118,14 @@ def tokenize(text: str, vocab: V.Vocabulary) -> list[Token]:
         for i in range(m.start(), m.end()):
             taken[i] = True
     for m in _WORD_RE.finditer(text):
-        if not any(taken[m.start():m.end()]):
+        if not any(taken[m.start() : m.end()]):
             toks.append(Token(WORD, m.group(0), m.start(), m.end(), m.group(0)))
     toks.sort(key=lambda t: t.start)
     return _merge_grade_ranges(toks, text, vocab)
 
 
 def _merge_grade_ranges(toks: list[Token], text: str, vocab: V.Vocabulary) -> list[Token]:
-    """"mild to moderate" -> one grade token with the higher grade (value "2r" style)."""
+    """ "mild to moderate" -> one grade token with the higher grade (value "2r" style)."""
     out: list[Token] = []
     joiners = {j.strip() for j in vocab.range_joiners}
     i = 0
@@ -131,13 +133,23 @@ def _merge_grade_ranges(toks: list[Token], text: str, vocab: V.Vocabulary) -> li
         t = toks[i]
         if t.kind == V.GRADE:
             j = i + 1
-            if j < len(toks) and toks[j].kind in (V.CONJ, WORD, V.COPULA) and toks[j].text in joiners:
+            if (
+                j < len(toks)
+                and toks[j].kind in (V.CONJ, WORD, V.COPULA)
+                and toks[j].text in joiners
+            ):
                 j += 1
-            gap = text[t.end:toks[j].start].strip() if j < len(toks) else ""
-            if (j < len(toks) and toks[j].kind == V.GRADE and gap.strip("-") in joiners | {""}
-                    and toks[j].value != t.value):
+            gap = text[t.end : toks[j].start].strip() if j < len(toks) else ""
+            if (
+                j < len(toks)
+                and toks[j].kind == V.GRADE
+                and gap.strip("-") in joiners | {""}
+                and toks[j].value != t.value
+            ):
                 hi = max(int(t.value), int(toks[j].value))
-                out.append(Token(V.GRADE, f"{hi}r", t.start, toks[j].end, text[t.start:toks[j].end]))
+                out.append(
+                    Token(V.GRADE, f"{hi}r", t.start, toks[j].end, text[t.start : toks[j].end])
+                )
                 i = j + 1
                 continue
         out.append(t)
@@ -160,7 +172,8 @@ def sentences(text: str, vocab: V.Vocabulary) -> Iterator[tuple[str, bool]]:
         if head and not LEVEL_RE.match(low):
             skipping = head.group(1).strip() in vocab.skip_headers
             new_par = True
-        if skipping:
+            line = line[head.end() :].strip()
+        if skipping or not line:
             continue
         line = _ENUM_RE.sub("", line)
         for s in _SENT_RE.split(line):
@@ -179,8 +192,21 @@ def _clauses(toks: Sequence[Token]) -> list[list[Token]]:
     return [c for c in out if c]
 
 
-_LEVEL_FILLERS = {"at", "from", "through", "to", "level", "levels", "the", "in", "of", "disc", "disk",
-                  "space", "interspace"}
+_LEVEL_FILLERS = {
+    "at",
+    "from",
+    "through",
+    "to",
+    "level",
+    "levels",
+    "the",
+    "in",
+    "of",
+    "disc",
+    "disk",
+    "space",
+    "interspace",
+}
 _GROUP_FILLERS = {"the", "of", "and", "or", "nor"}
 
 
@@ -200,27 +226,40 @@ def _groups(clause: Sequence[Token]) -> list[_Group]:
             continue
         if groups:
             g = groups[-1]
-            between = clause[g.last + 1:i]
-            if all(b.kind in (V.CONJ, V.NOUN) or (b.kind == WORD and b.value in _GROUP_FILLERS)
-                   or (b.kind == V.NEG and b.text == "nor") for b in between):
+            between = clause[g.last + 1 : i]
+            if all(
+                b.kind in (V.CONJ, V.NOUN)
+                or (b.kind == WORD and b.value in _GROUP_FILLERS)
+                or (b.kind == V.NEG and b.text == "nor")
+                for b in between
+            ):
                 g.conds.append(t)
                 g.last = i
                 continue
         groups.append(_Group([t], i, i))
     # Windows: words before each group (from the previous group's end) and after it.
     for k, g in enumerate(groups):
-        start = 0 if k == 0 else groups[k - 1].last + 1 + _post_len(clause, groups[k - 1], groups[k])
-        end = len(clause) if k == len(groups) - 1 else g.last + 1 + _post_len(clause, g, groups[k + 1])
-        g.window = [t for t in clause[start:g.first]] + [t for t in clause[g.last + 1:end]]
-        after = [t for t in clause[g.last + 1:end] if t.kind not in (V.NOUN, LEVEL)
-                 and not (t.kind == WORD and t.value in _LEVEL_FILLERS)]
+        start = (
+            0 if k == 0 else groups[k - 1].last + 1 + _post_len(clause, groups[k - 1], groups[k])
+        )
+        end = (
+            len(clause)
+            if k == len(groups) - 1
+            else g.last + 1 + _post_len(clause, g, groups[k + 1])
+        )
+        g.window = [t for t in clause[start : g.first]] + [t for t in clause[g.last + 1 : end]]
+        after = [
+            t
+            for t in clause[g.last + 1 : end]
+            if t.kind not in (V.NOUN, LEVEL) and not (t.kind == WORD and t.value in _LEVEL_FILLERS)
+        ]
         g.post_copula = bool(after) and after[0].kind == V.COPULA
     return groups
 
 
 def _post_len(clause: Sequence[Token], a: _Group, b: _Group) -> int:
     """How many tokens after group ``a`` (and before group ``b``) belong to ``a``."""
-    between = clause[a.last + 1:b.first]
+    between = clause[a.last + 1 : b.first]
     n = 0
     i = 0
     while i < len(between):  # a level phrase right after the group
@@ -265,30 +304,38 @@ def _segments(window: Sequence[Token]) -> list[_Segment]:
         else:
             segs[-1].append(t)
     out = []
+    graded = sum(1 for s in segs if any(t.kind in (V.GRADE, V.NEG, V.NORMAL_WORD) for t in s))
     for s in segs:
         sides = tuple(t.value for t in s if t.kind == V.SIDE)
-        neg = any(t.kind == V.NEG for t in s)
+        neg = next((k for k, t in enumerate(s) if t.kind == V.NEG), None)
         grades = [t for t in s if t.kind in (V.GRADE, V.NORMAL_WORD)]
         grade: int | None = None
         ranged = False
-        if neg:
-            grade = 0
+        if any(t.kind == V.FINDING for t in s) and graded > 1:
+            grades, neg = [], None  # "mild disc bulge with moderate canal stenosis"
+        if neg is not None:
+            # "no severe stenosis", "not severe": less than that grade, which is not read
+            after = [t for t in s[neg:] if t.kind == V.GRADE and t.value.rstrip("r") != "0"]
+            grade = None if after else 0
         elif grades:
             g = grades[-1]
             grade = 0 if g.kind == V.NORMAL_WORD else int(g.value.rstrip("r"))
             ranged = g.value.endswith("r")
         levels = tuple(lv for t in s if t.kind == LEVEL for lv in t.levels)
         has_level = any(t.kind == LEVEL for t in s)
-        rem = "remaining" if any(t.kind == V.REMAINING for t in s) else (
-            "all" if any(t.kind == V.ALL for t in s) else "")
+        rem = (
+            "remaining"
+            if any(t.kind == V.REMAINING for t in s)
+            else ("all" if any(t.kind == V.ALL for t in s) else "")
+        )
         out.append(_Segment(sides, grade, ranged, levels, has_level, rem))
     return out
 
 
 @dataclass(frozen=True)
 class _Assertion:
-    key: str               # condition key of the vocabulary
-    side: str              # "left", "right", "both", "" (none given)
+    key: str  # condition key of the vocabulary
+    side: str  # "left", "right", "both", "" (none given)
     grade: int
     levels: tuple[str, ...]
     has_level: bool
@@ -296,18 +343,21 @@ class _Assertion:
     factors: tuple[str, ...]
 
 
-def _side_grades(segs: Sequence[_Segment]) -> list[tuple[str, int, bool, tuple[str, ...], bool, str]]:
+def _side_grades(
+    segs: Sequence[_Segment],
+) -> list[tuple[str, int, bool, tuple[str, ...], bool, str]]:
     """(side, grade, ranged, levels, has_level, remaining) from a group's segments."""
     out = []
     graded = [s for s in segs if s.grade is not None]
-    per_segment_levels = (len([s for s in graded if s.has_level]) >= 2
-                          and all(s.has_level or s.remaining for s in graded))
+    per_segment_levels = len([s for s in graded if s.has_level]) >= 2 and all(
+        s.has_level or s.remaining for s in graded
+    )
     for i, s in enumerate(segs):
         if s.grade is None and not s.sides:
             continue
         grade, ranged = s.grade, s.ranged
         if grade is None:  # "left and right ... is moderate": take a later side-less grade
-            nxt = next((t for t in segs[i + 1:] if t.grade is not None and not t.sides), None)
+            nxt = next((t for t in segs[i + 1 :] if t.grade is not None and not t.sides), None)
             prv = next((t for t in reversed(segs[:i]) if t.grade is not None), None)
             src = nxt or prv
             if src is None:
@@ -317,9 +367,17 @@ def _side_grades(segs: Sequence[_Segment]) -> list[tuple[str, int, bool, tuple[s
             # a side-less grade already used by side-only segments before it is not re-used
             if any(t.grade is None and t.sides for t in segs[:i]) and any(t.sides for t in segs):
                 continue
-        for side in (s.sides or ("",)):
-            out.append((side, grade, ranged, s.levels if per_segment_levels else (), s.has_level,
-                        s.remaining))
+        for side in s.sides or ("",):
+            out.append(
+                (
+                    side,
+                    grade,
+                    ranged,
+                    s.levels if per_segment_levels else (),
+                    s.has_level,
+                    s.remaining,
+                )
+            )
     if not per_segment_levels:
         levels = tuple(lv for s in segs for lv in s.levels)
         has_level = any(s.has_level for s in segs)
@@ -328,19 +386,41 @@ def _side_grades(segs: Sequence[_Segment]) -> list[tuple[str, int, bool, tuple[s
     return out
 
 
-def _clause_assertions(clause: Sequence[Token], vocab: V.Vocabulary) -> list[_Assertion]:
+def _clause_assertions(
+    clause: Sequence[Token], vocab: V.Vocabulary, carry: Sequence[Token] = ()
+) -> list[_Assertion]:
+    """Assertions of one clause; ``carry`` are the conditions (and side words) of the
+    sentence's previous clause, used by a clause that grades levels without naming a condition ("moderate
+    canal stenosis at L4-L5; mild at L5-S1")."""
     groups = _groups(clause)
+    kinds = {t.kind for t in clause}
+    if not groups and carry and V.FINDING not in kinds and kinds & {V.GRADE, V.NEG, V.NORMAL_WORD}:
+        sides = [] if V.SIDE in kinds else [t for t in carry if t.kind == V.SIDE]
+        conds = [t for t in carry if t.kind == V.COND]
+        groups = [_Group(conds, len(clause), len(clause) - 1, sides + list(clause))]
+        carried: tuple[str, ...] = ("condition_carried",)
+    else:
+        carried = ()
     out: list[_Assertion] = []
     prev: list[tuple[str, int, bool, tuple[str, ...], bool, str]] = []
     for g in groups:
         pairs = _side_grades(_segments(g.window))
-        factors: tuple[str, ...] = ("predicate",) if g.post_copula else ()
+        factors: tuple[str, ...] = carried + (("predicate",) if g.post_copula else ())
         if not any(True for p in pairs if p[1] is not None) and prev:
             levels_here = tuple(lv for t in g.window if t.kind == LEVEL for lv in t.levels)
             sides_here = tuple(t.value for t in g.window if t.kind == V.SIDE)
             base = next(p for p in prev)
-            pairs = [(sd, base[1], base[2], levels_here or base[3], bool(levels_here) or base[4], base[5])
-                     for sd in (sides_here or ("",))]
+            pairs = [
+                (
+                    sd,
+                    base[1],
+                    base[2],
+                    levels_here or base[3],
+                    bool(levels_here) or base[4],
+                    base[5],
+                )
+                for sd in (sides_here or ("",))
+            ]
             factors = factors + ("grade_inherited",)
         if not pairs:
             continue
@@ -356,19 +436,29 @@ def _clause_assertions(clause: Sequence[Token], vocab: V.Vocabulary) -> list[_As
 
 
 def _whole_level(clause: Sequence[Token]) -> _Assertion | None:
-    """"L1-L2: unremarkable." / "no stenosis at L1-L2": every condition Normal/Mild."""
+    """ "L1-L2: unremarkable." / "no stenosis at L1-L2": every condition Normal/Mild."""
     kinds = {t.kind for t in clause}
     if V.COND in kinds or V.FINDING in kinds:
         return None
     grades = [t for t in clause if t.kind == V.GRADE]
-    normal = (V.NORMAL_WORD in kinds or (V.NEG in kinds and V.NOUN in kinds)
-              or (grades and all(t.value == "0" for t in grades) and not any(
-                  t.kind == V.NOUN for t in clause)))
+    if any(t.text not in _WHOLE_LEVEL_WORDS for t in grades if V.NEG not in kinds):
+        return None  # "mild at L5-S1" grades something unnamed, not the whole level
+    normal = (
+        V.NORMAL_WORD in kinds
+        or (V.NEG in kinds and V.NOUN in kinds)
+        or (
+            grades
+            and all(t.value == "0" for t in grades)
+            and not any(t.kind == V.NOUN for t in clause)
+        )
+    )
     if not normal or any(t.value not in ("0",) for t in grades if V.NEG not in kinds):
         return None
     levels = tuple(lv for t in clause if t.kind == LEVEL for lv in t.levels)
     rem = "remaining" if V.REMAINING in kinds else ("all" if V.ALL in kinds else "")
-    return _Assertion("*", "", 0, levels, any(t.kind == LEVEL for t in clause), rem, ("whole_level",))
+    return _Assertion(
+        "*", "", 0, levels, any(t.kind == LEVEL for t in clause), rem, ("whole_level",)
+    )
 
 
 def _conditions(key: str, side: str, region: str) -> tuple[str, ...]:
@@ -391,7 +481,9 @@ def _confidence(factors: Sequence[str]) -> float:
     return round(c, 3)
 
 
-def read_report(text: str, region: str = "lumbar", vocab: V.Vocabulary | None = None) -> list[Label]:
+def read_report(
+    text: str, region: str = "lumbar", vocab: V.Vocabulary | None = None
+) -> list[Label]:
     """Every label a report states, one per (condition, level), merged (see module doc)."""
     vocab = vocab or V.load_vocabulary()
     region_levels = set(rsna.levels_of(region))
@@ -409,9 +501,13 @@ def read_report(text: str, region: str = "lumbar", vocab: V.Vocabulary | None = 
         if lead and lead[0].kind == LEVEL:
             ctx.header, ctx.previous = lead[0].levels, ()
         clause_levels: tuple[str, ...] = ()
+        carry: list[Token] = []
         for clause in _clauses(toks):
-            assertions = _clause_assertions(clause, vocab)
-            whole = _whole_level(clause)
+            assertions = _clause_assertions(clause, vocab, carry)
+            named = [t for t in clause if t.kind == V.COND]
+            whole = None if (carry and not named and assertions) else _whole_level(clause)
+            if named:
+                carry = [t for t in clause if t.kind in (V.COND, V.SIDE)]
             if whole is not None and (whole.has_level or whole.remaining or ctx.header):
                 assertions.append(whole)
             here = tuple(lv for t in clause if t.kind == LEVEL for lv in t.levels)
@@ -437,8 +533,16 @@ def read_report(text: str, region: str = "lumbar", vocab: V.Vocabulary | None = 
                     if lv not in region_levels:
                         continue
                     for cond in _conditions(a.key, a.side, region):
-                        raw.append(Label(cond, lv, rsna.SEVERITIES[a.grade], conf, sentence,
-                                         remaining=bool(a.remaining)))
+                        raw.append(
+                            Label(
+                                cond,
+                                lv,
+                                rsna.SEVERITIES[a.grade],
+                                conf,
+                                sentence,
+                                remaining=bool(a.remaining),
+                            )
+                        )
         if has_sent_level and not (lead and lead[0].kind == LEVEL):
             ctx.previous = sent_levels
     return merge(raw)

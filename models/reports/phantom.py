@@ -37,8 +37,9 @@ def report_for(truth: StudyTruth, seed: int, index: int, phrasings: str) -> str:
     return PHRASINGS[phrasings](truth, rng)
 
 
-def write_phantom_reports(out: Path | str, n_studies: int, seed: int = 0, phrasings: str = "dev",
-                          start: int = 0) -> Path:
+def write_phantom_reports(
+    out: Path | str, n_studies: int, seed: int = 0, phrasings: str = "dev", start: int = 0
+) -> Path:
     """Write ``reports.csv`` and the true ``train.csv`` for ``n_studies`` lumbar phantoms."""
     if phrasings not in PHRASINGS:
         raise ValueError(f"phrasings must be one of {sorted(PHRASINGS)}, not {phrasings!r}")

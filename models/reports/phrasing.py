@@ -11,8 +11,15 @@ from models import rsna
 from models.phantom.pathology import StudyTruth
 
 #: Wording keys a template turns into words, with the grade each one means.
-WORDING_GRADE = {"none": 0, "mild": 0, "moderate": 1, "mild_moderate": 1, "severe": 2,
-                 "moderate_severe": 2, "critical": 2}
+WORDING_GRADE = {
+    "none": 0,
+    "mild": 0,
+    "moderate": 1,
+    "mild_moderate": 1,
+    "severe": 2,
+    "moderate_severe": 2,
+    "critical": 2,
+}
 
 LEFT_RIGHT = {
     "foramen": (rsna.LEFT_NEURAL_FORAMINAL_NARROWING, rsna.RIGHT_NEURAL_FORAMINAL_NARROWING),
@@ -48,26 +55,26 @@ def _v(lv: str) -> tuple[str, str]:
     return a, b
 
 
-def fmt_dash(lv: str) -> str:            # L4-L5
+def fmt_dash(lv: str) -> str:  # L4-L5
     a, b = _v(lv)
     return f"{a}-{b}"
 
 
-def fmt_short(lv: str) -> str:           # L4-5, L5-S1
+def fmt_short(lv: str) -> str:  # L4-5, L5-S1
     a, b = _v(lv)
     return f"{a}-{b[1:]}" if a[0] == b[0] else f"{a}-{b}"
 
 
-def fmt_slash_short(lv: str) -> str:     # L4/5, L5/S1
+def fmt_slash_short(lv: str) -> str:  # L4/5, L5/S1
     a, b = _v(lv)
     return f"{a}/{b[1:]}" if a[0] == b[0] else f"{a}/{b}"
 
 
-def fmt_slash(lv: str) -> str:           # L4/L5
+def fmt_slash(lv: str) -> str:  # L4/L5
     return lv
 
 
-def fmt_endash(lv: str) -> str:          # L4\u20135
+def fmt_endash(lv: str) -> str:  # L4\u20135
     a, b = _v(lv)
     return f"{a}\u2013{b[1:]}" if a[0] == b[0] else f"{a}\u2013{b}"
 
@@ -84,8 +91,10 @@ def runs(levels: Sequence[str], order: Sequence[str]) -> list[list[str]]:
     return out
 
 
-def level_list(levels: Sequence[str], order: Sequence[str], fmt: LevelFormat, min_run: int = 3) -> str:
-    """"L1-L2, L3-L4 and L5-S1" with runs of ``min_run`` or more as spans."""
+def level_list(
+    levels: Sequence[str], order: Sequence[str], fmt: LevelFormat, min_run: int = 3
+) -> str:
+    """ "L1-L2, L3-L4 and L5-S1" with runs of ``min_run`` or more as spans."""
     parts: list[str] = []
     for r in runs(levels, order):
         if len(r) >= min_run:

@@ -29,9 +29,14 @@ class FieldScore:
         return self.correct / self.truth if self.truth else 0.0
 
     def as_dict(self) -> dict[str, float | int | str]:
-        return {"field": self.field, "truth": self.truth, "extracted": self.extracted,
-                "correct": self.correct, "precision": round(self.precision, 4),
-                "recall": round(self.recall, 4)}
+        return {
+            "field": self.field,
+            "truth": self.truth,
+            "extracted": self.extracted,
+            "correct": self.correct,
+            "precision": round(self.precision, 4),
+            "recall": round(self.recall, 4),
+        }
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,11 @@ class Mismatch:
     extracted: str | None
 
 
-def score(extracted: Mapping[int, Mapping[str, str | None]],
-          truth: Mapping[int, Mapping[str, str | None]], region: str = "lumbar"
-          ) -> tuple[list[FieldScore], list[Mismatch]]:
+def score(
+    extracted: Mapping[int, Mapping[str, str | None]],
+    truth: Mapping[int, Mapping[str, str | None]],
+    region: str = "lumbar",
+) -> tuple[list[FieldScore], list[Mismatch]]:
     """Field scores (one per condition of the region, then ``all``) and every mismatch.
 
     Studies of ``truth`` missing from ``extracted`` count as nothing extracted.

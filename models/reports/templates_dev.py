@@ -12,7 +12,13 @@ import numpy as np
 from models import rsna
 from models.phantom.pathology import StudyTruth
 from models.reports.phrasing import (
-    LEFT_RIGHT, WORDING_GRADE, LevelFormat, fmt_dash, fmt_short, level_list, wording,
+    LEFT_RIGHT,
+    WORDING_GRADE,
+    LevelFormat,
+    fmt_dash,
+    fmt_short,
+    level_list,
+    wording,
 )
 
 NAME = "dev"
@@ -20,12 +26,19 @@ NAME = "dev"
 _CANAL = ("spinal canal stenosis", "central canal stenosis")
 _FORAMEN = ("neural foraminal narrowing", "foraminal stenosis")
 _RECESS = ("subarticular stenosis", "subarticular recess narrowing")
-_WORD = {"mild": ("mild", "minimal"), "moderate": ("moderate",), "mild_moderate": ("mild to moderate",),
-         "severe": ("severe",), "moderate_severe": ("moderate to severe",), "critical": ("severe",)}
+_WORD = {
+    "mild": ("mild", "minimal"),
+    "moderate": ("moderate",),
+    "mild_moderate": ("mild to moderate",),
+    "severe": ("severe",),
+    "moderate_severe": ("moderate to severe",),
+    "critical": ("severe",),
+}
 
 _HEAD = (
     "MRI LUMBAR SPINE WITHOUT CONTRAST\n"
-    "CLINICAL HISTORY: Low back pain radiating to the {side} leg. Evaluate for foraminal stenosis.\n"
+    "CLINICAL HISTORY: Low back pain radiating to the {side} leg. "
+    "Evaluate for foraminal stenosis.\n"
     "TECHNIQUE: Sagittal T1, T2 and STIR, axial T2.\n"
     "COMPARISON: None.\n"
 )
@@ -52,8 +65,9 @@ def _cap(s: str) -> str:
     return s[0].upper() + s[1:]
 
 
-def _paired(truth: StudyTruth, kind: str, lv: str, nouns: tuple[str, ...],
-            rng: np.random.Generator) -> list[str]:
+def _paired(
+    truth: StudyTruth, kind: str, lv: str, nouns: tuple[str, ...], rng: np.random.Generator
+) -> list[str]:
     left, right = LEFT_RIGHT[kind]
     kl, kr = wording(truth, left, lv, rng), wording(truth, right, lv, rng)
     noun = _pick(rng, nouns)
@@ -72,7 +86,10 @@ def _impression(truth: StudyTruth, fmt: LevelFormat, rng: np.random.Generator) -
         g = truth.grade(rsna.SPINAL_CANAL_STENOSIS, lv)
         if g != rsna.NORMAL_MILD:
             items.append(f"{g} spinal canal stenosis at {fmt.disc(lv)}.")
-    for kind, noun in (("foramen", "neural foraminal narrowing"), ("recess", "subarticular stenosis")):
+    for kind, noun in (
+        ("foramen", "neural foraminal narrowing"),
+        ("recess", "subarticular stenosis"),
+    ):
         for lv in truth.levels:
             left, right = LEFT_RIGHT[kind]
             gl, gr = truth.grade(left, lv), truth.grade(right, lv)
@@ -89,22 +106,40 @@ def _impression(truth: StudyTruth, fmt: LevelFormat, rng: np.random.Generator) -
 
 def _by_level(truth: StudyTruth, rng: np.random.Generator) -> str:
     fmt = _formats(rng)
-    lines = [_HEAD.format(side=_pick(rng, ("left", "right"))), "FINDINGS:",
-             "Alignment is normal. Vertebral body heights are maintained. The conus terminates at L1.",
-             "T12-L1: Unremarkable."]
+    lines = [
+        _HEAD.format(side=_pick(rng, ("left", "right"))),
+        "FINDINGS:",
+        "Alignment is normal. Vertebral body heights are maintained. The conus terminates at L1.",
+        "T12-L1: Unremarkable.",
+    ]
     for lv in truth.levels:
         keys = {c: wording(truth, c, lv, rng) for c in rsna.LUMBAR_CONDITIONS}
         pf = truth.pfirrmann[lv]
-        disc = "Normal disc." if pf <= 2 else _pick(rng, ("Disc desiccation with a mild disc bulge.",
-                                                         "Diffuse disc bulge.", "Disc desiccation."))
+        disc = (
+            "Normal disc."
+            if pf <= 2
+            else _pick(
+                rng,
+                (
+                    "Disc desiccation with a mild disc bulge.",
+                    "Diffuse disc bulge.",
+                    "Disc desiccation.",
+                ),
+            )
+        )
         if all(k == "none" for k in keys.values()) and rng.random() < 0.5:
-            lines.append(f"{fmt.disc(lv)}: {_pick(rng, ('Unremarkable.', 'Normal.', 'No stenosis.'))}")
+            lines.append(
+                f"{fmt.disc(lv)}: {_pick(rng, ('Unremarkable.', 'Normal.', 'No stenosis.'))}"
+            )
             continue
         parts = [disc]
         canal = keys[rsna.SPINAL_CANAL_STENOSIS]
         canal_noun = _pick(rng, _CANAL)
-        if canal == "none" and keys[rsna.LEFT_NEURAL_FORAMINAL_NARROWING] == "none" \
-                and keys[rsna.RIGHT_NEURAL_FORAMINAL_NARROWING] == "none":
+        if (
+            canal == "none"
+            and keys[rsna.LEFT_NEURAL_FORAMINAL_NARROWING] == "none"
+            and keys[rsna.RIGHT_NEURAL_FORAMINAL_NARROWING] == "none"
+        ):
             parts.append("No spinal canal or neural foraminal stenosis.")
         else:
             parts.append(_cap(_phrase(canal, canal_noun, rng)) + ".")
@@ -119,8 +154,11 @@ def _by_level(truth: StudyTruth, rng: np.random.Generator) -> str:
 def _by_condition(truth: StudyTruth, rng: np.random.Generator) -> str:
     fmt = _formats(rng)
     order = truth.levels
-    lines = [_HEAD.format(side=_pick(rng, ("left", "right"))), "FINDINGS:",
-             "Vertebral body heights and alignment are normal. Normal marrow signal."]
+    lines = [
+        _HEAD.format(side=_pick(rng, ("left", "right"))),
+        "FINDINGS:",
+        "Vertebral body heights and alignment are normal. Normal marrow signal.",
+    ]
     # canal
     noun = _pick(rng, _CANAL)
     groups: dict[str, list[str]] = {}
@@ -140,25 +178,42 @@ def _by_condition(truth: StudyTruth, rng: np.random.Generator) -> str:
                 sided.setdefault(("right", kr), []).append(lv)
         normal_all = [k for k in sided if k[1] == "none"]
         for key in sorted(sided, key=lambda k: (k[1] == "none", -WORDING_GRADE[k[1]], k[0])):
-            if key in normal_all and len(normal_all) >= 1 and key == normal_all[-1] and rng.random() < 0.5:
+            if (
+                key in normal_all
+                and len(normal_all) >= 1
+                and key == normal_all[-1]
+                and rng.random() < 0.5
+            ):
                 lines.append(f"No {noun} at the remaining levels.")
                 break
-            lines.append(_cap(_phrase(key[1], noun, rng, key[0])) + " at "
-                         + level_list(sided[key], order, fmt) + ".")
+            lines.append(
+                _cap(_phrase(key[1], noun, rng, key[0]))
+                + " at "
+                + level_list(sided[key], order, fmt)
+                + "."
+            )
     lines.append("")
     lines.extend(_impression(truth, fmt, rng))
     return "\n".join(lines)
 
 
-def _group_sentences(groups: dict[str, list[str]], noun: str, side: str, order: tuple[str, ...],
-                     fmt: LevelFormat, rng: np.random.Generator) -> list[str]:
+def _group_sentences(
+    groups: dict[str, list[str]],
+    noun: str,
+    side: str,
+    order: tuple[str, ...],
+    fmt: LevelFormat,
+    rng: np.random.Generator,
+) -> list[str]:
     out = []
     keys = sorted(groups, key=lambda k: (k == "none", -WORDING_GRADE[k]))
     for k in keys:
         if k == "none" and len(keys) > 1 and rng.random() < 0.5:
             out.append(f"No {noun} at the remaining levels.")
             continue
-        out.append(_cap(_phrase(k, noun, rng, side)) + " at " + level_list(groups[k], order, fmt) + ".")
+        out.append(
+            _cap(_phrase(k, noun, rng, side)) + " at " + level_list(groups[k], order, fmt) + "."
+        )
     return out
 
 

@@ -14,20 +14,42 @@ import numpy as np
 from models import rsna
 from models.phantom.pathology import StudyTruth
 from models.reports.phrasing import (
-    LEFT_RIGHT, LevelFormat, fmt_endash, fmt_slash, fmt_slash_short, level_list, wording,
+    LEFT_RIGHT,
+    LevelFormat,
+    fmt_endash,
+    fmt_slash,
+    fmt_slash_short,
+    level_list,
+    wording,
 )
 
 NAME = "heldout"
 
-_ADV = {"mild": ("mildly", "slightly"), "moderate": ("moderately",),
-        "mild_moderate": ("mildly to moderately",), "severe": ("severely", "markedly"),
-        "moderate_severe": ("moderately to severely",), "critical": ("critically", "severely")}
-_ADJ = {"mild": ("mild", "slight"), "moderate": ("moderate",), "mild_moderate": ("mild-to-moderate",),
-        "severe": ("severe", "marked"), "moderate_severe": ("moderate-to-severe",),
-        "critical": ("critical",)}
-_SHORT = {"none": ("normal", "patent"), "mild": ("mild",), "moderate": ("moderate",),
-          "mild_moderate": ("mild-moderate",), "severe": ("severe",),
-          "moderate_severe": ("moderate-severe",), "critical": ("critical",)}
+_ADV = {
+    "mild": ("mildly", "slightly"),
+    "moderate": ("moderately",),
+    "mild_moderate": ("mildly to moderately",),
+    "severe": ("severely", "markedly"),
+    "moderate_severe": ("moderately to severely",),
+    "critical": ("critically", "severely"),
+}
+_ADJ = {
+    "mild": ("mild", "slight"),
+    "moderate": ("moderate",),
+    "mild_moderate": ("mild-to-moderate",),
+    "severe": ("severe", "marked"),
+    "moderate_severe": ("moderate-to-severe",),
+    "critical": ("critical",),
+}
+_SHORT = {
+    "none": ("normal", "patent"),
+    "mild": ("mild",),
+    "moderate": ("moderate",),
+    "mild_moderate": ("mild-moderate",),
+    "severe": ("severe",),
+    "moderate_severe": ("moderate-severe",),
+    "critical": ("critical",),
+}
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
@@ -41,7 +63,9 @@ def _cap(s: str) -> str:
 def _format(rng: np.random.Generator) -> LevelFormat:
     k = int(rng.integers(3))
     if k == 0:
-        return LevelFormat(fmt_slash_short, lambda a, b: f"{fmt_slash_short(a)} through {fmt_slash_short(b)}")
+        return LevelFormat(
+            fmt_slash_short, lambda a, b: f"{fmt_slash_short(a)} through {fmt_slash_short(b)}"
+        )
     if k == 1:
         return LevelFormat(fmt_slash, lambda a, b: f"{a.split('/')[0]}-{b.split('/')[1]}")
     return LevelFormat(fmt_endash, lambda a, b: f"{a.split('/')[0]}\u2013{b.split('/')[1]}")
@@ -49,10 +73,17 @@ def _format(rng: np.random.Generator) -> LevelFormat:
 
 def _canal(key: str, rng: np.random.Generator) -> str:
     if key == "none":
-        return _pick(rng, ("The thecal sac is normal in caliber.", "There is no central canal stenosis.",
-                           "The central canal is patent."))
+        return _pick(
+            rng,
+            (
+                "The thecal sac is normal in caliber.",
+                "There is no central canal stenosis.",
+                "The central canal is patent.",
+            ),
+        )
     if rng.random() < 0.5:
-        return f"The {_pick(rng, ('central canal', 'thecal sac'))} is {_pick(rng, _ADV[key])} narrowed."
+        noun = _pick(rng, ("central canal", "thecal sac"))
+        return f"The {noun} is {_pick(rng, _ADV[key])} narrowed."
     return f"There is {_pick(rng, _ADJ[key])} narrowing of the central canal."
 
 
@@ -80,16 +111,22 @@ def _pair(left_key: str, right_key: str, kind: str, rng: np.random.Generator) ->
 
 def _narrative(truth: StudyTruth, rng: np.random.Generator) -> str:
     fmt = _format(rng)
-    lines = ["Exam: MR lumbar spine.",
-             "Indication: Right leg pain. Rule out foraminal stenosis.",
-             "",
-             "Findings:",
-             "Lumbar lordosis is preserved. No spondylolisthesis. Bone marrow signal is unremarkable."]
+    lines = [
+        "Exam: MR lumbar spine.",
+        "Indication: Right leg pain. Rule out foraminal stenosis.",
+        "",
+        "Findings:",
+        "Lumbar lordosis is preserved. No spondylolisthesis. Bone marrow signal is unremarkable.",
+    ]
     for lv in truth.levels:
         keys = {c: wording(truth, c, lv, rng) for c in rsna.LUMBAR_CONDITIONS}
         pf = truth.pfirrmann[lv]
-        opener = (f"At {fmt.disc(lv)} the disc is preserved." if pf <= 2 else
-                  f"At {fmt.disc(lv)} there is a {_pick(rng, ('broad-based disc bulge', 'desiccated disc'))}.")
+        opener = (
+            f"At {fmt.disc(lv)} the disc is preserved."
+            if pf <= 2
+            else f"At {fmt.disc(lv)} there is a "
+            f"{_pick(rng, ('broad-based disc bulge', 'desiccated disc'))}."
+        )
         canal = keys[rsna.SPINAL_CANAL_STENOSIS]
         fl, fr = (keys[c] for c in LEFT_RIGHT["foramen"])
         rl, rr = (keys[c] for c in LEFT_RIGHT["recess"])
@@ -123,7 +160,9 @@ def _compact(truth: StudyTruth, rng: np.random.Generator) -> str:
             if kl == kr:
                 parts.append(f"{noun}: {_pick(rng, _SHORT[kl])} bilaterally")
             else:
-                parts.append(f"{noun}: left {_pick(rng, _SHORT[kl])}, right {_pick(rng, _SHORT[kr])}")
+                parts.append(
+                    f"{noun}: left {_pick(rng, _SHORT[kl])}, right {_pick(rng, _SHORT[kr])}"
+                )
         lines.append(f"{fmt.disc(lv)} - " + "; ".join(parts) + ".")
     if normal_levels:
         if rng.random() < 0.5 or len(normal_levels) == len(truth.levels):
@@ -140,13 +179,18 @@ def _impression(truth: StudyTruth, fmt: LevelFormat, rng: np.random.Generator) -
     g = truth.grade(rsna.SPINAL_CANAL_STENOSIS, worst)
     out = []
     if g != rsna.NORMAL_MILD:
-        out.append(f"Lumbar spondylosis, most pronounced at {fmt.disc(worst)}, where there is "
-                   f"{g.lower()} central canal stenosis.")
+        out.append(
+            f"Lumbar spondylosis, most pronounced at {fmt.disc(worst)}, where there is "
+            f"{g.lower()} central canal stenosis."
+        )
     else:
         out.append("No high-grade central canal stenosis.")
-    sev = [lv for lv in truth.levels for c in (rsna.LEFT_NEURAL_FORAMINAL_NARROWING,
-                                               rsna.RIGHT_NEURAL_FORAMINAL_NARROWING)
-           if truth.grade(c, lv) == rsna.SEVERE]
+    sev = [
+        lv
+        for lv in truth.levels
+        for c in (rsna.LEFT_NEURAL_FORAMINAL_NARROWING, rsna.RIGHT_NEURAL_FORAMINAL_NARROWING)
+        if truth.grade(c, lv) == rsna.SEVERE
+    ]
     if sev:
         sides = []
         for lv in dict.fromkeys(sev):

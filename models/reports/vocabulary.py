@@ -14,9 +14,36 @@ from models import rsna
 VOCABULARY_FILE = Path(__file__).with_name("vocabulary.toml")
 
 #: Token kinds produced by :func:`Vocabulary.pattern` matches.
-GRADE, NEG, COND, SIDE, NOUN, COPULA, CONJ, BREAK, REMAINING, ALL, FINDING, IGNORE, HYPO, NORMAL_WORD = (
-    "grade", "neg", "cond", "side", "noun", "copula", "conj", "break", "remaining", "all",
-    "finding", "ignore", "hypo", "normal_word",
+(
+    GRADE,
+    NEG,
+    COND,
+    SIDE,
+    NOUN,
+    COPULA,
+    CONJ,
+    BREAK,
+    REMAINING,
+    ALL,
+    FINDING,
+    IGNORE,
+    HYPO,
+    NORMAL_WORD,
+) = (
+    "grade",
+    "neg",
+    "cond",
+    "side",
+    "noun",
+    "copula",
+    "conj",
+    "break",
+    "remaining",
+    "all",
+    "finding",
+    "ignore",
+    "hypo",
+    "normal_word",
 )
 
 #: Condition keys of the vocabulary -> RSNA conditions (left, right) or the single one.
@@ -102,7 +129,8 @@ def load_vocabulary(path: Path = VOCABULARY_FILE) -> Vocabulary:
         _add(e, phrase, HYPO)
     plural = frozenset(" ".join(p.lower().split()) for p in data["plural"]["phrases"])
     return Vocabulary(
-        entries=e, plural=plural,
+        entries=e,
+        plural=plural,
         range_joiners=tuple(data["grade_range"]["joiners"]),
         skip_headers=frozenset(h.lower() for h in data["skip_sections"]["headers"]),
     )
