@@ -50,6 +50,11 @@ Phantom side files (what RSNA lacks and the SEG needs; absent from real RSNA dat
 ``phantom_slices.csv``
     ``study_id,series_id,instance_number,level,distance_mm``: the disc level nearest to
     every image of the axial series and its distance from that disc's mid-plane.
+``phantom_herniation.csv``
+    ``study_id,level,herniation,position,migration,migration_mm,hiz``: disc herniation
+    (:data:`HERNIATION_TYPES`), its position (:data:`HERNIATION_POSITIONS`, empty for none
+    and bulge), the migration of an extrusion (``none``/``cranial``/``caudal``, mm) and the
+    high-intensity zone (0/1) of every disc level. Read with :func:`read_herniation`.
 """
 
 from __future__ import annotations
@@ -512,3 +517,50 @@ def read_labels(path: Path | str) -> dict[int, StudyLabels]:
                                             {c: _grade_cell(r.get(c) or "", c) for c in targets})
             for r in reader
         }
+
+
+#: Disc herniation types and positions of ``phantom_herniation.csv`` (phantom side file).
+HERNIATION_TYPES: tuple[str, ...] = ("none", "bulge", "protrusion", "extrusion")
+HERNIATION_POSITIONS: tuple[str, ...] = ("central", "paracentral_left", "paracentral_right",
+                                         "foraminal_left", "foraminal_right")
+
+
+@dataclass(frozen=True, slots=True)
+class HerniationLabel:
+    """One row of ``phantom_herniation.csv``."""
+
+    study_id: int
+    level: str
+    herniation: str
+    position: str
+    migration: str
+    migration_mm: float
+    hiz: bool
+
+
+def write_herniation(root: Path | str, rows: Iterable[HerniationLabel]) -> Path:
+    path = Path(root) / "phantom_herniation.csv"
+    _write(path, ["study_id", "level", "herniation", "position", "migration", "migration_mm",
+                  "hiz"],
+           ([r.study_id, r.level, r.herniation, r.position, r.migration,
+             f"{r.migration_mm:.1f}", int(r.hiz)]
+            for r in sorted(rows, key=lambda r: (r.study_id, r.level))))
+    return path
+
+
+def read_herniation(root: Path | str) -> dict[tuple[int, str], HerniationLabel]:
+    """``phantom_herniation.csv`` as ``(study_id, level) -> HerniationLabel`` (empty when the
+    file is absent, e.g. real RSNA data or phantoms made before it existed)."""
+    path = Path(root) / "phantom_herniation.csv"
+    out: dict[tuple[int, str], HerniationLabel] = {}
+    if not path.exists():
+        return out
+    for r in _rows(path):
+        h, pos = r["herniation"].strip(), r["position"].strip()
+        if h not in HERNIATION_TYPES or (pos and pos not in HERNIATION_POSITIONS):
+            raise ValueError(f"{path.name}: unknown herniation/position {h!r} {pos!r}")
+        lab = HerniationLabel(int(r["study_id"]), r["level"].strip(), h, pos,
+                              r["migration"].strip(), float(r["migration_mm"] or 0),
+                              r["hiz"].strip() == "1")
+        out[(lab.study_id, lab.level)] = lab
+    return out

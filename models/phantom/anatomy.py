@@ -16,12 +16,12 @@ frame of the nearest disc. :mod:`models.phantom.render` evaluates all of it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from models import rsna
-from models.phantom.pathology import StudyTruth
+from models.phantom.pathology import HerniationTruth, StudyTruth
 
 #: Disc height factor and nucleus T2 brightness (relative to CSF) per Pfirrmann grade.
 PFIRRMANN_HEIGHT = (1.0, 1.0, 0.9, 0.72, 0.45)
@@ -37,6 +37,15 @@ class LevelShape:
     surface moves into the canal; ``recess_depth`` the remaining lateral-recess depth
     and ``recess_bulge`` the posterolateral disc bulge there; ``foramen_narrowing`` the
     fraction of the foraminal fat diameter lost.
+
+    Herniation (:func:`herniation_shape`, no effect on the graded geometry above):
+    ``bulge_width`` the width of the central bulge's profile (fraction of the sac half
+    width; 0.6 diffuse, narrower for a central herniation); ``bulge_extra`` a circumferential
+    bulge beyond the vertebral outline (mm); ``blob`` and ``fragment`` two half-ellipsoids of
+    herniated disc material behind the vertebral outline, each ``(w, sigma_w, h, sigma_h,
+    depth)`` in the disc frame (w to the left, h superior; depth 0: none);
+    ``blob_foraminal`` whether the blob lies in a foramen; ``herniation`` 0 none, 1 bulge,
+    2 protrusion, 3 extrusion; ``hiz`` a high-intensity zone in the posterior annulus.
     """
 
     bulge_central: float
@@ -46,6 +55,13 @@ class LevelShape:
     foramen_narrowing: tuple[float, float]
     pfirrmann: int
     cleft: bool
+    bulge_width: float = 0.6
+    bulge_extra: float = 0.0
+    blob: tuple[float, float, float, float, float] = (0.0, 1.0, 0.0, 1.0, 0.0)
+    fragment: tuple[float, float, float, float, float] = (0.0, 1.0, 0.0, 1.0, 0.0)
+    blob_foraminal: bool = False
+    herniation: int = 0
+    hiz: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +213,57 @@ def _level_shape(rng: np.random.Generator, truth: StudyTruth, level: str,
     )
 
 
+HERNIATION_CODE = {"none": 0, "bulge": 1, "protrusion": 2, "extrusion": 3}
+
+
+def herniation_shape(sh: LevelShape, h: HerniationTruth, disc_h: float, k: float,
+                     sac_rw: float, epidural: float, pedicle_w: float, lumbar: bool) -> LevelShape:
+    """Add a level's herniation and HIZ to its shape, deterministically (no random draws).
+
+    The graded geometry is kept: a central herniation is the existing midline disc
+    indentation made focal (its depth at the midline unchanged); a paracentral one stays
+    between the midline and the lateral recess; a foraminal one is painted only where the
+    foraminal narrowing already removed the fat (see :mod:`models.phantom.render`).
+    """
+    code = HERNIATION_CODE[h.kind]
+    scale = k * (1.0 if lumbar else 0.6)
+    out = replace(sh, herniation=code, hiz=h.hiz)
+    if code == 1:
+        return replace(out, bulge_extra=(2.2 + 1.0 * h.size) * scale)
+    if code < 2:
+        return out
+    depth = ((2.5 + 2.0 * h.size) if code == 2 else (4.0 + 2.5 * h.size)) * scale
+    side = 1.0 if h.position.endswith("left") else -1.0
+    if h.position == "central":
+        width = 0.3 if code == 2 else 0.22
+        mid = epidural + sh.bulge_central  # the midline depth stays what it was
+        out = replace(out, bulge_width=width,
+                      blob=(0.0, width * sac_rw, 0.0, 0.45 * disc_h, mid))
+        w0, sw = 0.0, width * sac_rw
+        cap = mid
+    elif h.position.startswith("paracentral"):
+        w0, sw = side * 0.45 * sac_rw, 0.22 * sac_rw
+        # rise ``depth`` beyond the disc margin drawn there (central bulge + recess bulge)
+        rb = sh.recess_bulge[0 if side > 0 else 1]
+        margin = ((epidural + sh.bulge_central) * math.exp(-(0.45 / 0.6) ** 2)
+                  + rb * math.exp(-(((0.45 * sac_rw) - (sac_rw - 1.0)) / 4.0) ** 2))
+        depth += margin
+        out = replace(out, blob=(w0, sw, 0.0, 0.45 * disc_h, depth))
+        cap = depth
+    else:
+        w0 = side * (sac_rw + 2.0 + pedicle_w)
+        return replace(out, blob=(w0, 2.5 * k, 0.0, 0.5 * disc_h, depth), blob_foraminal=True)
+    if code == 3:
+        if h.migration == "none":  # mushroom above and below the disc, capped at the midline
+            frag = (w0, sw, 0.0, 0.9 * disc_h, min(depth, cap) if w0 == 0.0 else depth)
+        else:
+            sign = 1.0 if h.migration == "cranial" else -1.0
+            hc = sign * (0.5 * disc_h + 0.5 * h.migration_mm * k)
+            frag = (w0, sw, hc, 0.5 * disc_h + 0.5 * h.migration_mm * k, depth)
+        out = replace(out, fragment=frag)
+    return out
+
+
 def sample_spine(rng: np.random.Generator, truth: StudyTruth) -> Spine:
     """Sample the anatomy of one study around its ground truth."""
     region = truth.region
@@ -253,6 +320,12 @@ def sample_spine(rng: np.random.Generator, truth: StudyTruth) -> Spine:
     recess = k * (rng.uniform(5.0, 6.5) if lumbar else 3.5)
     shapes = {sg.name: _level_shape(rng, truth, sg.name, sac_ra, recess)
               for sg in segs if sg.kind == "disc"}
+    epidural = 1.5 * k if lumbar else 1.0 * k
+    pedicle_w = k * (4.5 if lumbar else 2.8)
+    for sg in segs:
+        if sg.kind == "disc" and sg.name in truth.herniation:
+            shapes[sg.name] = herniation_shape(shapes[sg.name], truth.herniation[sg.name],
+                                               sg.height, k, sac_rw, epidural, pedicle_w, lumbar)
     conus = -1e9
     if lumbar:
         l1 = next(sg for sg in segs if sg.name == "L1")
@@ -268,8 +341,7 @@ def sample_spine(rng: np.random.Generator, truth: StudyTruth) -> Spine:
         boundary_p=np.array(bp) - shift, boundary_t=np.array(bt),
         mid_c=np.array([m[0] for m in mids]) - shift, mid_t=np.array([m[1] for m in mids]),
         mid_m=np.array([m[2] for m in mids]), shapes=shapes,
-        sac_ra=sac_ra, sac_rw=sac_rw, epidural=1.5 * k if lumbar else 1.0 * k,
-        pedicle_w=k * (4.5 if lumbar else 2.8),
+        sac_ra=sac_ra, sac_rw=sac_rw, epidural=epidural, pedicle_w=pedicle_w,
         spinous_len=k * (rng.uniform(26.0, 34.0) if lumbar else rng.uniform(18.0, 26.0)),
         transverse_len=k * (rng.uniform(18.0, 28.0) if lumbar else 8.0),
         cord_ra=k * (3.8 if lumbar else 3.9), cord_rw=k * (4.6 if lumbar else 6.5),

@@ -21,6 +21,9 @@ def phantom(
         min=0.0, help="noise scale (1 = clinical, 0 = none)")] = 1.0,
     grade_config: Annotated[Optional[Path], typer.Option(
         "--grade-config", help="TOML overriding grade frequencies, see docs/phantom.md")] = None,
+    herniation: Annotated[str, typer.Option(
+        help="disc herniation and HIZ: none (default, what the shipped models were trained "
+             "on) or realistic; [herniation] in --grade-config overrides rows")] = "none",
     no_masks: Annotated[bool, typer.Option("--no-masks", help="skip the mask side files")] = False,
     no_thickness_blur: Annotated[bool, typer.Option(
         "--no-thickness-blur", help="skip the slice-thickness blur (about 20 % faster)")] = False,
@@ -37,7 +40,8 @@ def phantom(
     try:
         config = PhantomConfig.for_region(region.lower(), modality.upper(), matrix=matrix,
                                           noise=noise, grade_config=grade_config,
-                                          thickness_blur=not no_thickness_blur)
+                                          thickness_blur=not no_thickness_blur,
+                                          herniation=herniation.lower())
     except (ValueError, OSError) as exc:
         typer.echo(f"spinenode phantom: {exc}", err=True)
         raise typer.Exit(2) from None

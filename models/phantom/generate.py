@@ -209,6 +209,10 @@ def write_ground_truth(out: Path | str, results: list[StudyResult], region: str)
                                for lv, g in r.truth.pfirrmann.items()})
     rsna.write_narrowing(out, {(r.study_id, c, lv): f for r in results
                                for (c, lv), f in r.truth.narrowing.items()})
+    rsna.write_herniation(out, [
+        rsna.HerniationLabel(r.study_id, lv, h.kind, h.position, h.migration, h.migration_mm,
+                             h.hiz)
+        for r in results for lv, h in r.truth.herniation.items()])
     sl: dict[tuple[int, int, int], tuple[str, float]] = {}
     for r in results:
         sl.update(r.slice_levels)

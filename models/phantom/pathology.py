@@ -11,18 +11,30 @@ Grades are correlated the way degeneration is: a per-study latent (age), a per-l
 latent (that disc's degeneration) and per-condition noise are mixed in a Gaussian
 copula, so every marginal is exactly the configured frequency while a study with
 severe stenosis at L4/L5 tends to have a dark, flat L4/L5 disc and narrowed foramina.
+
+Disc herniation (none / bulge / protrusion / extrusion, with a position and, for
+extrusions, a migration) and high-intensity zones are drawn from their own random stream
+(:func:`sample_herniation`), so adding them changed none of the grades or Pfirrmann grades
+above; their latent leans on the same disc's Pfirrmann and canal scores (degenerated discs
+herniate more) while every marginal stays the configured frequency.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from models import rsna
-from models.phantom.config import PhantomConfig
+from models.phantom.config import (
+    HERNIATION_POSITIONS,
+    HERNIATION_TYPES,
+    MIGRATIONS,
+    HerniationFrequencies,
+    PhantomConfig,
+)
 
 #: Loadings of the study and level latents (the rest is per-condition noise).
 _STUDY_LOADING = 0.45
@@ -31,18 +43,56 @@ _LEVEL_LOADING = 0.55
 _MAX_NARROWING = 0.92
 
 
+#: Loadings of the herniation latent on the disc's Pfirrmann and canal scores (the
+#: two scores correlate 0.505); the rest is its own noise, so the latent is N(0, 1).
+_HERN_PF, _HERN_CANAL = 0.5, 0.3
+_HERN_NOISE = math.sqrt(1.0 - _HERN_PF**2 - _HERN_CANAL**2 - 2 * _HERN_PF * _HERN_CANAL
+                        * (_STUDY_LOADING**2 + _LEVEL_LOADING**2))
+_HIZ_PF = 0.5
+#: A central herniation needs this much canal narrowing, a foraminal one this much
+#: narrowing of that foramen (the phantom draws the herniation inside the space the
+#: narrowing already took, so the graded geometry is unchanged); otherwise it is drawn
+#: paracentral on the same side.
+CENTRAL_MIN_NARROWING = 0.2
+FORAMINAL_MIN_NARROWING = 0.3
+
+
+@dataclass(frozen=True)
+class HerniationTruth:
+    """Disc herniation and HIZ at one level.
+
+    ``kind`` one of ``none``, ``bulge``, ``protrusion``, ``extrusion``; ``position`` one of
+    :data:`models.phantom.config.HERNIATION_POSITIONS` for protrusions and extrusions, else
+    ``""``; ``migration`` ``none``/``cranial``/``caudal`` (extrusions only) by
+    ``migration_mm``; ``size`` in [0, 1] scales the herniation's depth; ``hiz`` whether a
+    high-intensity zone sits in the posterior annulus.
+    """
+
+    kind: str = "none"
+    position: str = ""
+    migration: str = "none"
+    migration_mm: float = 0.0
+    size: float = 0.0
+    hiz: bool = False
+
+
 @dataclass(frozen=True)
 class StudyTruth:
     """The known answers of one study.
 
     ``narrowing[(condition, level)]`` is the continuous cause in [0, 0.92];
-    ``pfirrmann[level]`` the disc grade 1-5 of every level of the region.
+    ``pfirrmann[level]`` the disc grade 1-5 of every level of the region;
+    ``herniation[level]`` the herniation and HIZ of every level (empty: none anywhere).
     """
 
     region: str
     levels: tuple[str, ...]
     narrowing: Mapping[tuple[str, str], float]
     pfirrmann: Mapping[str, int]
+    herniation: Mapping[str, HerniationTruth] = field(default_factory=dict)
+
+    def hernia(self, level: str) -> HerniationTruth:
+        return self.herniation.get(level, HerniationTruth())
 
     def grade(self, condition: str, level: str) -> str:
         return rsna.grade_of_narrowing(self.narrowing[(condition, level)])
@@ -110,4 +160,55 @@ def sample_truth(seed: int, index: int, config: PhantomConfig) -> StudyTruth:
     for li, lv in enumerate(levels):
         cum = np.cumsum(config.grades.pfirrmann[lv])
         pfirrmann[lv] = int(min(np.searchsorted(cum, pf_u[li], side="right"), 4)) + 1
-    return StudyTruth(config.region, levels, narrowing, pfirrmann)
+    herniation = sample_herniation(seed, index, config.region, config.hernias, pf_score,
+                                   score[0], narrowing)
+    return StudyTruth(config.region, levels, narrowing, pfirrmann, herniation)
+
+
+def _pick(cum: np.ndarray, u: float) -> int:
+    return int(min(np.searchsorted(cum, u, side="right"), len(cum) - 1))
+
+
+def sample_herniation(seed: int, index: int, region: str, freq: HerniationFrequencies,
+                      pf_score: np.ndarray, canal_score: np.ndarray,
+                      narrowing: Mapping[tuple[str, str], float]) -> dict[str, HerniationTruth]:
+    """Herniation and HIZ per level from stream ``[seed, index, 4]`` (see module doc).
+
+    ``pf_score`` / ``canal_score`` are the levels' standard-normal Pfirrmann and canal
+    scores of :func:`sample_truth`.
+    """
+    rng = np.random.default_rng([int(seed), int(index), 4])
+    levels = rsna.levels_of(region)
+    n = len(levels)
+    z_type, u_pos, u_side, u_size, u_mig, u_mm, z_hiz = (rng.standard_normal(n), rng.random(n),
+                                                         rng.random(n), rng.random(n),
+                                                         rng.random(n), rng.random(n),
+                                                         rng.standard_normal(n))
+    t_u = _phi(_HERN_PF * pf_score + _HERN_CANAL * canal_score + _HERN_NOISE * z_type)
+    h_u = _phi(_HIZ_PF * pf_score + math.sqrt(1.0 - _HIZ_PF**2) * z_hiz)
+    pos_cum = np.cumsum(freq.positions)
+    mig_cum = np.cumsum(freq.migration)
+    out: dict[str, HerniationTruth] = {}
+    for li, lv in enumerate(levels):
+        kind = HERNIATION_TYPES[_pick(np.cumsum(freq.types[lv]), float(t_u[li]))]
+        hiz = bool(h_u[li] >= 1.0 - freq.hiz[lv])
+        position, migration, mm = "", "none", 0.0
+        if kind in ("protrusion", "extrusion"):
+            position = HERNIATION_POSITIONS[_pick(pos_cum, float(u_pos[li]))]
+            side = "left" if position.endswith("left") else "right"
+            if position == "central":
+                side = "left" if u_side[li] < 0.5 else "right"
+                if narrowing.get((rsna.SPINAL_CANAL_STENOSIS, lv), 0.0) < CENTRAL_MIN_NARROWING:
+                    position = f"paracentral_{side}"
+            elif position.startswith("foraminal"):
+                cond = (rsna.LEFT_NEURAL_FORAMINAL_NARROWING if side == "left"
+                        else rsna.RIGHT_NEURAL_FORAMINAL_NARROWING)
+                if narrowing.get((cond, lv), 0.0) < FORAMINAL_MIN_NARROWING:
+                    position = f"paracentral_{side}"
+            if kind == "extrusion" and not position.startswith("foraminal"):
+                migration = MIGRATIONS[_pick(mig_cum, float(u_mig[li]))]
+                if migration == "caudal" and lv == "L5/S1":
+                    migration = "none"  # the phantom's sacrum has no room drawn for it
+                mm = round(3.0 + 6.0 * float(u_mm[li]), 1) if migration != "none" else 0.0
+        out[lv] = HerniationTruth(kind, position, migration, mm, round(float(u_size[li]), 3), hiz)
+    return out

@@ -1,5 +1,6 @@
 """A montage of one phantom study for people: sagittal T1/T2 (mid and foraminal) and the
-axial slice of every level, with the level labels of the ground truth drawn on."""
+axial slice of every level, with the ground truth drawn on (grades; herniation
+type-position-migration and HIZ where the study has them)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,25 @@ def _tile(path: Path, marks: list[tuple[float, float, str]], title: str,
     return canvas
 
 
+_TYPE_TAG = {"bulge": "bulge", "protrusion": "prot", "extrusion": "extr"}
+_POS_TAG = {"central": "C", "paracentral_left": "PL", "paracentral_right": "PR",
+            "foraminal_left": "FL", "foraminal_right": "FR"}
+
+
+def herniation_tag(h: rsna.HerniationLabel | None) -> str:
+    """Short label of a level's herniation and HIZ, e.g. `` extr-PL-up HIZ`` ('' for none)."""
+    if h is None:
+        return ""
+    out = ""
+    if h.herniation in _TYPE_TAG:
+        out = " " + _TYPE_TAG[h.herniation]
+        if h.position:
+            out += "-" + _POS_TAG[h.position]
+        if h.migration in ("cranial", "caudal"):
+            out += "-up" if h.migration == "cranial" else "-down"
+    return out + (" HIZ" if h.hiz else "")
+
+
 def render_preview(root: Path | str, out_png: Path | str, study_id: int | None = None) -> Path:
     """Write a PNG montage of one study of an RSNA-layout phantom dataset."""
     data = rsna.read_dataset(root)
@@ -67,6 +87,11 @@ def render_preview(root: Path | str, out_png: Path | str, study_id: int | None =
         g = grades.grade(cond, lv) if grades else None
         return {"Normal/Mild": "", "Moderate": " mod", "Severe": " SEV"}.get(g or "", "")
 
+    hernias = rsna.read_herniation(root)
+
+    def hernia(lv: str) -> str:
+        return herniation_tag(hernias.get((sid, lv)))
+
     for desc, cond in ((rsna.SAGITTAL_T2_STIR, rsna.SPINAL_CANAL_STENOSIS),
                        (rsna.SAGITTAL_CT, rsna.SPINAL_CANAL_STENOSIS),
                        (rsna.SAGITTAL_T1, rsna.LEFT_NEURAL_FORAMINAL_NARROWING),
@@ -76,8 +101,9 @@ def render_preview(root: Path | str, out_png: Path | str, study_id: int | None =
             if not cs:
                 continue
             inst = int(np.median([c.instance_number for c in cs]))
-            marks = [(c.x, c.y, c.level + grade(cond, c.level)) for c in cs
-                     if abs(c.instance_number - inst) <= 1]
+            marks = [(c.x, c.y, c.level + grade(cond, c.level)
+                      + (hernia(c.level) if cond == rsna.SPINAL_CANAL_STENOSIS else ""))
+                     for c in cs if abs(c.instance_number - inst) <= 1]
             tiles.append(_tile(data.image_path(sid, s.series_id, inst), marks,
                                f"{desc} #{inst} {cond.split(' Neural')[0]}", crop_mm=170))
         if desc == rsna.SAGITTAL_T2_STIR:
@@ -95,7 +121,7 @@ def render_preview(root: Path | str, out_png: Path | str, study_id: int | None =
             inst = cs[0].instance_number
             marks = [(c.x, c.y, c.condition.split()[0][0] + grade(c.condition, lv)) for c in cs]
             tiles.append(_tile(data.image_path(sid, s.series_id, inst), marks,
-                               f"{s.series_description} #{inst} {lv}", crop_mm=120))
+                               f"{s.series_description} #{inst} {lv}{hernia(lv)}", crop_mm=120))
     slice_levels = rsna.read_slice_levels(root)
     for s in data.series_of(sid, rsna.AXIAL_T2) + data.series_of(sid, rsna.AXIAL_CT):
         if any(c.series_id == s.series_id for c in coords):

@@ -81,6 +81,14 @@ class _Tables:
     is_c2: np.ndarray
     sac_taper: np.ndarray  # sacral pieces: size at the bottom relative to the top
     sac_end_s: float
+    bwid: np.ndarray  # central bulge profile width (fraction of the sac half width)
+    central: np.ndarray  # bool: a central herniation narrows that profile
+    bext: np.ndarray  # circumferential bulge (mm)
+    blob: np.ndarray  # (n, 5) w, sigma_w, h, sigma_h, depth
+    frag: np.ndarray  # (n, 5)
+    blob_for: np.ndarray  # bool: the blob is foraminal
+    hern: np.ndarray  # 0 none, 1 bulge, 2 protrusion, 3 extrusion
+    hiz: np.ndarray  # bool
 
 
 _TABLES: dict[int, tuple[Spine, _Tables]] = {}
@@ -113,6 +121,11 @@ def _build_tables(sp: Spine) -> _Tables:
             if kind[i] == KIND_SACRUM:
                 below[i] = above[i] = i
     bulge, lf, pf, cleft = (np.zeros(n, np.float32) for _ in range(4))
+    bwid, bext = np.full(n, 0.6, np.float32), np.zeros(n, np.float32)
+    blob, frag = np.zeros((n, 5), np.float32), np.zeros((n, 5), np.float32)
+    blob[:, 1] = blob[:, 3] = frag[:, 1] = frag[:, 3] = 1.0
+    central, blob_for, hiz = (np.zeros(n, bool) for _ in range(3))
+    hern = np.zeros(n, np.int8)
     rdepth, rbulge, fnar = (np.zeros((n, 2), np.float32) for _ in range(3))
     lo, hi = np.zeros(n, np.float32), np.zeros(n, np.float32)
     recess_default = 5.5 if sp.region == "lumbar" else 3.5
@@ -124,6 +137,9 @@ def _build_tables(sp: Spine) -> _Tables:
         bulge[i], lf[i] = sh.bulge_central, sh.lf_thickening
         pf[i], cleft[i] = sh.pfirrmann, sh.cleft
         rdepth[i], rbulge[i], fnar[i] = sh.recess_depth, sh.recess_bulge, sh.foramen_narrowing
+        bwid[i], bext[i], blob[i], frag[i] = sh.bulge_width, sh.bulge_extra, sh.blob, sh.fragment
+        central[i] = sh.bulge_width != 0.6
+        blob_for[i], hern[i], hiz[i] = sh.blob_foraminal, sh.herniation, sh.hiz
         lo[i] = -(0.5 * s.height + 0.08 * segs[i - 1].height)
         hi[i] = 0.5 * s.height + 0.32 * segs[i + 1].height
     taper = np.ones(n, np.float32)
@@ -144,6 +160,8 @@ def _build_tables(sp: Spine) -> _Tables:
         near_below=below, near_above=above, bulge=bulge, lf=lf, rdepth=rdepth, rbulge=rbulge,
         fnar=fnar, pf=pf, cleft=cleft.astype(bool), for_lo=lo, for_hi=hi,
         is_c2=np.array([s.name == "C2" for s in segs]), sac_taper=taper, sac_end_s=sac_end,
+        bwid=bwid, central=central, bext=bext, blob=blob, frag=frag, blob_for=blob_for,
+        hern=hern, hiz=hiz,
     )
 
 
@@ -314,8 +332,14 @@ def _spine(sp: Spine, pc: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, n
     b_c = tb.bulge[seg]
     b_mid = epi + b_c  # the disc abuts the sac; any bulge indents it by exactly b_c
     rb = tb.rbulge[seg, side]
-    gb = np.maximum(pfs - 2.0, 0.0) * 0.6
-    b_w = (b_mid * np.exp(-((w / (0.6 * rw)) ** 2))
+    gb = np.maximum(np.maximum(pfs - 2.0, 0.0) * 0.6, tb.bext[seg])
+    g_diffuse = np.exp(-((w / (0.6 * rw)) ** 2))
+    # A central herniation makes the middle of that profile focal; the midline depth and
+    # the profile from 0.75 of the sac half width outwards (the recesses) stay as they were.
+    g_focal = np.exp(-((w / (tb.bwid[seg] * rw)) ** 2))
+    blend = np.clip((aw - 0.45 * rw) / (0.3 * rw), 0.0, 1.0)
+    g_mid = np.where(tb.central[seg], g_focal + (g_diffuse - g_focal) * blend, g_diffuse)
+    b_w = (b_mid * g_mid
            + rb * np.exp(-(((aw - (rw - 1)) / 4.0) ** 2))) * prof
     e_w = hd * np.clip(1.0 - (aw / (hw + gb)) ** pexp, 0, None) ** (1 / pexp)
     disc = disc_seg & inside & (aw < hw + gb) & (v_s <= e_w + b_w) & (v_s >= -(e_w + gb * prof))
@@ -325,6 +349,23 @@ def _spine(sp: Spine, pc: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, n
     cleft = tb.cleft[seg] & (np.abs(2 * t - 1.18) < 0.06)
     tissue[disc] = Tissue.ANNULUS
     tissue[disc & nuc & ~cleft & (pfs <= 4)] = Tissue.NUCLEUS
+    # Herniated material behind the vertebral outline (central and paracentral), then a
+    # high-intensity zone in the posterior annulus.
+    near = np.nonzero((tb.kind[dseg] == KIND_DISC) & (tb.hern[dseg] >= 2))[0]
+    hw_ = dhw[near]
+    outline = dhd[near] * np.clip(1.0 - (aw[near] / hw_) ** pexp, 0, None) ** (1 / pexp)
+    for table in (tb.blob, tb.frag):
+        ds_ = dseg[near]
+        herniated, core = _herniated(table[ds_], w[near], hdd[near], vd[near], outline)
+        herniated &= ~tb.blob_for[ds_] & (aw[near] < rw - 4.5) & ~_BONE[tissue[near]]
+        sel = near[herniated]
+        tissue[sel] = Tissue.ANNULUS
+        tissue[near[herniated & (core | (tb.hern[ds_] == 3))]] = Tissue.NUCLEUS
+    hi_ = np.nonzero(disc_seg & tb.hiz[seg])[0]
+    hz = np.isin(tissue[hi_], (Tissue.ANNULUS, Tissue.NUCLEUS)) & (
+        (w[hi_] / (2.5 * k)) ** 2 + ((v_s[hi_] - (e_w[hi_] + b_w[hi_] - 1.6)) / 1.0) ** 2
+        + ((hmm[hi_] - 0.5 * height[hi_]) / (0.2 * height[hi_] + 0.3)) ** 2 <= 1.0)
+    tissue[hi_[hz]] = Tissue.FLUID
 
     # Posterior elements of vertebrae (segment frame).
     vert = kind == KIND_VERTEBRA
@@ -449,7 +490,24 @@ def _spine(sp: Spine, pc: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, n
     exit_root = fzone & (((hdd - rc_h) / (rr * (1 - 0.2 * fn))) ** 2
                          + ((vd - v0) / np.minimum(rr, 0.8 * rv0 * (1 - fn) + 0.2)) ** 2 <= 1.0)
     tissue[exit_root & soft] = Tissue.ROOT
+    # A foraminal herniation is disc material filling the front of what the narrowing took
+    # from the foramen on its side, never the remaining fat.
+    ds_ = dseg[near]
+    herniated = tb.blob_for[ds_] & (w[near] * tb.blob[ds_, 0] > 0) & ring[near] & (
+        vd[near] < v0[near]) & ~_BONE[tissue[near]] & ~exit_root[near]
+    tissue[near[herniated]] = Tissue.NUCLEUS
     return tissue, seg.astype(np.int16)
+
+
+def _herniated(p: np.ndarray, w: np.ndarray, h: np.ndarray, v: np.ndarray,
+               outline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points inside a half-ellipsoid of herniated material ``p`` = (w, sigma_w, h, sigma_h,
+    depth) per point that rises ``depth`` behind the vertebral ``outline``; and its core."""
+    r2 = ((w - p[:, 0]) / p[:, 1]) ** 2 + ((h - p[:, 2]) / p[:, 3]) ** 2
+    top = outline + p[:, 4] * np.sqrt(np.clip(1.0 - r2, 0, None))
+    inside = (p[:, 4] > 0) & (r2 < 1.0) & (v >= outline - 1.0) & (v <= top)
+    core = inside & (r2 + ((v - outline) / np.maximum(p[:, 4], 1e-3)) ** 2 < 0.45)
+    return inside, core
 
 
 def _neural(sp: Spine, tissue: np.ndarray, csf: np.ndarray, w: np.ndarray,
