@@ -65,6 +65,20 @@ def labels_from_reports(
     fields, misses = score(
         {r.report.study_id: grades_of(r.labels) for r in results}, read_truth(truth), region
     )
+    from models import rsna
+    from models.reports.score import score_discs
+
+    disc_truth = rsna.read_herniation(truth)
+    if disc_truth:  # phantom truth: also the herniation fields
+        known = {r.report.study_id for r in results}
+        fields += score_discs(
+            {
+                (r.report.study_id, d.level): (d.herniation, d.position, d.hiz)
+                for r in results
+                for d in r.discs
+            },
+            {k: v for k, v in disc_truth.items() if k[0] in known},
+        )
     if as_json:
         typer.echo(
             json.dumps(
@@ -97,12 +111,15 @@ def phantom_reports(
     seed: Annotated[int, typer.Option(help="phantom seed (same truth as spinenode phantom)")] = 0,
     start: Annotated[int, typer.Option(min=0, help="index of the first study")] = 0,
     phrasings: Annotated[str, typer.Option(help="dev or heldout templates")] = "dev",
+    herniation: Annotated[
+        str, typer.Option(help="phantom herniation/HIZ preset of the truth: realistic or none")
+    ] = "realistic",
 ) -> None:
     """Write radiology reports from lumbar phantom ground truth (to measure the report reader)."""
     from models.reports.phantom import write_phantom_reports
 
     try:
-        path = write_phantom_reports(out, studies, seed, phrasings, start)
+        path = write_phantom_reports(out, studies, seed, phrasings, start, herniation)
     except ValueError as exc:
         typer.echo(f"spinenode phantom-reports: {exc}", err=True)
         raise typer.Exit(2) from None

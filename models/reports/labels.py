@@ -13,6 +13,11 @@ Output in ``OUT``:
 ``report_labels.csv``
     ``study_id,key,condition,level,grade,confidence,sentence``: one row per label with the
     sentence it was read from.
+``report_discs.csv``
+    ``study_id,key,level,herniation,position,migration,hiz,confidence,sentence``: disc
+    herniation (``none``/``bulge``/``protrusion``/``extrusion``, empty: not said), position,
+    migration and high-intensity zone (1/0, empty: not said) of every level the report
+    describes (:mod:`models.reports.discs`).
 ``report_studies.csv``
     ``study_id,key,key_column,labels``: which report became which integer study id
     (``study_id`` as given; else the key itself when it is all digits; else the first
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models import rsna
+from models.reports.discs import DiscLabel, read_discs
 from models.reports.parser import Label, read_report
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,7 @@ class Report:
 class ReportLabels:
     report: Report
     labels: tuple[Label, ...]
+    discs: tuple[DiscLabel, ...] = ()
 
 
 def study_id_of(key: str) -> int:
@@ -104,7 +111,10 @@ def read_reports(path: Path | str) -> list[Report]:
 
 
 def extract(reports: Iterable[Report], region: str = "lumbar") -> list[ReportLabels]:
-    return [ReportLabels(r, tuple(read_report(r.text, region))) for r in reports]
+    return [
+        ReportLabels(r, tuple(read_report(r.text, region)), tuple(read_discs(r.text, region)))
+        for r in reports
+    ]
 
 
 def grades_of(labels: Sequence[Label]) -> dict[str, str | None]:
@@ -112,7 +122,8 @@ def grades_of(labels: Sequence[Label]) -> dict[str, str | None]:
 
 
 def write_outputs(out: Path | str, results: Sequence[ReportLabels], region: str = "lumbar") -> None:
-    """Write train.csv, report_labels.csv and report_studies.csv (see module doc)."""
+    """Write train.csv, report_labels.csv, report_discs.csv and report_studies.csv (see
+    module doc)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rsna.write_labels(
@@ -135,6 +146,35 @@ def write_outputs(out: Path | str, results: Sequence[ReportLabels], region: str 
             ]
             for r in results
             for lb in r.labels
+        ),
+    )
+    _write(
+        out / "report_discs.csv",
+        [
+            "study_id",
+            "key",
+            "level",
+            "herniation",
+            "position",
+            "migration",
+            "hiz",
+            "confidence",
+            "sentence",
+        ],
+        (
+            [
+                r.report.study_id,
+                r.report.key,
+                d.level,
+                d.herniation or "",
+                d.position,
+                d.migration,
+                "" if d.hiz is None else int(d.hiz),
+                f"{d.confidence:.3f}",
+                d.sentence,
+            ]
+            for r in results
+            for d in r.discs
         ),
     )
     _write(

@@ -121,7 +121,27 @@ def tokenize(text: str, vocab: V.Vocabulary) -> list[Token]:
         if not any(taken[m.start() : m.end()]):
             toks.append(Token(WORD, m.group(0), m.start(), m.end(), m.group(0)))
     toks.sort(key=lambda t: t.start)
-    return _merge_grade_ranges(toks, text, vocab)
+    return _merge_grade_ranges(_positions_of_herniation(toks), text, vocab)
+
+
+_HERNIATION_WORDS = frozenset(
+    {"protrusion", "extrusion", "herniation", "herniated", "bulge", "bulging"}
+)
+
+
+def _positions_of_herniation(toks: list[Token]) -> list[Token]:
+    """ "right foraminal disc protrusion": the condition word names the herniation's position,
+    not a graded condition (it would otherwise take a nearby grade)."""
+    out = list(toks)
+    for i, t in enumerate(out):
+        if t.kind != V.COND:
+            continue
+        j = i + 1
+        while j < len(out) and out[j].text in ("disc", "disk"):
+            j += 1
+        if j < len(out) and out[j].kind == V.FINDING and out[j].text in _HERNIATION_WORDS:
+            out[i] = Token(WORD, t.text, t.start, t.end, t.text)
+    return out
 
 
 def _merge_grade_ranges(toks: list[Token], text: str, vocab: V.Vocabulary) -> list[Token]:
@@ -390,8 +410,8 @@ def _clause_assertions(
     clause: Sequence[Token], vocab: V.Vocabulary, carry: Sequence[Token] = ()
 ) -> list[_Assertion]:
     """Assertions of one clause; ``carry`` are the conditions (and side words) of the
-    sentence's previous clause, used by a clause that grades levels without naming a condition ("moderate
-    canal stenosis at L4-L5; mild at L5-S1")."""
+    sentence's previous clause, used by a clause that grades levels without naming a
+    condition ("moderate canal stenosis at L4-L5; mild at L5-S1")."""
     groups = _groups(clause)
     kinds = {t.kind for t in clause}
     if not groups and carry and V.FINDING not in kinds and kinds & {V.GRADE, V.NEG, V.NORMAL_WORD}:
@@ -481,13 +501,19 @@ def _confidence(factors: Sequence[str]) -> float:
     return round(c, 3)
 
 
-def read_report(
-    text: str, region: str = "lumbar", vocab: V.Vocabulary | None = None
-) -> list[Label]:
-    """Every label a report states, one per (condition, level), merged (see module doc)."""
-    vocab = vocab or V.load_vocabulary()
-    region_levels = set(rsna.levels_of(region))
-    raw: list[Label] = []
+@dataclass(frozen=True)
+class SentenceContext:
+    """One sentence to read, its tokens and the level context around it."""
+
+    sentence: str
+    toks: list[Token]
+    header: tuple[str, ...]  # levels heading the paragraph ("L4-L5: ...")
+    previous: tuple[str, ...]  # levels named by the previous sentence (weaker)
+
+
+def walk(text: str, vocab: V.Vocabulary) -> Iterator[SentenceContext]:
+    """The sentences of a report that are read (sections and hypotheticals skipped), with
+    their level context; shared by the stenosis reader and :mod:`.discs`."""
     ctx = _Context()
     for sentence, new_par in sentences(text, vocab):
         if new_par:
@@ -495,11 +521,26 @@ def read_report(
         toks = tokenize(normalize(sentence), vocab)
         if any(t.kind == V.HYPO for t in toks):
             continue
+        lead = [t for t in toks if not (t.kind == WORD and t.value in ("at", "the"))]
+        starts_with_level = bool(lead) and lead[0].kind == LEVEL
+        if starts_with_level:
+            ctx.header, ctx.previous = lead[0].levels, ()
+        yield SentenceContext(sentence, toks, ctx.header, ctx.previous)
+        if any(t.kind == LEVEL for t in toks) and not starts_with_level:
+            ctx.previous = tuple(lv for t in toks if t.kind == LEVEL for lv in t.levels)
+
+
+def read_report(
+    text: str, region: str = "lumbar", vocab: V.Vocabulary | None = None
+) -> list[Label]:
+    """Every label a report states, one per (condition, level), merged (see module doc)."""
+    vocab = vocab or V.load_vocabulary()
+    region_levels = set(rsna.levels_of(region))
+    raw: list[Label] = []
+    for sc in walk(text, vocab):
+        sentence, toks, ctx = sc.sentence, sc.toks, sc
         sent_levels = tuple(lv for t in toks if t.kind == LEVEL for lv in t.levels)
         has_sent_level = any(t.kind == LEVEL for t in toks)
-        lead = [t for t in toks if not (t.kind == WORD and t.value in ("at", "the"))]
-        if lead and lead[0].kind == LEVEL:
-            ctx.header, ctx.previous = lead[0].levels, ()
         clause_levels: tuple[str, ...] = ()
         carry: list[Token] = []
         for clause in _clauses(toks):
@@ -543,8 +584,6 @@ def read_report(
                                 remaining=bool(a.remaining),
                             )
                         )
-        if has_sent_level and not (lead and lead[0].kind == LEVEL):
-            ctx.previous = sent_levels
     return merge(raw)
 
 

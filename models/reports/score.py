@@ -72,3 +72,34 @@ def score(
             if e != t:
                 misses.append(Mismatch(sid, col, t, e))
     return [FieldScore(f, *c) for f, c in counts.items()], misses
+
+
+def score_discs(
+    extracted: Mapping[tuple[int, str], tuple[str | None, str, bool | None]],
+    truth: Mapping[tuple[int, str], rsna.HerniationLabel],
+) -> list[FieldScore]:
+    """Herniation fields against ``phantom_herniation.csv`` truth; ``extracted`` maps
+    (study, level) to (type, position, hiz) as read (absent: nothing said, counted as no
+    herniation and no HIZ, as reports are written).
+
+    ``herniation``: levels with a bulge, protrusion or extrusion (truth) against levels read
+    as one (right when the type matches); ``herniation_position``: protrusions and
+    extrusions (truth) against levels read with a position; ``hiz``: HIZ present.
+    """
+    counts = {f: [0, 0, 0] for f in ("herniation", "herniation_position", "hiz")}
+    for key in sorted(set(truth) | set(extracted)):
+        t = truth.get(key)
+        kind, pos, hiz = extracted.get(key, (None, "", None))
+        t_kind = t.herniation if t else "none"
+        t_pos = t.position if t else ""
+        t_hiz = bool(t and t.hiz)
+        read = kind not in (None, "none")
+        for f, has_t, has_e, right in (
+            ("herniation", t_kind != "none", read, read and kind == t_kind),
+            ("herniation_position", bool(t_pos), bool(pos), bool(pos) and pos == t_pos),
+            ("hiz", t_hiz, bool(hiz), bool(hiz) and t_hiz),
+        ):
+            counts[f][0] += has_t
+            counts[f][1] += has_e
+            counts[f][2] += right
+    return [FieldScore(f, *c) for f, c in counts.items()]

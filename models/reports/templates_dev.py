@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from models import rsna
-from models.phantom.pathology import StudyTruth
+from models.phantom.pathology import HerniationTruth, StudyTruth
 from models.reports.phrasing import (
     LEFT_RIGHT,
     WORDING_GRADE,
@@ -115,19 +115,10 @@ def _by_level(truth: StudyTruth, rng: np.random.Generator) -> str:
     for lv in truth.levels:
         keys = {c: wording(truth, c, lv, rng) for c in rsna.LUMBAR_CONDITIONS}
         pf = truth.pfirrmann[lv]
-        disc = (
-            "Normal disc."
-            if pf <= 2
-            else _pick(
-                rng,
-                (
-                    "Disc desiccation with a mild disc bulge.",
-                    "Diffuse disc bulge.",
-                    "Disc desiccation.",
-                ),
-            )
-        )
-        if all(k == "none" for k in keys.values()) and rng.random() < 0.5:
+        h = truth.hernia(lv)
+        disc = _disc(h, pf, rng)
+        quiet = h.kind == "none" and not h.hiz
+        if quiet and all(k == "none" for k in keys.values()) and rng.random() < 0.5:
             lines.append(
                 f"{fmt.disc(lv)}: {_pick(rng, ('Unremarkable.', 'Normal.', 'No stenosis.'))}"
             )
@@ -149,6 +140,70 @@ def _by_level(truth: StudyTruth, rng: np.random.Generator) -> str:
     lines.append("")
     lines.extend(_impression(truth, fmt, rng))
     return "\n".join(lines)
+
+
+_POSITION = {
+    "central": "central",
+    "paracentral_left": "left paracentral",
+    "paracentral_right": "right paracentral",
+    "foraminal_left": "left foraminal",
+    "foraminal_right": "right foraminal",
+}
+
+
+def _herniation(h: HerniationTruth) -> str:
+    """ "left paracentral disc extrusion with caudal migration"."""
+    mig = "" if h.migration == "none" else f" with {h.migration} migration"
+    return f"{_POSITION[h.position]} disc {h.kind}{mig}"
+
+
+def _disc(h: HerniationTruth, pf: int, rng: np.random.Generator) -> str:
+    if h.kind == "none":
+        s = (
+            "Normal disc."
+            if pf <= 2
+            else _pick(
+                rng, ("Disc desiccation without herniation.", "No disc bulge or herniation.")
+            )
+        )
+    elif h.kind == "bulge":
+        s = _pick(
+            rng,
+            (
+                "Diffuse disc bulge.",
+                "Disc desiccation with a mild disc bulge.",
+                "Broad-based disc bulge.",
+            ),
+        )
+    else:
+        s = _cap(_herniation(h)) + "."
+    if h.hiz:
+        s += " " + _pick(
+            rng, ("High-intensity zone in the posterior annulus.", "Posterior annular fissure.")
+        )
+    return s
+
+
+def _discs(truth: StudyTruth, fmt: LevelFormat, rng: np.random.Generator) -> list[str]:
+    order = truth.levels
+    out = []
+    bulges = [lv for lv in order if truth.hernia(lv).kind == "bulge"]
+    if bulges:
+        out.append(
+            f"Disc bulge{'s' if len(bulges) > 1 else ''} at {level_list(bulges, order, fmt)}."
+        )
+    for lv in order:
+        h = truth.hernia(lv)
+        if h.kind in ("protrusion", "extrusion"):
+            out.append(_cap(_herniation(h)) + f" at {fmt.disc(lv)}.")
+    hiz = [lv for lv in order if truth.hernia(lv).hiz]
+    if hiz:
+        out.append(
+            f"High-intensity zone{'s' if len(hiz) > 1 else ''} at {level_list(hiz, order, fmt)}."
+        )
+    if any(truth.hernia(lv).kind == "none" for lv in order) and rng.random() < 0.5:
+        out.append("No disc herniation at the remaining levels.")
+    return out
 
 
 def _by_condition(truth: StudyTruth, rng: np.random.Generator) -> str:
@@ -192,6 +247,7 @@ def _by_condition(truth: StudyTruth, rng: np.random.Generator) -> str:
                 + level_list(sided[key], order, fmt)
                 + "."
             )
+    lines.extend(_discs(truth, fmt, rng))
     lines.append("")
     lines.extend(_impression(truth, fmt, rng))
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from models import rsna
-from models.phantom.pathology import StudyTruth
+from models.phantom.pathology import HerniationTruth, StudyTruth
 from models.reports.phrasing import (
     LEFT_RIGHT,
     LevelFormat,
@@ -121,12 +121,26 @@ def _narrative(truth: StudyTruth, rng: np.random.Generator) -> str:
     for lv in truth.levels:
         keys = {c: wording(truth, c, lv, rng) for c in rsna.LUMBAR_CONDITIONS}
         pf = truth.pfirrmann[lv]
-        opener = (
-            f"At {fmt.disc(lv)} the disc is preserved."
-            if pf <= 2
-            else f"At {fmt.disc(lv)} there is a "
-            f"{_pick(rng, ('broad-based disc bulge', 'desiccated disc'))}."
-        )
+        h = truth.hernia(lv)
+        at = f"At {fmt.disc(lv)}"
+        if h.kind == "none":
+            opener = (
+                f"{at} the disc is preserved."
+                if pf <= 2
+                else f"{at} there is a desiccated disc without herniation."
+            )
+        elif h.kind == "bulge":
+            opener = f"{at} there is a broad-based disc bulge."
+        else:
+            opener = f"{at} there is a {_herniation(h, rng)}."
+        if h.hiz:
+            opener += " " + _pick(
+                rng,
+                (
+                    "An annular fissure is present posteriorly.",
+                    "There is a posterior annular tear.",
+                ),
+            )
         canal = keys[rsna.SPINAL_CANAL_STENOSIS]
         fl, fr = (keys[c] for c in LEFT_RIGHT["foramen"])
         rl, rr = (keys[c] for c in LEFT_RIGHT["recess"])
@@ -151,10 +165,15 @@ def _compact(truth: StudyTruth, rng: np.random.Generator) -> str:
     normal_levels = []
     for lv in truth.levels:
         keys = {c: wording(truth, c, lv, rng) for c in rsna.LUMBAR_CONDITIONS}
-        if all(k == "none" for k in keys.values()):
+        h = truth.hernia(lv)
+        if all(k == "none" for k in keys.values()) and h.kind == "none" and not h.hiz:
             normal_levels.append(lv)
             continue
-        parts = [f"canal: {_pick(rng, _SHORT[keys[rsna.SPINAL_CANAL_STENOSIS]])}"]
+        disc = {"none": "no herniation", "bulge": "bulge"}.get(h.kind) or _short_herniation(h, rng)
+        parts = [
+            f"disc: {disc}{', HIZ' if h.hiz else ''}",
+            f"canal: {_pick(rng, _SHORT[keys[rsna.SPINAL_CANAL_STENOSIS]])}",
+        ]
         for kind, noun in (("foramen", "foramina"), ("recess", "lateral recesses")):
             kl, kr = (keys[c] for c in LEFT_RIGHT[kind])
             if kl == kr:
@@ -172,6 +191,31 @@ def _compact(truth: StudyTruth, rng: np.random.Generator) -> str:
     lines += ["", "Conclusion:"]
     lines += _impression(truth, fmt, rng)
     return "\n".join(lines)
+
+
+_POSITION = {
+    "central": ("central", "midline"),
+    "paracentral_left": ("left subarticular", "left paramedian"),
+    "paracentral_right": ("right subarticular", "right paramedian"),
+    "foraminal_left": ("left intraforaminal", "left foraminal"),
+    "foraminal_right": ("right intraforaminal", "right foraminal"),
+}
+_MIGRATION = {
+    "cranial": (", migrating superiorly", ", which migrates cranially"),
+    "caudal": (", migrating inferiorly", ", which migrates caudally"),
+}
+
+
+def _herniation(h: HerniationTruth, rng: np.random.Generator) -> str:
+    """ "left subarticular disc extrusion, migrating inferiorly"."""
+    mig = "" if h.migration == "none" else _pick(rng, _MIGRATION[h.migration])
+    return f"{_pick(rng, _POSITION[h.position])} disc {h.kind}{mig}"
+
+
+def _short_herniation(h: HerniationTruth, rng: np.random.Generator) -> str:
+    """ "right foraminal protrusion", "central extrusion, migrated caudally"."""
+    mig = "" if h.migration == "none" else f", migrated {h.migration}ly"
+    return f"{_pick(rng, _POSITION[h.position])} {h.kind}{mig}"
 
 
 def _impression(truth: StudyTruth, fmt: LevelFormat, rng: np.random.Generator) -> list[str]:
