@@ -43,7 +43,9 @@ from models.types import (
     AnalysisResult, Condition, Findings, Grade, Level, LevelFindings, ModelId, ModelsError,
     Region, SeriesMasks, levels_of,
 )
-from models.volume import Volume, nearest_in_stacks, sample_crop, volume_from_datasets, volumes_from_datasets
+from models.volume import (
+    Volume, canonical_volume, nearest_in_stacks, sample_crop, volume_from_datasets, volumes_from_datasets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -231,17 +233,17 @@ class SpineAnalyzer:
         if primary_uid is None:
             missing.append("no usable sagittal series: no level could be located")
             return p
-        p.primary = volume_from_datasets(series[primary_uid])
+        p.primary = canonical_volume(volume_from_datasets(series[primary_uid]))
         p.modality = str(series[primary_uid][0].get("Modality", "MR"))
         p.primary_pixels = normalized_pixels(p.primary)
         p.grade_pixels = grader_pixels(p.primary, p.modality, mr_pixels=p.primary_pixels)
         p.primary_k = middle_slice(p.primary)
         if reg is Region.LUMBAR and p.modality == "MR":
             if sel.sagittal_t1 and sel.sagittal_t1 != primary_uid:
-                p.sag_t1 = volume_from_datasets(series[sel.sagittal_t1])
+                p.sag_t1 = canonical_volume(volume_from_datasets(series[sel.sagittal_t1]))
                 p.sag_t1_pixels = normalized_pixels(p.sag_t1)
             if sel.axial_t2:
-                p.axial = volumes_from_datasets(series[sel.axial_t2])
+                p.axial = [canonical_volume(v) for v in volumes_from_datasets(series[sel.axial_t2])]
                 p.axial_pixels = [normalized_pixels(v) for v in p.axial]
         return p
 
@@ -261,8 +263,10 @@ class SpineAnalyzer:
             votes = {n: min(1.0, v) for n, v in cl.votes.items() if n in region_levels or n == OTHER_DISC}
             cands.append(DiscCandidate(i, float(c[2]), cl.score, votes))
         named = name_levels(cands, p.region)
+        grid = vol.grid
         levels = [
-            Level(n.name, vol.series_uid, vol.sop_instance_uids[k], k, discs[n.key].box,
+            Level(n.name, vol.series_uid, vol.sop_instance_uids[k], k,
+                  grid.box_to_source(discs[n.key].box) if grid is not None else discs[n.key].box,
                   clusters[n.key].score, tuple(float(x) for x in centers[n.key]))  # type: ignore[arg-type]
             for n in named
         ]
@@ -283,6 +287,8 @@ class SpineAnalyzer:
                 segments[value] = title
                 union = np.logical_or.reduce(parts)
                 labels[k][union & (labels[k] == 0)] = value
+        if grid is not None:
+            labels = grid.array_to_source(labels)  # the SEG lies on the images as sent
         masks = SeriesMasks(vol.series_uid, vol.sop_instance_uids, labels, segments, self.model_id) if segments else None
         return levels, masks
 

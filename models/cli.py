@@ -69,11 +69,19 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     batch_studies: Annotated[int, typer.Option(min=1, help="studies per analyzer batch")] = 1,
     max_studies: Annotated[Optional[int], typer.Option(help="evaluate at most N studies")] = None,
+    variant: Annotated[Optional[str], typer.Option(
+        help="re-encode every study first, as a hospital could send it (models/phantom/variants.py): "
+             "an in-plane orientation such as flip_rows or transpose+flip_cols, or reversed_slices")] = None,
 ) -> None:
     """Run the analyzer on RSNA-layout data and report the RSNA 2024 score and friends."""
     from models.evaluate import evaluate as run_evaluation
+    from models.phantom.variants import variant_names
 
-    report = run_evaluation(data, weights, device, batch_studies, max_studies, progress=not as_json)
+    if variant is not None and variant not in variant_names():
+        typer.echo(f"spinenode evaluate: unknown variant {variant!r} (one of {', '.join(variant_names())})", err=True)
+        raise typer.Exit(2)
+    report = run_evaluation(data, weights, device, batch_studies, max_studies, progress=not as_json,
+                            variant=variant)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
         return

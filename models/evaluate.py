@@ -170,9 +170,15 @@ def _calibration(labels: list[int], probs: list[tuple[float, ...]]) -> dict[str,
 
 
 def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batch_studies: int = 1,
-             max_studies: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the analyzer over every study of an RSNA-layout dataset and score it."""
+             max_studies: int | None = None, progress: bool = True,
+             variant: str | None = None) -> dict[str, Any]:
+    """Run the analyzer over every study of an RSNA-layout dataset and score it.
+
+    ``variant`` re-encodes each study before the analyzer reads it
+    (:func:`models.phantom.variants.apply_variant`); the ground truth stays in patient space.
+    """
     from models.analyzer import SpineAnalyzer, read_study_dir
+    from models.phantom.variants import apply_variant
 
     ds = rsna.read_dataset(data)
     analyzer = SpineAnalyzer.from_registry(weights, device=device)
@@ -196,6 +202,8 @@ def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batc
             truths = []
             for sid in chunk:
                 series = read_study_dir(ds.root / f"{ds.split}_images" / str(sid))
+                if variant is not None:
+                    series = apply_variant(series, variant)
                 inputs.append((str(sid), series, ds.region))
                 truths.append(_truth_centers(ds, sid))
             for sid, truth, res in zip(chunk, truths, analyzer.analyze_many(inputs)):
@@ -207,6 +215,8 @@ def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batc
     report["seconds_per_study_with_io"] = report["wall_seconds"] / max(1, len(studies))
     report["model"] = analyzer.model_id.to_json()
     report["device"] = str(analyzer.grader.device)
+    if variant is not None:
+        report["variant"] = variant
     return report
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from models.types import ModelsError
+from models.types import Box, ModelsError
 
 
 class VolumeError(ModelsError):
@@ -37,6 +37,8 @@ class Volume:
     positions: np.ndarray  # (slices, 3) ImagePositionPatient
     orientation: np.ndarray  # (6,) ImageOrientationPatient of the stack
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing), mm
+    #: set by :func:`canonical_volume`: how this pixel grid maps back to the source images
+    grid: SourceGrid | None = None
 
     def __post_init__(self) -> None:
         n = self.pixels.shape[0]
@@ -111,6 +113,133 @@ class Volume:
         _, i, j = self.patient_to_voxel(p)
         rows, cols = self.shape[1], self.shape[2]
         return -margin <= i <= rows - 1 + margin and -margin <= j <= cols - 1 + margin
+
+
+@dataclass(frozen=True, slots=True)
+class SourceGrid:
+    """How a canonical volume's in-plane pixel grid maps back onto its source images.
+
+    The canonical grid is the source grid transposed (when ``transpose``), then
+    flipped top to bottom (``flip_rows``) and left to right (``flip_cols``).
+    ``shape`` is the canonical ``(rows, cols)``. Boxes are in pixel-edge
+    coordinates (the top-left corner of the top-left pixel is (0, 0), as in a
+    DICOM SCOORD), arrays are ``(..., rows, cols)``.
+    """
+
+    transpose: bool
+    flip_rows: bool
+    flip_cols: bool
+    shape: tuple[int, int]
+
+    @property
+    def identity(self) -> bool:
+        return not (self.transpose or self.flip_rows or self.flip_cols)
+
+    def point_to_source(self, x: float, y: float) -> tuple[float, float]:
+        """(column x, row y) on the canonical grid -> the same point on the source image."""
+        rows, cols = self.shape
+        x1 = cols - x if self.flip_cols else x
+        y1 = rows - y if self.flip_rows else y
+        return (y1, x1) if self.transpose else (x1, y1)
+
+    def box_to_source(self, box: Box) -> Box:
+        xa, ya = self.point_to_source(box.x0, box.y0)
+        xb, yb = self.point_to_source(box.x1, box.y1)
+        return Box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
+
+    def array_to_source(self, arr: np.ndarray) -> np.ndarray:
+        """An array on the canonical grid ``(..., rows, cols)`` laid back onto the source grid."""
+        a = arr
+        if self.flip_rows:
+            a = a[..., ::-1, :]
+        if self.flip_cols:
+            a = a[..., :, ::-1]
+        if self.transpose:
+            a = np.swapaxes(a, -1, -2)
+        return np.ascontiguousarray(a)
+
+
+#: The canonical (row, column) directions per plane, in LPS: the orientation the
+#: shipped models were trained on (the phantom's, and the usual display orientation).
+#: Sagittal: rows run anterior -> posterior, columns head -> feet; axial: patient
+#: right -> left and anterior -> posterior; coronal: right -> left and head -> feet.
+CANONICAL_DIRECTIONS: dict[str, tuple[np.ndarray, np.ndarray]] = {
+    "sagittal": (np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0])),
+    "coronal": (np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0])),
+    "axial": (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])),
+}
+
+
+def canonical_plane(orientation: np.ndarray) -> str:
+    """``sagittal``/``coronal``/``axial`` by the dominant axis of the plane's normal."""
+    n = np.cross(orientation[:3], orientation[3:])
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(n)))]
+
+
+def canonical_grid(orientation: np.ndarray, rows: int, cols: int) -> SourceGrid:
+    """Of the eight transposes and flips of a pixel grid, the one whose row and column
+    directions come nearest the plane's :data:`CANONICAL_DIRECTIONS` (identity on ties)."""
+    row_t, col_t = CANONICAL_DIRECTIONS[canonical_plane(orientation)]
+    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    best: tuple[float, SourceGrid] | None = None
+    for transpose in (False, True):
+        r0, c0 = (col, row) if transpose else (row, col)
+        shape = (cols, rows) if transpose else (rows, cols)
+        for flip_rows in (False, True):
+            for flip_cols in (False, True):
+                r = -r0 if flip_cols else r0
+                c = -c0 if flip_rows else c0
+                score = float(r @ row_t + c @ col_t)
+                if best is None or score > best[0] + 1e-9:
+                    best = (score, SourceGrid(transpose, flip_rows, flip_cols, shape))
+    assert best is not None
+    return best[1]
+
+
+def canonical_volume(volume: Volume) -> Volume:
+    """The volume in the canonical patient-based orientation of its plane.
+
+    The pixel grid is transposed and flipped (exact, no resampling) so that rows
+    and columns run along :data:`CANONICAL_DIRECTIONS`, and the slices are sorted
+    along the new normal: a study sent with rows reversed, transposed, or with
+    its slices numbered the other way gives the models the same arrays as the
+    plain study. ``grid`` records the mapping back to the source images (boxes
+    and masks are reported on the images the scanner sent).
+    """
+    if volume.grid is not None:
+        return volume
+    _, rows, cols = volume.shape
+    grid = canonical_grid(volume.orientation, rows, cols)
+    row, col = volume.row_dir, volume.col_dir
+    dr, dc = volume.pixel_spacing
+    # source index (row, col) of the canonical grid's first pixel, per slice origin
+    i1 = (grid.shape[0] - 1) if grid.flip_rows else 0
+    j1 = (grid.shape[1] - 1) if grid.flip_cols else 0
+    i_s, j_s = (j1, i1) if grid.transpose else (i1, j1)
+    positions = volume.positions + j_s * dc * row[None, :] + i_s * dr * col[None, :]
+    r0, c0 = (col, row) if grid.transpose else (row, col)
+    new_row = -r0 if grid.flip_cols else r0
+    new_col = -c0 if grid.flip_rows else c0
+    spacing = (dc, dr) if grid.transpose else (dr, dc)
+    pixels = volume.pixels
+    if grid.transpose:
+        pixels = np.swapaxes(pixels, 1, 2)
+    if grid.flip_rows:
+        pixels = pixels[:, ::-1, :]
+    if grid.flip_cols:
+        pixels = pixels[:, :, ::-1]
+    normal = np.cross(new_row, new_col)
+    order = np.argsort(positions @ normal, kind="stable")
+    return Volume(
+        series_uid=volume.series_uid,
+        sop_instance_uids=tuple(volume.sop_instance_uids[i] for i in order),
+        instance_numbers=tuple(volume.instance_numbers[i] for i in order),
+        pixels=np.ascontiguousarray(pixels[order]),
+        positions=positions[order],
+        orientation=np.concatenate([new_row, new_col]),
+        pixel_spacing=spacing,
+        grid=grid,
+    )
 
 
 def _fractional_index(dist: np.ndarray) -> float:

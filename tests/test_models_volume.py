@@ -136,3 +136,52 @@ def test_sample_crop_centred_and_spacing_independent() -> None:
         assert crop[1, 0, 0] == 0.0 and crop[0].max() == 0.0
         # 1 mm per crop pixel: the square spans about 4 crop pixels whatever the spacing
         assert 3 <= int((crop[1, 8] > 0.5).sum()) <= 5
+
+
+
+def test_canonical_volume_keeps_every_voxel_in_place() -> None:
+    """Each of the 8 in-plane orientations, with the slices counted either way, gives the
+    same canonical array and geometry; the grid maps boxes and arrays back to the source."""
+    from models.phantom.variants import IN_PLANE, reorient, reorient_array, reverse_slices
+    from models.types import Box
+    from models.volume import canonical_volume
+
+    rng = np.random.default_rng(0)
+    base = []
+    for i, x in enumerate((-4.0, -2.0, 0.0, 2.0)):
+        ds = _ds("1.2", (x, -10.0, 50.0), SAG, inst=i + 1, value=0, shape=(6, 9))
+        ds.PixelSpacing = [0.5, 0.7]
+        ds.PixelData = rng.integers(0, 4000, (6, 9), dtype=np.uint16).tobytes()
+        base.append(ds)
+    source = volume_from_datasets(base)
+    plain = canonical_volume(source)
+    assert plain.grid is not None and plain.grid.identity
+    box = Box(1.0, 2.0, 4.0, 5.5)
+    labels = (plain.pixels > 2000).astype(np.uint8)
+    seen = set()
+    for op in IN_PLANE:
+        for reverse in (False, True):
+            dss = [reorient(ds, op) for ds in base]
+            dss = reverse_slices(dss) if reverse else dss
+            src = volume_from_datasets(dss)
+            seen.add((src.orientation.round(3).tobytes(), src.instance_numbers))
+            can = canonical_volume(src)
+            assert can.grid is not None and can.grid.identity == (op == IN_PLANE[0])
+            np.testing.assert_array_equal(can.pixels, plain.pixels)
+            np.testing.assert_allclose(can.positions, plain.positions, atol=1e-4)
+            np.testing.assert_allclose(can.orientation, plain.orientation, atol=1e-6)
+            assert can.pixel_spacing == pytest.approx(plain.pixel_spacing)
+            assert can.sop_instance_uids == plain.sop_instance_uids
+            # a box found on the canonical grid covers the same patient points on the source image
+            k = 1
+            sb = can.grid.box_to_source(box)
+            sk = src.sop_instance_uids.index(can.sop_instance_uids[k])
+            c_centre = can.voxel_to_patient(k, box.center[1] - 0.5, box.center[0] - 0.5)
+            s_centre = src.voxel_to_patient(sk, sb.center[1] - 0.5, sb.center[0] - 0.5)
+            np.testing.assert_allclose(c_centre, s_centre, atol=1e-4)
+            assert (sb.x1 - sb.x0) * (sb.y1 - sb.y0) == pytest.approx((box.x1 - box.x0) * (box.y1 - box.y0))
+            # a mask on the canonical grid, laid back, is the mask on the pixels as sent
+            by_uid = [source.sop_instance_uids.index(u) for u in can.sop_instance_uids]
+            expect = reorient_array((source.pixels > 2000).astype(np.uint8), op)[by_uid]
+            np.testing.assert_array_equal(can.grid.array_to_source(labels), expect)
+    assert len(seen) == 16  # every variant is sent differently

@@ -1,0 +1,128 @@
+"""Variants of a study that a hospital could send: same anatomy, different encoding.
+
+Each variant rewrites the pixel data *and* the headers consistently, so the
+patient-space content (every voxel's position in LPS millimetres) is unchanged:
+
+* the eight in-plane orientations of the pixel grid (:data:`IN_PLANE`: the
+  dihedral group of the square, i.e. flips of rows and columns and a
+  transpose), with ImageOrientationPatient, ImagePositionPatient,
+  PixelSpacing, Rows and Columns rewritten to match;
+* ``reversed_slices``: InstanceNumber counted the other way.
+
+The analyzer must give the same levels and grades on every variant; tests
+(``tests/test_study_variants.py``) and ``spinenode evaluate --variant`` use
+these functions.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class InPlane:
+    """An in-plane reorientation of the pixel grid: transpose first, then flips."""
+
+    transpose: bool = False
+    flip_rows: bool = False  # top row becomes the bottom row
+    flip_cols: bool = False  # left column becomes the right column
+
+    @property
+    def name(self) -> str:
+        parts = [p for p, on in (("transpose", self.transpose), ("flip_rows", self.flip_rows),
+                                 ("flip_cols", self.flip_cols)) if on]
+        return "+".join(parts) or "plain"
+
+
+#: All eight in-plane orientations (the identity first).
+IN_PLANE: tuple[InPlane, ...] = tuple(
+    InPlane(t, r, c) for t in (False, True) for r in (False, True) for c in (False, True)
+)
+
+
+def _ds_str(v: float) -> str:
+    """A decimal string (DS, at most 16 characters)."""
+    s = f"{v:.6f}".rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
+
+
+def reorient_array(arr: np.ndarray, op: InPlane) -> np.ndarray:
+    """A ``(..., rows, cols)`` array on the grid that :func:`reorient` gives."""
+    a = np.swapaxes(arr, -1, -2) if op.transpose else arr
+    if op.flip_rows:
+        a = a[..., ::-1, :]
+    if op.flip_cols:
+        a = a[..., :, ::-1]
+    return np.ascontiguousarray(a)
+
+
+def reorient(ds: Any, op: InPlane) -> Any:
+    """A copy of a single-frame image with its pixel grid reoriented and its header rewritten.
+
+    The voxel at (row i, column j) keeps its patient position:
+    ``IPP + j * dc * row_dir + i * dr * col_dir`` is the same before and after.
+    """
+    out = copy.deepcopy(ds)
+    arr = np.asarray(ds.pixel_array)
+    row = np.asarray([float(v) for v in ds.ImageOrientationPatient[:3]])
+    col = np.asarray([float(v) for v in ds.ImageOrientationPatient[3:]])
+    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+    dr, dc = (float(v) for v in ds.PixelSpacing)
+    if op.transpose:
+        row, col = col, row
+        dr, dc = dc, dr
+    arr = reorient_array(arr, op)
+    rows, cols = arr.shape
+    if op.flip_rows:
+        ipp = ipp + (rows - 1) * dr * col
+        col = -col
+    if op.flip_cols:
+        ipp = ipp + (cols - 1) * dc * row
+        row = -row
+    out.Rows, out.Columns = int(rows), int(cols)
+    out.PixelSpacing = [_ds_str(dr), _ds_str(dc)]
+    out.ImageOrientationPatient = [_ds_str(v) for v in (*row, *col)]
+    out.ImagePositionPatient = [_ds_str(v) for v in ipp]
+    out.PixelData = arr.astype(ds.pixel_array.dtype).tobytes()
+    return out
+
+
+def reverse_slices(datasets: Sequence[Any]) -> list[Any]:
+    """Copies with InstanceNumber counted the other way (and the list reversed)."""
+    out = [copy.deepcopy(ds) for ds in datasets]
+    numbers = sorted(int(ds.get("InstanceNumber", 0) or 0) for ds in out)
+    order = sorted(range(len(out)), key=lambda i: int(out[i].get("InstanceNumber", 0) or 0))
+    for rank, i in enumerate(order):
+        out[i].InstanceNumber = numbers[len(numbers) - 1 - rank]
+    return out[::-1]
+
+
+Study = Mapping[str, Sequence[Any]]
+
+
+def in_plane_variant(series: Study, op: InPlane) -> dict[str, list[Any]]:
+    """Every image of every series reoriented by ``op``."""
+    return {uid: [reorient(ds, op) for ds in dss] for uid, dss in series.items()}
+
+
+def variant_names() -> tuple[str, ...]:
+    """Names accepted by :func:`apply_variant`."""
+    return (*(op.name for op in IN_PLANE), "reversed_slices")
+
+
+def apply_variant(series: Study, name: str) -> dict[str, list[Any]]:
+    """The study as variant ``name`` (see :func:`variant_names`)."""
+    for op in IN_PLANE:
+        if op.name == name:
+            return in_plane_variant(series, op)
+    table: dict[str, Callable[[Study], dict[str, list[Any]]]] = {
+        "reversed_slices": lambda s: {uid: reverse_slices(dss) for uid, dss in s.items()},
+    }
+    if name not in table:
+        raise ValueError(f"unknown variant {name!r} (one of {', '.join(variant_names())})")
+    return table[name](series)

@@ -1,0 +1,124 @@
+"""The analyzer sees patient space, not pixel order: phantom studies re-encoded as a
+hospital could send them (models/phantom/variants.py) give the plain study's answer.
+
+Analyzer-level (shipped weights, no node) to keep CPU time small; the C-STORE path
+of a variant is in tests/test_variants_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.registry import PACKAGE_WEIGHTS_DIR, Registry
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+HAVE_WEIGHTS = {e.kind for e in Registry(PACKAGE_WEIGHTS_DIR).entries()} >= {"detector", "grader"}
+pytestmark = pytest.mark.skipif(not HAVE_WEIGHTS, reason="no shipped weights (test_models_integration fails)")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.phantom.config import PhantomConfig
+    from models.phantom.generate import generate_dataset
+
+    out = tmp_path_factory.mktemp("phantom")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # seed 4242 is not among the training seeds of the shipped weights
+        generate_dataset(out, 3, PhantomConfig.for_region("lumbar", "MR", matrix=256), seed=4242)
+    return out
+
+
+@pytest.fixture(scope="module")
+def studies(dataset: Path) -> list[tuple[str, dict[str, list[Any]]]]:
+    from models.analyzer import read_study_dir
+
+    return [(p.name, read_study_dir(p)) for p in sorted((dataset / "train_images").iterdir()) if p.is_dir()]
+
+
+@pytest.fixture(scope="module")
+def analyzer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from models.analyzer import SpineAnalyzer
+
+    os.environ.setdefault("SPINENODE_YOLO_DIR", str(tmp_path_factory.mktemp("yolo")))
+    return SpineAnalyzer.from_registry(None, device="cpu")
+
+
+def _grades(result: Any) -> dict[tuple[str, str], str]:
+    return {(lf.level.name, str(g.condition)): g.grade for lf in result.findings.levels for g in lf.grades}
+
+
+def _box_centre_patient(series: dict[str, list[Any]], level: Any) -> np.ndarray:
+    """The patient position of a level's box centre, read from the image it references."""
+    ds = next(d for dss in series.values() for d in dss if d.SOPInstanceUID == level.sop_instance_uid)
+    row = np.array([float(v) for v in ds.ImageOrientationPatient[:3]])
+    col = np.array([float(v) for v in ds.ImageOrientationPatient[3:]])
+    dr, dc = (float(v) for v in ds.PixelSpacing)
+    x, y = level.box.center  # pixel-edge coordinates
+    return np.array([float(v) for v in ds.ImagePositionPatient]) + (x - 0.5) * dc * row + (y - 0.5) * dr * col
+
+
+@pytest.mark.timeout(600)
+def test_every_orientation_and_slice_order_gives_the_same_findings(studies: Any, analyzer: Any) -> None:
+    from models.phantom.variants import IN_PLANE, apply_variant, reorient_array, variant_names
+
+    names = [n for n in variant_names() if n != "plain"]
+    assert len(names) == 8  # 7 in-plane orientations besides the plain one, and reversed slice order
+    agree: dict[str, list[int]] = {n: [0, 0] for n in names}
+    for uid, series in studies:
+        plain = analyzer.analyze(uid, series, "lumbar")
+        base = _grades(plain)
+        assert len(plain.findings.levels) == 5 and len(base) == 30
+        plain_masks = {u: plain.masks[0].labels[i] for i, u in enumerate(plain.masks[0].sop_instance_uids)}
+        for name in names:
+            variant = apply_variant(series, name)
+            res = analyzer.analyze(uid, variant, "lumbar")
+            assert [lf.level.name for lf in res.findings.levels] == [lf.level.name for lf in plain.findings.levels], name
+            got = _grades(res)
+            agree[name][0] += sum(got.get(k) == g for k, g in base.items())
+            agree[name][1] += len(base)
+            # the boxes are on the images as sent: same patient position as the plain study's
+            for a, b in zip(plain.findings.levels, res.findings.levels):
+                assert a.level.sop_instance_uid == b.level.sop_instance_uid
+                np.testing.assert_allclose(_box_centre_patient(series, a.level), _box_centre_patient(variant, b.level),
+                                           atol=0.5)
+            # and so are the SEG masks: the plain masks re-encoded like the pixels
+            op = next((o for o in IN_PLANE if o.name == name), IN_PLANE[0])
+            (m,) = res.masks
+            for i, u in enumerate(m.sop_instance_uids):
+                np.testing.assert_array_equal(m.labels[i], reorient_array(plain_masks[u], op))
+    for name, (same, total) in agree.items():
+        assert same / total >= 0.95, f"{name}: {same}/{total} grades agree with the plain study"
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_on_a_variant_set(dataset: Path, tmp_path: Path) -> None:
+    """``spinenode evaluate --variant`` scores the re-encoded set within 0.05 of the plain one."""
+    from typer.testing import CliRunner
+
+    from scp_node.cli import app
+
+    os.environ.setdefault("SPINENODE_YOLO_DIR", str(tmp_path / "yolo"))
+    runner = CliRunner()
+    scores = {}
+    for variant in (None, "transpose+flip_rows"):
+        args = ["evaluate", "--data", str(dataset), "--device", "cpu", "--json"]
+        res = runner.invoke(app, [*args, "--variant", variant] if variant else args)
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.stdout)
+        assert report.get("variant") == variant
+        assert report["level_detection_recall"] == 1.0
+        scores[variant] = report["rsna_score"]["score"]
+    assert abs(scores[None] - scores["transpose+flip_rows"]) <= 0.05
+    bad = runner.invoke(app, ["evaluate", "--data", str(dataset), "--variant", "sideways"])
+    assert bad.exit_code == 2 and "unknown variant" in bad.output
