@@ -44,7 +44,7 @@ from models.types import (
     Region, SeriesMasks, levels_of,
 )
 from models.volume import (
-    Volume, canonical_volume, nearest_in_stacks, sample_crop, volume_from_datasets, volumes_from_datasets,
+    Volume, VolumeError, canonical_volume, nearest_in_stacks, sample_crop, volume_from_datasets, volumes_from_datasets,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class _Prepared:
     selection: SeriesSelection
     missing: list[str]
     primary: Volume | None = None
+    primary_role: str = ""
     primary_pixels: np.ndarray | None = None
     grade_pixels: np.ndarray | None = None  # primary pixels as the grader reads them (CT window)
     primary_k: int = 0
@@ -116,6 +117,39 @@ def read_study_dir(path: Path) -> dict[str, list[Any]]:
         if "PixelData" in ds:
             series[str(ds.get("SeriesInstanceUID", ""))].append(ds)
     return dict(series)
+
+
+#: What each role's series serves, in the words of a "not assessed" line.
+ROLE_SERVES: Mapping[str, str] = {
+    "sagittal_t2": "spinal canal stenosis and Pfirrmann grade",
+    "sagittal_t1": "neural foraminal narrowing",
+    "axial_t2": "subarticular stenosis",
+    "ct_sagittal": "spinal canal stenosis",
+}
+ROLE_TITLE: Mapping[str, str] = {
+    "sagittal_t2": "sagittal T2/STIR", "sagittal_t1": "sagittal T1", "axial_t2": "axial T2",
+    "ct_sagittal": "sagittal CT",
+}
+
+
+def _read_role(datasets: Sequence[Any], role: str, missing: list[str], stacks: bool = False) -> list[Volume] | None:
+    """The selected series of a role as canonical volumes, or None with a "not assessed" line.
+
+    A series the models cannot read (pixels absent or undecodable, geometry that does
+    not make a volume) costs only the conditions it serves (:data:`ROLE_SERVES`).
+    """
+    try:
+        if any("PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds
+               for ds in datasets):
+            raise VolumeError("pixel data not available")
+        vols = volumes_from_datasets(datasets) if stacks else [volume_from_datasets(datasets)]
+        return [canonical_volume(v) for v in vols]
+    except Exception as exc:  # noqa: BLE001 - any decoder or geometry failure degrades this role only
+        why = str(exc) if isinstance(exc, VolumeError) else type(exc).__name__
+        logger.warning("series %s (%s) could not be read: %s", datasets[0].get("SeriesInstanceUID", "") if datasets
+                       else "", role, why)
+        missing.append(f"{ROLE_TITLE[role]} series could not be read ({why}): {ROLE_SERVES[role]} not assessed")
+        return None
 
 
 def _region_from_headers(series: Mapping[str, Sequence[Any]]) -> Region | None:
@@ -229,22 +263,37 @@ class SpineAnalyzer:
         reg = Region(region) if region else (_region_from_headers(series) or Region.LUMBAR)
         missing = list(sel.missing)
         p = _Prepared(uid, reg, sel, missing)
-        primary_uid = sel.sagittal_t2 or sel.ct_sagittal or sel.sagittal_t1
-        if primary_uid is None:
+        # The first readable of these locates the levels; a series that cannot be read
+        # removes only the conditions it serves (ROLE_CONDITIONS), never the whole study.
+        for role in ("sagittal_t2", "ct_sagittal", "sagittal_t1"):
+            role_uid = getattr(sel, role)
+            if role_uid is None:
+                continue
+            vols = _read_role(series[role_uid], role, missing)
+            if vols is None:
+                continue
+            p.primary, p.primary_role = vols[0], role
+            break
+        if p.primary is None:
             missing.append("no usable sagittal series: no level could be located")
             return p
-        p.primary = canonical_volume(volume_from_datasets(series[primary_uid]))
-        p.modality = str(series[primary_uid][0].get("Modality", "MR"))
+        p.modality = str(series[p.primary.series_uid][0].get("Modality", "MR"))
         p.primary_pixels = normalized_pixels(p.primary)
         p.grade_pixels = grader_pixels(p.primary, p.modality, mr_pixels=p.primary_pixels)
         p.primary_k = middle_slice(p.primary)
         if reg is Region.LUMBAR and p.modality == "MR":
-            if sel.sagittal_t1 and sel.sagittal_t1 != primary_uid:
-                p.sag_t1 = canonical_volume(volume_from_datasets(series[sel.sagittal_t1]))
-                p.sag_t1_pixels = normalized_pixels(p.sag_t1)
+            if p.primary_role == "sagittal_t1":
+                p.sag_t1, p.sag_t1_pixels = p.primary, p.primary_pixels
+            elif sel.sagittal_t1:
+                t1 = _read_role(series[sel.sagittal_t1], "sagittal_t1", missing)
+                if t1 is not None:
+                    p.sag_t1 = t1[0]
+                    p.sag_t1_pixels = normalized_pixels(p.sag_t1)
             if sel.axial_t2:
-                p.axial = [canonical_volume(v) for v in volumes_from_datasets(series[sel.axial_t2])]
-                p.axial_pixels = [normalized_pixels(v) for v in p.axial]
+                axial = _read_role(series[sel.axial_t2], "axial_t2", missing, stacks=True)
+                if axial is not None:
+                    p.axial = axial
+                    p.axial_pixels = [normalized_pixels(v) for v in p.axial]
         return p
 
     def _levels(self, p: _Prepared, dets: list[SegDetection]) -> tuple[list[Level], SeriesMasks | None]:
@@ -299,7 +348,7 @@ class SpineAnalyzer:
         kind = sagittal_kind(p.region.value, p.modality)
         if p.region is Region.CERVICAL:
             heads: tuple[str, ...] = ("cervical_canal",)
-        elif p.modality == "MR" and p.selection.sagittal_t2:
+        elif p.modality == "MR" and p.primary_role == "sagittal_t2":
             heads = ("spinal_canal", "pfirrmann")
         else:
             heads = ()

@@ -9,6 +9,7 @@ sequence.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -242,16 +243,34 @@ def _spacing_and_coverage(stack: Sequence[SliceGeometry]) -> tuple[float | None,
     return round(spacing, 3), round(float(proj[-1] - proj[0]) + spacing, 2)
 
 
+def _main_stack(stacks: list[list[SliceGeometry]]) -> tuple[Plane, list[SliceGeometry]]:
+    """The series' plane and its main stack, whatever order the slices came in.
+
+    The plane is the one most slices lie in, summed over stacks (axial blocks
+    angled along each disc are one axial series even when the L5-S1 block is
+    tilted past 35 degrees); the main stack is the largest stack in that plane,
+    ties broken by orientation, so the node (files in arrival order) and the
+    analyzer (files in instance order) always agree.
+    """
+    counts: dict[Plane, int] = defaultdict(int)
+    for st in stacks:
+        counts[plane_of(st[0].orientation)] += len(st)
+    rank = list(Plane)
+    plane = min(counts, key=lambda p: (-counts[p], rank.index(p)))
+    in_plane = [st for st in stacks if plane_of(st[0].orientation) == plane]
+    main = min(in_plane, key=lambda st: (-len(st), tuple(round(v, 3) for v in st[0].orientation or ())))
+    return plane, main
+
+
 def classify_series(h: SeriesHeader) -> SeriesClass:
-    """Classify one series by geometry and sequence."""
+    """Classify one series by geometry and sequence (independent of the slices' order)."""
     stacks = _stacks(h.slices)
     if not stacks:
         return SeriesClass(
             h.series_uid, h.modality, Plane.UNKNOWN, weighting_of(h), len(h.slices), 0,
             None, None, None, False, "no ImageOrientationPatient",
         )
-    main = max(stacks, key=len)
-    plane = plane_of(main[0].orientation)
+    plane, main = _main_stack(stacks)
     spacing, coverage = _spacing_and_coverage(main)
     ps = main[0].pixel_spacing
     pixel_mm = round(float(min(ps)), 4) if ps else None
@@ -344,9 +363,14 @@ def slice_geometry(ds: Any) -> SliceGeometry:
 
 
 def header_from_datasets(datasets: Sequence[Any]) -> SeriesHeader:
-    """SeriesHeader from the pydicom Datasets of one series (read with stop_before_pixels)."""
+    """SeriesHeader from the pydicom Datasets of one series (read with stop_before_pixels).
+
+    The datasets are put in instance order first (then SOP Instance UID), so the
+    series-level fields come from the same image whatever order the files were read in.
+    """
     if not datasets:
         raise ValueError("a series needs at least one dataset")
+    datasets = sorted(datasets, key=_instance_key)
     first = datasets[0]
     return SeriesHeader(
         series_uid=str(first.get("SeriesInstanceUID", "")),
@@ -362,6 +386,14 @@ def header_from_datasets(datasets: Sequence[Any]) -> SeriesHeader:
         sop_class_uid=str(first.get("SOPClassUID", "")),
         slices=tuple(slice_geometry(ds) for ds in datasets),
     )
+
+
+def _instance_key(ds: Any) -> tuple[int, str]:
+    try:
+        number = int(ds.get("InstanceNumber") or 0)
+    except (TypeError, ValueError):
+        number = 0
+    return number, str(ds.get("SOPInstanceUID", ""))
 
 
 def _strs(value: Any) -> list[str]:

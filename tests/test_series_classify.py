@@ -80,3 +80,43 @@ def test_localizer_is_not_usable() -> None:
     sl = tuple(SliceGeometry(str(i), i, (0.0, 0.0, float(i)), (1, 0, 0, 0, 1, 0), (1.0, 1.0), 64, 64) for i in range(9))
     h = SeriesHeader("1.2", "MR", "LOCALIZER", repetition_time=10, echo_time=3, image_type="ORIGINAL\\PRIMARY\\LOCALIZER", slices=sl)
     assert classify_series(h).usable is False
+
+
+def test_angled_axial_blocks_classify_the_same_in_any_order() -> None:
+    """Phantom seed 8: five axial blocks of 3 slices, one tilted past 35 degrees. The plane is the
+    one most slices lie in, so the node (arrival order) and the analyzer (instance order) agree;
+    before, the first largest stack decided and 'oblique plane is not used' came and went."""
+    import math
+    import random
+
+    def block(level: int, deg: float) -> list[SliceGeometry]:
+        a = math.radians(deg)
+        iop = (1.0, 0.0, 0.0, 0.0, math.cos(a), -math.sin(a))
+        return [SliceGeometry(f"{level}.{i}", 3 * level + i + 1, (0.0, 0.0, 40.0 * level + 4.0 * i), iop,
+                              (0.7, 0.7), 256, 256) for i in range(3)]
+
+    slices = [s for lv, deg in enumerate((40.0, 20.0, 10.0, 0.0, -5.0)) for s in block(lv, deg)]
+    classes = set()
+    rng = random.Random(8)
+    for _ in range(20):
+        rng.shuffle(slices)
+        c = classify_series(SeriesHeader("1.2", "MR", "AX T2", repetition_time=4000, echo_time=100,
+                                         slices=tuple(slices)))
+        classes.add((c.plane, c.usable, c.reason, c.coverage_mm, c.n_stacks))
+    assert len(classes) == 1
+    plane, usable, reason, _, n_stacks = classes.pop()
+    assert (plane, usable, reason, n_stacks) == (Plane.AXIAL, True, "", 5)
+
+
+def test_series_fields_come_from_the_first_instance_whatever_the_file_order() -> None:
+    from pydicom.dataset import Dataset
+
+    def ds(n: int, te: float) -> Dataset:
+        d = Dataset()
+        d.SeriesInstanceUID, d.SOPInstanceUID, d.InstanceNumber, d.Modality = "1.2", f"1.2.{n}", n, "MR"
+        d.RepetitionTime, d.EchoTime = 3000, te
+        return d
+
+    a = header_from_datasets([ds(2, 20.0), ds(1, 100.0)])
+    b = header_from_datasets([ds(1, 100.0), ds(2, 20.0)])
+    assert a == b and a.echo_time == 100.0

@@ -63,17 +63,25 @@ def run_analysis(
     Pixels are read for the ``selected`` series only (all when None); the others are
     read as headers, so that the analyzer's own classification (and what it reports
     missing) sees the whole study without loading localisers and unused sequences.
+    A series the analyzer cannot read costs only the conditions it serves (the
+    findings' ``missing`` lines say which and why); the study is "not analysed" only
+    when no level can be located at all.
     """
     from models.analyzer import AnalyzerError
 
     analyzer = load_analyzer(settings)
     series: dict[str, list[Any]] = {}
     for uid, files in series_files.items():
-        try:
-            headers_only = selected is not None and uid not in selected
-            series[uid] = [dcmread(f, stop_before_pixels=headers_only) for f in files]
-        except Exception as exc:
-            log.warning("series %s unreadable (%s): left out of the analysis", uid, type(exc).__name__)
+        headers_only = selected is not None and uid not in selected
+        datasets = []
+        for f in files:
+            try:
+                datasets.append(dcmread(f, stop_before_pixels=headers_only))
+            except Exception as exc:  # one unreadable file costs that image, not the series
+                log.warning("series %s: a file is unreadable (%s): left out of the analysis", uid,
+                            type(exc).__name__)
+        if datasets:
+            series[uid] = datasets
     try:
         return analyzer.analyze(study_uid, series, region)
     except AnalyzerError as exc:

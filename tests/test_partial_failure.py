@@ -1,0 +1,129 @@
+"""Partial failure degrades, never erases: a series that cannot be read costs only the
+conditions it serves; the rest of the study is reported (issue 15, phantom seed 8).
+
+Through the worker's run_analysis with the shipped weights (the same call the analyze
+stage makes), on a phantom study whose axial T2 is five angled blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from pydicom import dcmread
+
+from models.registry import PACKAGE_WEIGHTS_DIR, Registry
+from models.series import classify_series, header_from_datasets, select_series
+from models.types import Condition
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+HAVE_WEIGHTS = {e.kind for e in Registry(PACKAGE_WEIGHTS_DIR).entries()} >= {"detector", "grader"}
+pytestmark = pytest.mark.skipif(not HAVE_WEIGHTS, reason="no shipped weights (test_models_integration fails)")
+
+SAGITTAL = {Condition.SPINAL_CANAL_STENOSIS, Condition.PFIRRMANN}
+FORAMINAL = {Condition.LEFT_NEURAL_FORAMINAL_NARROWING, Condition.RIGHT_NEURAL_FORAMINAL_NARROWING}
+SUBARTICULAR = {Condition.LEFT_SUBARTICULAR_STENOSIS, Condition.RIGHT_SUBARTICULAR_STENOSIS}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.phantom.config import PhantomConfig
+    from models.phantom.generate import generate_dataset
+
+    out = tmp_path_factory.mktemp("seed8")
+    os.environ.setdefault("SPINENODE_YOLO_DIR", str(tmp_path_factory.mktemp("yolo")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        generate_dataset(out, 1, PhantomConfig.for_region("lumbar", "MR"), seed=8)
+    return next(p for p in (out / "train_images").iterdir() if p.is_dir())
+
+
+def _files(root: Path) -> tuple[dict[str, list[Path]], Any]:
+    files: dict[str, list[Path]] = defaultdict(list)
+    headers: dict[str, list[Any]] = defaultdict(list)
+    for f in sorted(root.rglob("*.dcm")):
+        ds = dcmread(f, stop_before_pixels=True)
+        files[str(ds.SeriesInstanceUID)].append(f)
+        headers[str(ds.SeriesInstanceUID)].append(ds)
+    selection = select_series([classify_series(header_from_datasets(h)) for h in headers.values()])
+    return dict(files), selection
+
+
+def _run(files: dict[str, list[Path]], selected: set[str] | None) -> Any:
+    from workers.analysis import run_analysis
+
+    return run_analysis(SimpleNamespace(device="cpu"), "1.2.3", files, "lumbar", selected)  # type: ignore[arg-type]
+
+
+def _conditions(result: Any) -> set[Condition]:
+    return {g.condition for lf in result.findings.levels for g in lf.grades}
+
+
+def _truncate_pixels(files: list[Path]) -> None:
+    for f in files:
+        ds = dcmread(f)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+        ds.save_as(f)
+
+
+def test_a_series_read_as_headers_only_costs_its_conditions_only(study: Path) -> None:
+    """The bug: the node's classification left the axial out, the analyzer selected it, read
+    pixels from a header-only read (AttributeError) and the whole study became "not analysed"."""
+    from models.types import AnalysisResult
+
+    files, sel = _files(study)
+    assert sel.axial_t2 and sel.sagittal_t2 and sel.sagittal_t1
+    res = _run(files, {sel.sagittal_t2, sel.sagittal_t1})  # the axial's pixels are not read
+    assert isinstance(res, AnalysisResult), res
+    assert len(res.findings.levels) >= 4
+    assert _conditions(res) == SAGITTAL | FORAMINAL
+    assert any("axial T2 series could not be read" in m and "subarticular stenosis not assessed" in m
+               for m in res.findings.missing), res.findings.missing
+
+
+def test_undecodable_series_cost_only_their_conditions(study: Path, tmp_path: Path) -> None:
+    from models.types import AnalysisResult
+
+    files, sel = _files(study)
+    full = _run(files, None)
+    assert _conditions(full) == SAGITTAL | FORAMINAL | SUBARTICULAR and not full.findings.missing
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    files, sel = _files(copy)
+    _truncate_pixels(files[sel.sagittal_t1])
+    res = _run(files, sel.series_uids())
+    assert isinstance(res, AnalysisResult), res
+    assert [lf.level.name for lf in res.findings.levels] == [lf.level.name for lf in full.findings.levels]
+    assert _conditions(res) == SAGITTAL | SUBARTICULAR
+    assert [m for m in res.findings.missing if "not assessed" in m] == [
+        m for m in res.findings.missing if m.startswith("sagittal T1 series could not be read")]
+    assert any("neural foraminal narrowing not assessed" in m for m in res.findings.missing)
+    # the axial unreadable as well: the sagittal T2's conditions are still reported
+    _truncate_pixels(files[sel.axial_t2])
+    res = _run(files, sel.series_uids())
+    assert isinstance(res, AnalysisResult) and _conditions(res) == SAGITTAL
+    assert sum("could not be read" in m for m in res.findings.missing) == 2
+
+
+def test_an_unreadable_sagittal_t2_leaves_the_levels_to_the_t1(study: Path, tmp_path: Path) -> None:
+    from models.types import AnalysisResult
+
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    files, sel = _files(copy)
+    _truncate_pixels(files[sel.sagittal_t2])
+    res = _run(files, sel.series_uids())
+    assert isinstance(res, AnalysisResult), res
+    assert any("sagittal T2/STIR series could not be read" in m
+               and "spinal canal stenosis and Pfirrmann grade not assessed" in m for m in res.findings.missing)
+    assert res.findings.levels and all(lf.level.series_uid == sel.sagittal_t1 for lf in res.findings.levels)
+    assert _conditions(res) == FORAMINAL | SUBARTICULAR
