@@ -36,6 +36,7 @@ from models.grader import (
     CROP_FOV_MM, CROP_PX, HALF_SLICES, SIDE_CONDITION, CropRequest, Grader, grade_from, grader_pixels,
     recess_crop, recess_frame, sagittal_kind,
 )
+from models.multiframe import expand_study
 from models.levels import DiscCandidate, name_levels, spine_axes
 from models.registry import Registry
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
@@ -258,6 +259,7 @@ class SpineAnalyzer:
     # ------------------------------------------------------------------ stages
     def _prepare(self, uid: str, series: Mapping[str, Sequence[Any]],
                  region: Region | str | None) -> _Prepared:
+        series = expand_study(series)  # multi-frame images frame by frame (models.multiframe)
         classes = [classify_series(header_from_datasets(list(dss))) for dss in series.values()]
         sel = select_series(classes)
         reg = Region(region) if region else (_region_from_headers(series) or Region.LUMBAR)
@@ -316,7 +318,8 @@ class SpineAnalyzer:
         levels = [
             Level(n.name, vol.series_uid, vol.sop_instance_uids[k], k,
                   grid.box_to_source(discs[n.key].box) if grid is not None else discs[n.key].box,
-                  clusters[n.key].score, tuple(float(x) for x in centers[n.key]))  # type: ignore[arg-type]
+                  clusters[n.key].score, tuple(float(x) for x in centers[n.key]),  # type: ignore[arg-type]
+                  vol.frame_of(k))
             for n in named
         ]
         levels.sort(key=lambda lv: levels_of(p.region).index(lv.name))
@@ -338,7 +341,8 @@ class SpineAnalyzer:
                 labels[k][union & (labels[k] == 0)] = value
         if grid is not None:
             labels = grid.array_to_source(labels)  # the SEG lies on the images as sent
-        masks = SeriesMasks(vol.series_uid, vol.sop_instance_uids, labels, segments, self.model_id) if segments else None
+        masks = SeriesMasks(vol.series_uid, vol.sop_instance_uids, labels, segments, self.model_id,
+                            vol.frame_numbers if any(vol.frame_numbers) else ()) if segments else None
         return levels, masks
 
     def _crops(self, p: _Prepared, lv: Level, spine_axis: np.ndarray | None) -> list[tuple[CropRequest, str | None]]:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from models.multiframe import expand_series, frame_number_of
+
 #: |normal component| above which a plane is called by its dominant axis (cos 35 deg).
 PLANE_COSINE = 0.82
 #: Minimum slices for a usable sagittal (foramen to foramen) or axial series.
@@ -365,12 +367,14 @@ def slice_geometry(ds: Any) -> SliceGeometry:
 def header_from_datasets(datasets: Sequence[Any]) -> SeriesHeader:
     """SeriesHeader from the pydicom Datasets of one series (read with stop_before_pixels).
 
-    The datasets are put in instance order first (then SOP Instance UID), so the
-    series-level fields come from the same image whatever order the files were read in.
+    Multi-frame images count frame by frame (:func:`models.multiframe.expand_series`:
+    geometry and TR/TE/TI from the functional groups). The datasets are put in
+    instance order first (then SOP Instance UID, frame), so the series-level fields
+    come from the same image whatever order the files were read in.
     """
     if not datasets:
         raise ValueError("a series needs at least one dataset")
-    datasets = sorted(datasets, key=_instance_key)
+    datasets = sorted(expand_series(datasets), key=_instance_key)
     first = datasets[0]
     return SeriesHeader(
         series_uid=str(first.get("SeriesInstanceUID", "")),
@@ -388,12 +392,12 @@ def header_from_datasets(datasets: Sequence[Any]) -> SeriesHeader:
     )
 
 
-def _instance_key(ds: Any) -> tuple[int, str]:
+def _instance_key(ds: Any) -> tuple[int, str, int]:
     try:
         number = int(ds.get("InstanceNumber") or 0)
     except (TypeError, ValueError):
         number = 0
-    return number, str(ds.get("SOPInstanceUID", ""))
+    return number, str(ds.get("SOPInstanceUID", "")), frame_number_of(ds)
 
 
 def _strs(value: Any) -> list[str]:

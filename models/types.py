@@ -122,7 +122,9 @@ class Level:
     """A named disc level located on the sagittal series.
 
     ``center_patient`` is the disc centre in patient coordinates (mm, LPS),
-    which maps the level onto the axial series by geometry.
+    which maps the level onto the axial series by geometry. ``box`` is on the
+    image as sent; ``frame_number`` (1-based) says which frame of a multi-frame
+    image it lies on (None for a single-frame image).
     """
 
     name: str
@@ -132,6 +134,7 @@ class Level:
     box: Box
     confidence: float
     center_patient: tuple[float, float, float]
+    frame_number: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +184,16 @@ class LevelFindings:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "level": self.level.name,
             "series_uid": self.level.series_uid,
             "sop_instance_uid": self.level.sop_instance_uid,
-            "box": self.level.box.as_list(),
-            "findings": {str(g.condition): g.to_json() for g in self.grades},
         }
+        if self.level.frame_number is not None:
+            out["frame_number"] = self.level.frame_number  # additive: only for multi-frame sources
+        out["box"] = self.level.box.as_list()
+        out["findings"] = {str(g.condition): g.to_json() for g in self.grades}
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +232,8 @@ class SeriesMasks:
 
     ``labels`` has shape (slices, rows, cols), dtype uint8; value ``k`` means
     structure ``segments[k]`` (0 is background). ``sop_instance_uids[i]`` is the
-    source image of slice ``i``.
+    source image of slice ``i``; for a multi-frame source ``frame_numbers[i]`` is
+    its 1-based frame (empty for single-frame sources).
     """
 
     series_uid: str
@@ -234,10 +241,13 @@ class SeriesMasks:
     labels: np.ndarray
     segments: Mapping[int, str] = field(default_factory=dict)
     model: ModelId | None = None
+    frame_numbers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.labels.ndim != 3 or self.labels.shape[0] != len(self.sop_instance_uids):
             raise ValueError("labels must be (slices, rows, cols), one slice per SOP instance")
+        if self.frame_numbers and len(self.frame_numbers) != len(self.sop_instance_uids):
+            raise ValueError("one frame number per slice, or none")
         if 0 in self.segments:
             raise ValueError("segment 0 is background")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from models.multiframe import expand_series, frame_number_of
 from models.types import Box, ModelsError
 
 
@@ -39,11 +40,19 @@ class Volume:
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing), mm
     #: set by :func:`canonical_volume`: how this pixel grid maps back to the source images
     grid: SourceGrid | None = None
+    #: per slice, the 1-based frame of a multi-frame source image (0: a single-frame image)
+    frame_numbers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         n = self.pixels.shape[0]
         if self.pixels.ndim != 3 or self.positions.shape != (n, 3) or len(self.sop_instance_uids) != n:
             raise VolumeError("pixels, positions and SOP instance UIDs disagree in slice count")
+        if self.frame_numbers and len(self.frame_numbers) != n:
+            raise VolumeError("frame numbers and slices disagree in count")
+
+    def frame_of(self, k: int) -> int | None:
+        """The 1-based source frame of slice k (None for a single-frame image)."""
+        return (self.frame_numbers[k] or None) if self.frame_numbers else None
 
     @property
     def row_dir(self) -> np.ndarray:
@@ -239,6 +248,7 @@ def canonical_volume(volume: Volume) -> Volume:
         orientation=np.concatenate([new_row, new_col]),
         pixel_spacing=spacing,
         grid=grid,
+        frame_numbers=tuple(volume.frame_numbers[i] for i in order) if volume.frame_numbers else (),
     )
 
 
@@ -281,9 +291,10 @@ def volume_from_datasets(datasets: Iterable[Any]) -> Volume:
     """Assemble pydicom Datasets of one series (with pixels) into a sorted Volume.
 
     Slices of the largest stack (one orientation) are kept; rescale slope and
-    intercept are applied.
+    intercept are applied. Multi-frame images are read frame by frame
+    (:mod:`models.multiframe`).
     """
-    dss = list(datasets)
+    dss = expand_series(datasets)
     if not dss:
         raise VolumeError("no datasets")
     orientation, stack = max(_stacks(dss), key=lambda g: len(g[1]))
@@ -292,7 +303,7 @@ def volume_from_datasets(datasets: Iterable[Any]) -> Volume:
 
 def volumes_from_datasets(datasets: Iterable[Any]) -> list[Volume]:
     """One Volume per orientation stack (angled axial blocks, one per disc, are separate)."""
-    dss = list(datasets)
+    dss = expand_series(datasets)
     if not dss:
         raise VolumeError("no datasets")
     return [_stack_volume(o, stack) for o, stack in _stacks(dss)]
@@ -339,11 +350,12 @@ def _stack_volume(orientation: np.ndarray, stack: list[Any]) -> Volume:
         positions=positions,
         orientation=orientation,
         pixel_spacing=(float(ps[0]), float(ps[1])),
+        frame_numbers=tuple(frame_number_of(ds) for ds in stack),
     )
 
 
 def read_series_dir(directory: Path) -> list[Any]:
-    """Read every DICOM file in a directory (pixels included)."""
+    """Read every DICOM file in a directory (pixels included; multi-frame images stay whole)."""
     import pydicom
 
     files = sorted(p for p in Path(directory).iterdir() if p.is_file())

@@ -58,9 +58,17 @@ def _grades(result: Any) -> dict[tuple[str, str], str]:
     return {(lf.level.name, str(g.condition)): g.grade for lf in result.findings.levels for g in lf.grades}
 
 
+def _image(series: dict[str, list[Any]], sop_uid: str, frame: int | None) -> Any:
+    """The image (or the frame of a multi-frame image) a level references, as a single-frame header."""
+    from models.multiframe import expand_frames
+
+    ds = next(d for dss in series.values() for d in dss if d.SOPInstanceUID == sop_uid)
+    return expand_frames(ds)[frame - 1] if frame else ds
+
+
 def _box_centre_patient(series: dict[str, list[Any]], level: Any) -> np.ndarray:
     """The patient position of a level's box centre, read from the image it references."""
-    ds = next(d for dss in series.values() for d in dss if d.SOPInstanceUID == level.sop_instance_uid)
+    ds = _image(series, level.sop_instance_uid, level.frame_number)
     row = np.array([float(v) for v in ds.ImageOrientationPatient[:3]])
     col = np.array([float(v) for v in ds.ImageOrientationPatient[3:]])
     dr, dc = (float(v) for v in ds.PixelSpacing)
@@ -69,17 +77,22 @@ def _box_centre_patient(series: dict[str, list[Any]], level: Any) -> np.ndarray:
 
 
 @pytest.mark.timeout(600)
-def test_every_orientation_and_slice_order_gives_the_same_findings(studies: Any, analyzer: Any) -> None:
+def test_every_orientation_slice_order_and_multiframe_gives_the_same_findings(studies: Any, analyzer: Any) -> None:
     from models.phantom.variants import IN_PLANE, apply_variant, reorient_array, variant_names
 
     names = [n for n in variant_names() if n != "plain"]
-    assert len(names) == 8  # 7 in-plane orientations besides the plain one, and reversed slice order
+    # 7 in-plane orientations besides the plain one, reversed slice order, Legacy Converted Enhanced MR
+    assert len(names) == 9 and "legacy_enhanced" in names
     agree: dict[str, list[int]] = {n: [0, 0] for n in names}
     for uid, series in studies:
         plain = analyzer.analyze(uid, series, "lumbar")
         base = _grades(plain)
         assert len(plain.findings.levels) == 5 and len(base) == 30
-        plain_masks = {u: plain.masks[0].labels[i] for i, u in enumerate(plain.masks[0].sop_instance_uids)}
+        assert all(lf.level.frame_number is None for lf in plain.findings.levels)
+        (pm,) = plain.masks
+        plain_masks = {u: pm.labels[i] for i, u in enumerate(pm.sop_instance_uids)}
+        by_position = {tuple(np.round([float(v) for v in _image(series, u, None).ImagePositionPatient], 2)): u
+                       for u in pm.sop_instance_uids}
         for name in names:
             variant = apply_variant(series, name)
             res = analyzer.analyze(uid, variant, "lumbar")
@@ -87,15 +100,22 @@ def test_every_orientation_and_slice_order_gives_the_same_findings(studies: Any,
             got = _grades(res)
             agree[name][0] += sum(got.get(k) == g for k, g in base.items())
             agree[name][1] += len(base)
-            # the boxes are on the images as sent: same patient position as the plain study's
+            # the boxes are on the images (frames) as sent: same patient position as the plain study's
             for a, b in zip(plain.findings.levels, res.findings.levels):
-                assert a.level.sop_instance_uid == b.level.sop_instance_uid
+                if name == "legacy_enhanced":
+                    assert b.level.frame_number is not None and b.level.sop_instance_uid != a.level.sop_instance_uid
+                else:
+                    assert a.level.sop_instance_uid == b.level.sop_instance_uid and b.level.frame_number is None
                 np.testing.assert_allclose(_box_centre_patient(series, a.level), _box_centre_patient(variant, b.level),
                                            atol=0.5)
             # and so are the SEG masks: the plain masks re-encoded like the pixels
             op = next((o for o in IN_PLANE if o.name == name), IN_PLANE[0])
             (m,) = res.masks
+            assert bool(m.frame_numbers) == (name == "legacy_enhanced")
             for i, u in enumerate(m.sop_instance_uids):
+                if m.frame_numbers:
+                    ipp = _image(variant, u, m.frame_numbers[i]).ImagePositionPatient
+                    u = by_position[tuple(np.round([float(v) for v in ipp], 2))]
                 np.testing.assert_array_equal(m.labels[i], reorient_array(plain_masks[u], op))
     for name, (same, total) in agree.items():
         assert same / total >= 0.95, f"{name}: {same}/{total} grades agree with the plain study"

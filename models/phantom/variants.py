@@ -7,7 +7,11 @@ patient-space content (every voxel's position in LPS millimetres) is unchanged:
   dihedral group of the square, i.e. flips of rows and columns and a
   transpose), with ImageOrientationPatient, ImagePositionPatient,
   PixelSpacing, Rows and Columns rewritten to match;
-* ``reversed_slices``: InstanceNumber counted the other way.
+* ``reversed_slices``: InstanceNumber counted the other way;
+* ``legacy_enhanced``: each series as one Legacy Converted Enhanced MR (or CT)
+  image, the multi-frame object Siemens XA and Philips scanners send by
+  default (:func:`legacy_converted`, built with highdicom's legacy conversion);
+  the series keeps its Series Instance UID.
 
 The analyzer must give the same levels and grades on every variant; tests
 (``tests/test_study_variants.py``) and ``spinenode evaluate --variant`` use
@@ -110,9 +114,27 @@ def in_plane_variant(series: Study, op: InPlane) -> dict[str, list[Any]]:
     return {uid: [reorient(ds, op) for ds in dss] for uid, dss in series.items()}
 
 
+def legacy_converted(datasets: Sequence[Any]) -> Any:
+    """One Legacy Converted Enhanced MR (or CT) image holding every image of a single-frame series.
+
+    The SOP Instance UID derives from the series UID (the same series gives the same
+    object); frames are in the order highdicom's dimension index gives them.
+    """
+    import highdicom.legacy as hl
+    from pydicom.uid import generate_uid
+
+    first = datasets[0]
+    cls = hl.LegacyConvertedEnhancedCTImage if first.Modality == "CT" else hl.LegacyConvertedEnhancedMRImage
+    series_uid = str(first.SeriesInstanceUID)
+    return cls(
+        list(datasets), series_uid, int(first.get("SeriesNumber", 1) or 1),
+        generate_uid(entropy_srcs=[series_uid, "legacy-converted"]), 1,
+    )
+
+
 def variant_names() -> tuple[str, ...]:
     """Names accepted by :func:`apply_variant`."""
-    return (*(op.name for op in IN_PLANE), "reversed_slices")
+    return (*(op.name for op in IN_PLANE), "reversed_slices", "legacy_enhanced")
 
 
 def apply_variant(series: Study, name: str) -> dict[str, list[Any]]:
@@ -122,6 +144,7 @@ def apply_variant(series: Study, name: str) -> dict[str, list[Any]]:
             return in_plane_variant(series, op)
     table: dict[str, Callable[[Study], dict[str, list[Any]]]] = {
         "reversed_slices": lambda s: {uid: reverse_slices(dss) for uid, dss in s.items()},
+        "legacy_enhanced": lambda s: {uid: [legacy_converted(dss)] for uid, dss in s.items()},
     }
     if name not in table:
         raise ValueError(f"unknown variant {name!r} (one of {', '.join(variant_names())})")

@@ -17,7 +17,7 @@ def findings_from_json(data: dict[str, Any]) -> Findings:
         level = Level(
             name=lv["level"], series_uid=lv["series_uid"], sop_instance_uid=lv["sop_instance_uid"],
             slice_index=-1, box=Box(*lv["box"]), confidence=float(lv.get("confidence", 0.0)),
-            center_patient=(0.0, 0.0, 0.0),
+            center_patient=(0.0, 0.0, 0.0), frame_number=lv.get("frame_number"),
         )
         grades = []
         for cond, f in lv.get("findings", {}).items():

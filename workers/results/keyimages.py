@@ -41,15 +41,22 @@ def _label(lf: LevelFindings) -> str:
 
 def render(source: Dataset, findings: Findings) -> np.ndarray:
     """RGB uint8 image of ``source`` with the findings of the levels on it drawn."""
-    gray = _to_uint8(source.pixel_array)
+    sop = str(source.SOPInstanceUID)
+    pixels = source.pixel_array
+    frame: int | None = None
+    if int(source.get("NumberOfFrames", 1) or 1) > 1:  # a multi-frame source: the frame most levels lie on
+        frames = [lf.level.frame_number for lf in findings.levels
+                  if lf.level.sop_instance_uid == sop and lf.level.frame_number]
+        frame = max(set(frames), key=frames.count) if frames else 1
+        pixels = pixels[frame - 1]
+    gray = _to_uint8(pixels)
     scale = max(1, int(np.ceil(MIN_SIDE / max(gray.shape))))
     img = Image.fromarray(gray).convert("RGB").resize((gray.shape[1] * scale, gray.shape[0] * scale),
                                                       Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=max(12, img.width // 48))
-    sop = str(source.SOPInstanceUID)
     for lf in findings.levels:
-        if lf.level.sop_instance_uid != sop:
+        if lf.level.sop_instance_uid != sop or (frame is not None and lf.level.frame_number != frame):
             continue
         b = lf.level.box
         colour = COLOURS[_worst(lf)]

@@ -39,7 +39,17 @@ def build_seg(
     missing = [u for u in masks.sop_instance_uids if u not in by_uid]
     if missing:
         raise ValueError(f"{len(missing)} source instance(s) of the mask are not in the study")
-    ordered = [by_uid[u] for u in masks.sop_instance_uids]
+    labels = np.asarray(masks.labels, dtype=np.uint8)
+    if masks.frame_numbers:  # a multi-frame source: one image, the labels in its frame order
+        if len(set(masks.sop_instance_uids)) != 1:
+            raise ValueError("masks on frames of several multi-frame images are not supported")
+        ordered = [by_uid[masks.sop_instance_uids[0]]]
+        order = np.argsort(masks.frame_numbers, kind="stable")
+        if [masks.frame_numbers[i] for i in order] != list(range(1, int(ordered[0].NumberOfFrames) + 1)):
+            raise ValueError("masks must cover every frame of the multi-frame source once")
+        labels = labels[order]
+    else:
+        ordered = [by_uid[u] for u in masks.sop_instance_uids]
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model.name, family=codes.ALGORITHM_FAMILY, version=model.version
     )
@@ -61,7 +71,7 @@ def build_seg(
     ]
     seg = hd.seg.Segmentation(
         source_images=ordered,
-        pixel_array=np.asarray(masks.labels, dtype=np.uint8),
+        pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=identity.series_uid,
@@ -90,6 +100,7 @@ def save_masks(masks: Sequence[SeriesMasks], path: Path) -> None:
         arrays[f"uids_{i}"] = np.array(m.sop_instance_uids)
         arrays[f"series_{i}"] = np.array([m.series_uid])
         arrays[f"segments_{i}"] = np.array([f"{k}\t{v}" for k, v in sorted(m.segments.items())])
+        arrays[f"frames_{i}"] = np.array(m.frame_numbers, dtype=np.int64)
     buf = io.BytesIO()
     np.savez_compressed(buf, count=np.array([len(masks)]), **arrays)  # type: ignore[arg-type]
     atomic_write(path, buf.getvalue())
@@ -105,5 +116,6 @@ def load_masks(path: Path) -> list[SeriesMasks]:
                 sop_instance_uids=tuple(str(u) for u in data[f"uids_{i}"].tolist()),
                 labels=np.array(data[f"labels_{i}"]),
                 segments=segments,
+                frame_numbers=tuple(int(f) for f in data[f"frames_{i}"].tolist()) if f"frames_{i}" in data else (),
             ))
         return out

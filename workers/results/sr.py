@@ -83,7 +83,9 @@ def _level_group(
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=polyline,
-        source_image=hd.sr.SourceImageForRegion(str(source.SOPClassUID), level.sop_instance_uid),
+        source_image=hd.sr.SourceImageForRegion(
+            str(source.SOPClassUID), level.sop_instance_uid,
+            referenced_frame_numbers=[level.frame_number] if level.frame_number else None),
     )
     algorithm = _algorithm(model)
     evaluations = [
