@@ -153,6 +153,35 @@ def _read_role(datasets: Sequence[Any], role: str, missing: list[str], stacks: b
         return None
 
 
+def _lost_levels(vol: Volume, k: int, levels: Sequence[Level], order: Sequence[str]) -> list[str]:
+    """"Not assessed" lines for the region's levels that were not found: outside the sagittal
+    field of view (partial coverage: their place, extrapolated from the levels found, lies
+    beyond the image or within half a disc spacing of its edge), or within it but not found."""
+    found = {lv.name: float(lv.center_patient[2]) for lv in levels}
+    lost = [n for n in order if n not in found]
+    if not lost:
+        return []
+    rows, cols = vol.shape[1], vol.shape[2]
+    corners = [vol.voxel_to_patient(k, i, j)[2] for i in (0, rows - 1) for j in (0, cols - 1)]
+    z_lo, z_hi = min(corners), max(corners)
+    outside: list[str] = []
+    if len(found) >= 2:
+        idx = np.array([order.index(n) for n in found], dtype=float)
+        slope, icpt = np.polyfit(idx, np.array(list(found.values())), 1)
+        margin = 0.5 * abs(slope)  # a disc within half a disc spacing of the edge is cut by it
+        for n in lost:
+            z = slope * order.index(n) + icpt
+            if not z_lo + margin <= z <= z_hi - margin:
+                outside.append(n)
+    unseen = [n for n in lost if n not in outside]
+    out = []
+    if outside:
+        out.append(f"levels at or beyond the edge of the sagittal field of view: {', '.join(outside)} not assessed")
+    if unseen:
+        out.append(f"levels not found on the sagittal series: {', '.join(unseen)}")
+    return out
+
+
 def _region_from_headers(series: Mapping[str, Sequence[Any]]) -> Region | None:
     for dss in series.values():
         part = str(dss[0].get("BodyPartExamined", "")).upper()
@@ -249,9 +278,7 @@ class SpineAnalyzer:
             found = {lv.name for lv in levels}
             missing = list(p.missing)
             if p.primary is not None:
-                lost = [n for n in levels_of(p.region) if n not in found]
-                if lost:
-                    missing.append(f"levels not found on the sagittal series: {', '.join(lost)}")
+                missing.extend(_lost_levels(p.primary, p.primary_k, levels, levels_of(p.region)))
             findings = Findings(p.study_uid, p.region, self.model_id, lfs, tuple(missing))
             out.append(AnalysisResult(findings, (masks,) if masks is not None else (), seconds))
         return out

@@ -71,7 +71,8 @@ def evaluate(
     max_studies: Annotated[Optional[int], typer.Option(help="evaluate at most N studies")] = None,
     variant: Annotated[Optional[str], typer.Option(
         help="re-encode every study first, as a hospital could send it (models/phantom/variants.py): "
-             "an in-plane orientation such as flip_rows or transpose+flip_cols, or reversed_slices")] = None,
+             "an in-plane orientation such as flip_rows or transpose+flip_cols, reversed_slices, "
+             "legacy_enhanced, with_localizer, with_repeat, without_descriptions, partial_coverage")] = None,
 ) -> None:
     """Run the analyzer on RSNA-layout data and report the RSNA 2024 score and friends."""
     from models.evaluate import evaluate as run_evaluation

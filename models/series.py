@@ -73,6 +73,7 @@ class SeriesHeader:
     image_type: str = ""
     sop_class_uid: str = ""
     slices: tuple[SliceGeometry, ...] = ()
+    series_number: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class SeriesClass:
     pixel_spacing_mm: float | None
     usable: bool
     reason: str = ""
+    series_number: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class SeriesClass:
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "usable": self.usable,
             "reason": self.reason,
+            "series_number": self.series_number,
         }
 
     @classmethod
@@ -120,6 +123,7 @@ class SeriesClass:
             pixel_spacing_mm=d.get("pixel_spacing_mm"),
             usable=bool(d["usable"]),
             reason=d.get("reason", ""),
+            series_number=d.get("series_number"),
         )
 
 
@@ -270,7 +274,7 @@ def classify_series(h: SeriesHeader) -> SeriesClass:
     if not stacks:
         return SeriesClass(
             h.series_uid, h.modality, Plane.UNKNOWN, weighting_of(h), len(h.slices), 0,
-            None, None, None, False, "no ImageOrientationPatient",
+            None, None, None, False, "no ImageOrientationPatient", h.series_number,
         )
     plane, main = _main_stack(stacks)
     spacing, coverage = _spacing_and_coverage(main)
@@ -283,6 +287,8 @@ def classify_series(h: SeriesHeader) -> SeriesClass:
         usable, reason = False, f"modality {h.modality or 'missing'} is not MR or CT"
     elif "LOCALIZER" in h.image_type.upper() or "SCOUT" in h.description.upper():
         usable, reason = False, "localizer"
+    elif len(planes := _main_planes(stacks)) > 1:
+        usable, reason = False, f"localizer: slices in {len(planes)} planes ({', '.join(sorted(planes))})"
     elif plane == Plane.SAGITTAL and len(main) < MIN_SAGITTAL_SLICES:
         usable, reason = False, f"{len(main)} sagittal slices < {MIN_SAGITTAL_SLICES}"
     elif plane == Plane.AXIAL and n < MIN_AXIAL_SLICES:
@@ -293,15 +299,27 @@ def classify_series(h: SeriesHeader) -> SeriesClass:
         usable, reason = False, "no PixelSpacing"
     return SeriesClass(
         h.series_uid, h.modality, plane, weighting, n, len(stacks),
-        spacing, coverage, pixel_mm, usable, reason,
+        spacing, coverage, pixel_mm, usable, reason, h.series_number,
     )
 
 
+def _main_planes(stacks: Sequence[Sequence[SliceGeometry]]) -> set[str]:
+    """The sagittal/coronal/axial planes a series' stacks lie in (oblique blocks not counted)."""
+    main = {Plane.SAGITTAL, Plane.CORONAL, Plane.AXIAL}
+    return {str(p) for st in stacks if (p := plane_of(st[0].orientation)) in main}
+
+
 def _best(cands: list[SeriesClass]) -> str | None:
+    """The series to use of several candidates for one role, whatever order they come in.
+
+    More coverage first, then finer pixels, then more slices; of series equal in all
+    that (a repeat), the later series number (the technologist's re-run, usually
+    after motion), then the series UID.
+    """
     if not cands:
         return None
-    # more coverage first, then finer pixels, then more slices
-    cands.sort(key=lambda c: (-(c.coverage_mm or 0.0), c.pixel_spacing_mm or 99.0, -c.n_slices))
+    cands.sort(key=lambda c: (-(c.coverage_mm or 0.0), c.pixel_spacing_mm or 99.0, -c.n_slices,
+                              -(c.series_number if c.series_number is not None else -1), c.series_uid))
     return cands[0].series_uid
 
 
@@ -389,7 +407,15 @@ def header_from_datasets(datasets: Sequence[Any]) -> SeriesHeader:
         image_type="\\".join(_strs(first.get("ImageType"))),
         sop_class_uid=str(first.get("SOPClassUID", "")),
         slices=tuple(slice_geometry(ds) for ds in datasets),
+        series_number=_int(first.get("SeriesNumber")),
     )
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _instance_key(ds: Any) -> tuple[int, str, int]:

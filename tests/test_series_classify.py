@@ -120,3 +120,26 @@ def test_series_fields_come_from_the_first_instance_whatever_the_file_order() ->
     a = header_from_datasets([ds(2, 20.0), ds(1, 100.0)])
     b = header_from_datasets([ds(1, 100.0), ds(2, 20.0)])
     assert a == b and a.echo_time == 100.0
+
+
+def test_three_plane_survey_is_a_localizer_whatever_its_labels() -> None:
+    iops = ((0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1), (1, 0, 0, 0, 1, 0))
+    sl = tuple(SliceGeometry(f"{p}.{i}", 3 * p + i, (float(i), 0.0, 0.0), iop, (1.0, 1.0), 256, 256)
+               for p, iop in enumerate(iops) for i in range(9))
+    c = classify_series(SeriesHeader("1.2", "MR", "T2 SAG", repetition_time=3000, echo_time=100,
+                                     image_type="ORIGINAL\\PRIMARY", slices=sl))
+    assert not c.usable and c.reason.startswith("localizer") and "3 planes" in c.reason
+
+
+def test_repeated_series_chosen_by_coverage_quality_then_the_later_run() -> None:
+    def cls(uid: str, number: int | None, coverage: float = 80.0, pixel: float = 0.6, n: int = 15) -> SeriesClass:
+        return SeriesClass(uid, "MR", Plane.SAGITTAL, Weighting.T2, n, 1, 4.0, coverage, pixel, True, "", number)
+
+    first, repeat = cls("1.2.9", 3), cls("1.2.1", 103)
+    short, coarse = cls("1.2.5", 203, coverage=40.0, n=9), cls("1.2.6", 303, pixel=0.9)
+    for order in ([first, repeat, short, coarse], [coarse, short, repeat, first], [repeat, first, coarse, short]):
+        assert select_series(order).sagittal_t2 == "1.2.1"
+    # no series numbers: the UID decides, never the order
+    a, b = cls("1.2.7", None), cls("1.2.8", None)
+    assert select_series([a, b]).sagittal_t2 == select_series([b, a]).sagittal_t2 == "1.2.7"
+    assert SeriesClass.from_dict(repeat.as_dict()) == repeat

@@ -142,3 +142,42 @@ def test_evaluate_on_a_variant_set(dataset: Path, tmp_path: Path) -> None:
     assert abs(scores[None] - scores["transpose+flip_rows"]) <= 0.05
     bad = runner.invoke(app, ["evaluate", "--data", str(dataset), "--variant", "sideways"])
     assert bad.exit_code == 2 and "unknown variant" in bad.output
+
+
+@pytest.mark.timeout(600)
+def test_awkward_studies(studies: Any, analyzer: Any) -> None:
+    """An extra three-plane survey, a repeated sagittal T2 (and a short re-run), meaningless
+    descriptions: the plain study's answer. Partial coverage: the levels seen, named by
+    counting, and the others reported as outside the field of view."""
+    from models.phantom.variants import apply_variant
+    from models.series import classify_series, header_from_datasets, select_series
+
+    agree = [0, 0]
+    for uid, series in studies:
+        plain = analyzer.analyze(uid, series, "lumbar")
+        base = _grades(plain)
+        names = [lf.level.name for lf in plain.findings.levels]
+        for name in ("with_localizer", "with_repeat", "without_descriptions"):
+            variant = apply_variant(series, name)
+            res = analyzer.analyze(uid, variant, "lumbar")
+            assert [lf.level.name for lf in res.findings.levels] == names, name
+            assert res.findings.missing == plain.findings.missing, name
+            got = _grades(res)
+            agree[0] += sum(got.get(k) == g for k, g in base.items())
+            agree[1] += len(base)
+            if name == "with_repeat":
+                # the full-coverage repeat with the later series number, whatever the order of the series
+                classes = [classify_series(header_from_datasets(d)) for d in variant.values()]
+                chosen = select_series(classes).sagittal_t2
+                assert select_series(classes[::-1]).sagittal_t2 == chosen
+                original = select_series([classify_series(header_from_datasets(d)) for d in series.values()])
+                assert chosen != original.sagittal_t2
+                assert int(variant[chosen][0].SeriesNumber) == int(series[original.sagittal_t2][0].SeriesNumber) + 100
+                assert {lf.level.series_uid for lf in res.findings.levels} == {chosen}
+        part = analyzer.analyze(uid, apply_variant(series, "partial_coverage"), "lumbar")
+        seen = [lf.level.name for lf in part.findings.levels]
+        assert seen and seen == names[-len(seen):] and len(seen) < len(names)  # counted up from the sacrum
+        lost = [n for n in names if n not in seen]
+        assert any("edge of the sagittal field of view" in m and all(n in m for n in lost)
+                   for m in part.findings.missing), part.findings.missing
+    assert agree[0] / agree[1] >= 0.95, agree

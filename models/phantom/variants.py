@@ -11,7 +11,12 @@ patient-space content (every voxel's position in LPS millimetres) is unchanged:
 * ``legacy_enhanced``: each series as one Legacy Converted Enhanced MR (or CT)
   image, the multi-frame object Siemens XA and Philips scanners send by
   default (:func:`legacy_converted`, built with highdicom's legacy conversion);
-  the series keeps its Series Instance UID.
+  the series keeps its Series Instance UID;
+* awkward studies: ``with_localizer`` (a three-plane survey not marked as a
+  localizer), ``with_repeat`` (the sagittal T2 repeated, and a short re-run),
+  ``without_descriptions``, and ``partial_coverage`` (the sagittal field of
+  view cut to the lower lumbar spine: a different answer by design, the levels
+  seen).
 
 The analyzer must give the same levels and grades on every variant; tests
 (``tests/test_study_variants.py``) and ``spinenode evaluate --variant`` use
@@ -132,9 +137,110 @@ def legacy_converted(datasets: Sequence[Any]) -> Any:
     )
 
 
+def _new_uid(*parts: str) -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=list(parts))
+
+
+def _role_series(series: Study, plane: str, weighting: str) -> str:
+    """The UID of the series the node would pick for (plane, weighting)."""
+    from models.series import classify_series, header_from_datasets
+
+    for uid, dss in series.items():
+        c = classify_series(header_from_datasets(list(dss)))
+        if c.usable and str(c.plane) == plane and str(c.weighting) == weighting:
+            return uid
+    raise ValueError(f"no {plane} {weighting} series in the study")
+
+
+def with_localizer(series: Study) -> dict[str, list[Any]]:
+    """The study plus a three-plane survey (one sagittal, one coronal, one axial image) whose
+    ImageType does not say LOCALIZER and whose description says nothing."""
+    sag = list(series[_role_series(series, "sagittal", "T2")])
+    first = sag[len(sag) // 2]
+    series_uid = _new_uid(str(first.SeriesInstanceUID), "localizer")
+    images = []
+    for i, iop in enumerate(([0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1], [1, 0, 0, 0, 1, 0])):
+        ds = copy.deepcopy(first)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = _new_uid(series_uid, str(i))
+        ds.SeriesNumber, ds.InstanceNumber = 1, i + 1
+        ds.SeriesDescription = "survey"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+        ds.ImageOrientationPatient = [_ds_str(float(v)) for v in iop]
+        ds.RepetitionTime, ds.EchoTime = 8.6, 4.0
+        images.append(ds)
+    out = {uid: list(dss) for uid, dss in series.items()}
+    out[series_uid] = images
+    return out
+
+
+def with_repeat(series: Study) -> dict[str, list[Any]]:
+    """The study plus a repeat of its sagittal T2 (new UIDs, a later series number, as a
+    technologist's re-run after motion) and a shorter one covering only the middle slices."""
+    uid = _role_series(series, "sagittal", "T2")
+    dss = list(series[uid])
+    out = {u: list(d) for u, d in series.items()}
+    for tag, keep in (("repeat", dss), ("short", sorted(dss, key=lambda d: int(d.InstanceNumber))[3:-3])):
+        new_series = _new_uid(uid, tag)
+        copies = []
+        for ds in keep:
+            c = copy.deepcopy(ds)
+            c.SeriesInstanceUID = new_series
+            c.SOPInstanceUID = _new_uid(new_series, str(ds.SOPInstanceUID))
+            c.SeriesNumber = int(ds.get("SeriesNumber", 1) or 1) + (100 if tag == "repeat" else 200)
+            copies.append(c)
+        out[new_series] = copies
+    return out
+
+
+def without_descriptions(series: Study) -> dict[str, list[Any]]:
+    """Every SeriesDescription meaningless: classification must come from geometry and TR/TE/TI."""
+    out = {}
+    for n, (uid, dss) in enumerate(series.items()):
+        copies = [copy.deepcopy(ds) for ds in dss]
+        for c in copies:
+            c.SeriesDescription = f"series {n + 1}"
+        out[uid] = copies
+    return out
+
+
+def partial_coverage(series: Study, keep_fraction: float = 0.55) -> dict[str, list[Any]]:
+    """The sagittal series cut to the lower ``keep_fraction`` of the head-feet field of view
+    (rows removed at the top, ImagePositionPatient moved to match): the upper lumbar discs
+    are outside the images."""
+    out = {}
+    for uid, dss in series.items():
+        first = dss[0]
+        col = np.asarray([float(v) for v in first.ImageOrientationPatient[3:]])
+        row = np.asarray([float(v) for v in first.ImageOrientationPatient[:3]])
+        if abs(float(np.cross(row, col)[0])) < 0.8:  # not sagittal: kept as it is
+            out[uid] = list(dss)
+            continue
+        copies = []
+        for ds in dss:
+            c = copy.deepcopy(ds)
+            arr = np.asarray(ds.pixel_array)
+            rows = arr.shape[0]
+            head_up = float(col[2]) < 0  # rows run head -> feet: the head is at the top
+            cut = int(round(rows * (1.0 - keep_fraction)))
+            kept = arr[cut:] if head_up else arr[: rows - cut]
+            if head_up:
+                dr = float(ds.PixelSpacing[0])
+                ipp = np.asarray([float(v) for v in ds.ImagePositionPatient]) + cut * dr * col
+                c.ImagePositionPatient = [_ds_str(v) for v in ipp]
+            c.Rows = int(kept.shape[0])
+            c.PixelData = np.ascontiguousarray(kept).tobytes()
+            copies.append(c)
+        out[uid] = copies
+    return out
+
+
 def variant_names() -> tuple[str, ...]:
     """Names accepted by :func:`apply_variant`."""
-    return (*(op.name for op in IN_PLANE), "reversed_slices", "legacy_enhanced")
+    return (*(op.name for op in IN_PLANE), "reversed_slices", "legacy_enhanced", "with_localizer",
+            "with_repeat", "without_descriptions", "partial_coverage")
 
 
 def apply_variant(series: Study, name: str) -> dict[str, list[Any]]:
@@ -145,6 +251,10 @@ def apply_variant(series: Study, name: str) -> dict[str, list[Any]]:
     table: dict[str, Callable[[Study], dict[str, list[Any]]]] = {
         "reversed_slices": lambda s: {uid: reverse_slices(dss) for uid, dss in s.items()},
         "legacy_enhanced": lambda s: {uid: [legacy_converted(dss)] for uid, dss in s.items()},
+        "with_localizer": with_localizer,
+        "with_repeat": with_repeat,
+        "without_descriptions": without_descriptions,
+        "partial_coverage": partial_coverage,
     }
     if name not in table:
         raise ValueError(f"unknown variant {name!r} (one of {', '.join(variant_names())})")
