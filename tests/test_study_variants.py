@@ -181,3 +181,29 @@ def test_awkward_studies(studies: Any, analyzer: Any) -> None:
         assert any("edge of the sagittal field of view" in m and all(n in m for n in lost)
                    for m in part.findings.missing), part.findings.missing
     assert agree[0] / agree[1] >= 0.95, agree
+
+
+@pytest.mark.timeout(600)
+def test_cervical_ct_variants(tmp_path: Path, analyzer: Any) -> None:
+    """The CT path (sagittal reformat, Legacy Converted Enhanced CT) is oriented the same way."""
+    from models.analyzer import read_study_dir
+    from models.phantom.config import PhantomConfig
+    from models.phantom.generate import generate_dataset
+    from models.phantom.variants import IN_PLANE, apply_variant
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        generate_dataset(tmp_path, 1, PhantomConfig.for_region("cervical", "CT", matrix=256), seed=4242)
+    study = next(p for p in (tmp_path / "train_images").iterdir() if p.is_dir())
+    series = read_study_dir(study)
+    plain = analyzer.analyze(study.name, series, "cervical")
+    base = _grades(plain)
+    assert len(plain.findings.levels) == 6 and len(base) == 6
+    for name in [op.name for op in IN_PLANE[1:]] + ["legacy_enhanced"]:
+        variant = apply_variant(series, name)
+        res = analyzer.analyze(study.name, variant, "cervical")
+        assert [lf.level.name for lf in res.findings.levels] == [lf.level.name for lf in plain.findings.levels], name
+        assert _grades(res) == base, name
+        for a, b in zip(plain.findings.levels, res.findings.levels):
+            np.testing.assert_allclose(_box_centre_patient(series, a.level), _box_centre_patient(variant, b.level),
+                                       atol=0.5)
