@@ -69,3 +69,14 @@ class IllegalTransitionError(SpinenodeError):
         self.study_uid = study_uid
         self.previous = previous
         self.wanted = wanted
+
+
+class InstanceUnavailableError(SpinenodeError):
+    """A stage needs a file (an instance, a result, masks) that is neither on this host's
+    DATA_DIR nor obtainable from the node; the message names the object and the host."""
+
+
+class NodeUnreachableError(SpinenodeError):
+    """The node's DICOMweb service did not answer a worker (network error or 5xx)."""
+
+    transient = True

@@ -118,8 +118,12 @@ def _die_with_parent() -> None:
 def _start_http(settings: Settings, app: object) -> tuple[object, threading.Thread]:
     import uvicorn
 
+    tls: dict[str, str] = {}
+    if settings.http_tls:  # HTTPS for the admin API and the workers' /dicom-web
+        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False  # type: ignore[arg-type]
+        app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False,  # type: ignore[arg-type]
+        **tls,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="admin-http", daemon=True)

@@ -30,6 +30,22 @@ _DEST_RE = re.compile(
 )
 #: Per-destination options after the port, e.g. ``PACS@10.0.0.5:2762;tls``.
 DESTINATION_OPTIONS = frozenset({"tls"})
+#: DESTINATIONS given as URLs: the scheme chooses the exporter (``workers.export``);
+#: ``AE@HOST:PORT`` (no scheme) is DIMSE C-STORE.
+URL_DESTINATION_SCHEMES = frozenset({"dicomweb+http", "dicomweb+https"})
+_URL_DEST_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[^/\s:]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?(/\S*)?$")
+
+
+def validate_destination(text: str) -> str:
+    """``AE@HOST:PORT[;tls]`` or a URL with one of :data:`URL_DESTINATION_SCHEMES`."""
+    text = text.strip()
+    if "://" not in text:
+        return str(Destination.parse(text))
+    m = _URL_DEST_RE.match(text)
+    if not m or m["scheme"] not in URL_DESTINATION_SCHEMES:
+        schemes = ", ".join(sorted(URL_DESTINATION_SCHEMES))
+        raise ValueError(f"{text!r} is neither AE@HOST:PORT[;tls] nor a URL with scheme {schemes}")
+    return text.rstrip("/")
 
 
 def validate_ae_title(value: str) -> str:
@@ -93,6 +109,15 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     destinations: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_token: str = ""
+    #: Bearer token of the workers on the node's DICOMweb routes (/dicom-web); empty = routes off.
+    worker_token: str = ""
+    #: Where a worker reaches the node's DICOMweb routes (e.g. https://node:8080) when the
+    #: files are not on its own DATA_DIR; empty = a shared (or the same) DATA_DIR only.
+    node_url: str = ""
+    #: Bytes of fetched series a worker keeps under DATA_DIR/cache (least recently used go first).
+    worker_cache_mb: float = Field(2048.0, ge=0)
+    #: Serve the admin HTTP (and /dicom-web) over TLS with TLS_CERT/TLS_KEY.
+    http_tls: bool = False
     #: Read-only access (optional); with it set, every read (pages, /api/*, /metrics,
     #: OpenAPI) needs it or ADMIN_TOKEN. /api/health stays open.
     viewer_token: str = ""
@@ -157,7 +182,7 @@ class Settings(BaseSettings):
     @field_validator("destinations")
     @classmethod
     def _dest_valid(cls, v: list[str]) -> list[str]:
-        return [str(Destination.parse(x)) for x in v]
+        return [validate_destination(x) for x in v]
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -176,6 +201,14 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not a URL")
         return v
 
+    @field_validator("node_url")
+    @classmethod
+    def _node_url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        if v and not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
     @model_validator(mode="after")
     def _tls(self) -> Settings:
         for name in ("tls_cert", "tls_key", "tls_ca"):
@@ -184,6 +217,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name.upper()} {path} is not a readable file")
         if self.dicom_tls_port and not (self.tls_cert and self.tls_key):
             raise ValueError("DICOM_TLS_PORT needs TLS_CERT and TLS_KEY")
+        if self.http_tls and not (self.tls_cert and self.tls_key):
+            raise ValueError("HTTP_TLS needs TLS_CERT and TLS_KEY")
         return self
 
     @model_validator(mode="after")
@@ -197,7 +232,8 @@ class Settings(BaseSettings):
     # derived values ---------------------------------------------------------
     @property
     def destination_list(self) -> list[Destination]:
-        return [Destination.parse(d) for d in self.destinations]
+        """The DIMSE destinations (those given as ``AE@HOST:PORT``)."""
+        return [Destination.parse(d) for d in self.destinations if "://" not in d]
 
     @property
     def embedded_broker(self) -> bool:

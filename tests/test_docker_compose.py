@@ -15,7 +15,8 @@ COMPOSE = REPO / "docker" / "compose.yaml"
 
 
 def test_compose_config_is_valid() -> None:
-    env = {**os.environ, "SPINENODE_ADMIN_TOKEN": "test-token", "FLOWER_BASIC_AUTH": "admin:test-secret"}
+    env = {**os.environ, "SPINENODE_ADMIN_TOKEN": "test-token", "SPINENODE_WORKER_TOKEN": "worker-token",
+           "FLOWER_BASIC_AUTH": "admin:test-secret"}
     r = subprocess.run(["/usr/bin/docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -25,6 +26,15 @@ def test_compose_config_is_valid() -> None:
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert all("healthcheck" in config["services"][s] for s in ("redis", "postgres", "node"))
     assert "--basic-auth=admin:test-secret" in config["services"]["flower"]["command"]  # tests/test_flower.py
+    # no spool shared between the node and the workers: they reach it over DICOMweb
+    def volumes(name: str) -> set[str]:
+        return {str(v.get("source") if isinstance(v, dict) else v).split(":")[0]
+                for v in config["services"][name].get("volumes", [])}
+
+    for worker in ("gpu-worker", "cpu-worker"):
+        env_w = config["services"][worker]["environment"]
+        assert env_w["SPINENODE_NODE_URL"] == "http://node:8080" and env_w["SPINENODE_WORKER_TOKEN"] == "worker-token"
+        assert not volumes(worker) & volumes("node"), worker
 
 
 def _spinenode_commands(config: dict[str, Any]) -> list[list[str]]:

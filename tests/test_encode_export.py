@@ -26,6 +26,7 @@ from scp_node.dicomio import parse_header
 from scp_node.ingest import Ingestor
 from scp_node.settings import load_settings
 from scp_node.storage import Spool
+from workers.spool import SpoolAccess
 from workers.pipeline import StageContext, _masks_path, encode_study, export_study
 from workers.results.seg import save_masks
 
@@ -78,7 +79,7 @@ def test_encode_export_sr_seg_keyimage_and_reanalysis(tmp_path: Path, orthanc_fa
     db = Database(settings.database_url)
     db.migrate(settings.data_dir)
     spool = Spool(settings.data_dir)
-    ctx = StageContext(settings, db, spool, Sent())  # type: ignore[arg-type]
+    ctx = StageContext(settings, db, SpoolAccess(settings, db), Sent())  # type: ignore[arg-type]
     ingestor = Ingestor(db, spool)
     study = dicomgen.write_study(tmp_path / "src", seed=71, rows=96, cols=96, series=(
         dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"), dicomgen.SeriesSpec("AX T2", "axial", 6, "T2")))
@@ -128,7 +129,7 @@ def _encode_and_export(tmp_path: Path, destination: str, seed: int) -> tuple[Sta
     db = Database(settings.database_url)
     db.migrate(settings.data_dir)
     spool = Spool(settings.data_dir)
-    ctx = StageContext(settings, db, spool, Sent())  # type: ignore[arg-type]
+    ctx = StageContext(settings, db, SpoolAccess(settings, db), Sent())  # type: ignore[arg-type]
     study = dicomgen.write_study(tmp_path / "src", seed=seed, rows=96, cols=96, series=(
         dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
     ingestor = Ingestor(db, spool)

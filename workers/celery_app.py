@@ -14,7 +14,7 @@ from scp_node.broker import QUEUES, make_celery
 from scp_node.db.session import Database
 from scp_node.errors import ConfigError
 from scp_node.settings import Settings
-from scp_node.storage import Spool
+from workers.spool import SpoolAccess
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class WorkerContext:
 
     settings: Settings
     db: Database
-    spool: Spool
+    spool: SpoolAccess
     hostname: str
 
 
@@ -36,7 +36,8 @@ def create_app(settings: Settings, hostname: str | None = None) -> Celery:
 
     app = make_celery(settings, name="spinenode-worker")
     db = Database(settings.database_url)
-    ctx = WorkerContext(settings, db, Spool(settings.data_dir), hostname or default_hostname())
+    name = hostname or default_hostname()
+    ctx = WorkerContext(settings, db, SpoolAccess(settings, db, socket.gethostname()), name)
     app.spinenode = ctx  # type: ignore[attr-defined]
     register_tasks(app)
     return app

@@ -1,4 +1,9 @@
-"""C-STORE of result objects to the configured destinations, with a retry policy.
+"""Export of result objects to the configured destinations, with a retry policy.
+
+Each destination is served by an exporter chosen by its scheme (:data:`EXPORTERS`):
+``AE@HOST:PORT[;tls]`` (no scheme) is DIMSE C-STORE, ``dicomweb+http://HOST:PORT/PATH``
+and ``dicomweb+https://...`` are DICOMweb STOW-RS to ``http(s)://HOST:PORT/PATH``. An
+exporter takes the objects for one destination and returns one outcome per object.
 
 Transient failures (association refused or aborted, network errors, 0xA7xx) are
 retried with exponential backoff and a cap; permanent ones (0xA9xx, 0xCxxx, a
@@ -15,12 +20,14 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from pynetdicom import AE, evt
 
 from scp_node import status
-from scp_node.settings import Destination
+from scp_node.errors import ConfigError
+from scp_node.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +120,10 @@ def send_objects(
                 continue
             try:
                 rsp = assoc.send_c_store(dcmread(o.path))
+            except FileNotFoundError:  # a retry cannot bring it back
+                outcomes.append(SendOutcome(o.export_id, False, False, None,
+                                            f"result file {o.path.name} not found on {socket.gethostname()}"))
+                continue
             except (OSError, RuntimeError, ValueError) as exc:
                 outcomes.append(SendOutcome(o.export_id, False, True, None, f"send failed: {type(exc).__name__}"))
                 continue
@@ -130,3 +141,91 @@ def send_objects(
         log.info("export %s to %s: %s", o.sop_instance_uid, dest,
                  "stored" if out.ok else f"failed ({out.error})")
     return outcomes
+
+
+# --- exporters by destination scheme -------------------------------------------------
+class Exporter(Protocol):
+    """Sends result objects to one destination; one outcome per object, never raises."""
+
+    def send(self, destination: str, objects: Sequence[ObjectToSend], settings: Settings,
+             calling_ae: str) -> list[SendOutcome]: ...
+
+
+class DimseExporter:
+    """C-STORE SCU, one association per call (``AE@HOST:PORT[;tls]``)."""
+
+    def send(self, destination: str, objects: Sequence[ObjectToSend], settings: Settings,
+             calling_ae: str) -> list[SendOutcome]:
+        target = Destination.parse(destination)
+        tls = None
+        if target.tls:
+            from scp_node.tls import client_context
+
+            tls = client_context(settings)
+        return send_objects(target, objects, calling_ae=calling_ae, timeout=settings.export_timeout, tls=tls)
+
+
+class StowExporter:
+    """DICOMweb STOW-RS, one request per call (``dicomweb+http(s)://HOST:PORT/PATH``)."""
+
+    def send(self, destination: str, objects: Sequence[ObjectToSend], settings: Settings,
+             calling_ae: str) -> list[SendOutcome]:
+        from workers.dicomweb import DicomWebClient, DicomWebError
+
+        if not objects:
+            return []
+        url = destination.removeprefix("dicomweb+")
+        verify: ssl.SSLContext | bool = True
+        if url.startswith("https://") and settings.tls_ca:
+            verify = ssl.create_default_context(cafile=str(settings.tls_ca))
+        missing = [o for o in objects if not o.path.is_file()]
+        present = [o for o in objects if o.path.is_file()]
+        outcomes = {o.export_id: SendOutcome(o.export_id, False, False, None,
+                                             f"result file {o.path.name} not found on {socket.gethostname()}")
+                    for o in missing}
+        try:
+            with DicomWebClient(url, timeout=settings.export_timeout, verify=verify) as client:
+                stored = client.store([o.path for o in present]) if present else []
+        except DicomWebError as exc:
+            for o in present:
+                outcomes[o.export_id] = SendOutcome(o.export_id, False, exc.transient, exc.status, str(exc))
+            stored = []
+        by_sop = {s.sop_instance_uid: s for s in stored}
+        for o in present:
+            if o.export_id in outcomes:
+                continue
+            got = by_sop.get(o.sop_instance_uid)
+            if got is None:
+                outcomes[o.export_id] = SendOutcome(o.export_id, False, True, None, "not named in the STOW-RS response")
+            elif got.ok:
+                outcomes[o.export_id] = SendOutcome(o.export_id, True, False, None, None)
+            else:
+                code = got.reason
+                outcomes[o.export_id] = SendOutcome(
+                    o.export_id, False, code is not None and status.is_transient(code), code,
+                    f"STOW-RS failure reason 0x{code:04X}" if code is not None else "refused by STOW-RS")
+        result = [outcomes[o.export_id] for o in objects]
+        for o, out in zip(objects, result):
+            log.info("export %s to %s: %s", o.sop_instance_uid, destination,
+                     "stored" if out.ok else f"failed ({out.error})")
+        return result
+
+
+#: Destination scheme -> exporter; "dimse" is the scheme of ``AE@HOST:PORT``.
+EXPORTERS: dict[str, Exporter] = {
+    "dimse": DimseExporter(),
+    "dicomweb+http": StowExporter(),
+    "dicomweb+https": StowExporter(),
+}
+
+
+def scheme_of(destination: str) -> str:
+    return destination.split("://", 1)[0] if "://" in destination else "dimse"
+
+
+def exporter_for(destination: str) -> Exporter:
+    """The exporter registered for the destination's scheme."""
+    try:
+        return EXPORTERS[scheme_of(destination)]
+    except KeyError:
+        raise ConfigError(f"no exporter for destination scheme {scheme_of(destination)!r}") from None

@@ -24,13 +24,13 @@ from scp_node.db.models import Export, ExportState, Instance, Result, Series, St
 from scp_node.db.session import Database
 from scp_node.errors import SpinenodeError
 from scp_node.scheduler import claim
-from scp_node.settings import Destination, Settings
+from scp_node.settings import Settings
 from scp_node.states import record_event, transition
-from scp_node.storage import Spool, atomic_write
 from workers.analysis import NotAnalysed, model_identity, run_analysis
-from workers.export import ObjectToSend, next_attempt, send_objects
+from workers.export import ObjectToSend, SendOutcome, exporter_for, next_attempt
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
 from workers.series import classify_study
+from workers.spool import SpoolAccess
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ ModelIdLike = Any  # models.types.ModelId (imported lazily: models pulls in nump
 class StageContext:
     settings: Settings
     db: Database
-    spool: Spool
+    #: The node's files as this host can read them (DATA_DIR, or fetched from NODE_URL).
+    spool: SpoolAccess
     send: TaskSender
 
 
@@ -82,27 +83,8 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         log.info("study %s generation %d: not QUEUED any more, delivery dropped", study_uid, generation)
         return
     try:
-        classes, selection = classify_study(ctx.db, ctx.spool, study_uid)
-        study = _study(ctx, study_uid)
-        assert study is not None
-        with ctx.db.session() as s:
-            row = s.get(Study, study.id)
-            assert row is not None
-            row.selection = selection.as_dict()
-            usable = sum(c.usable for c in classes)
-            record_event(
-                s, row, stage="analyze",
-                detail=f"{len(classes)} series classified, {usable} usable; "
-                + ("; ".join(selection.missing) if selection.missing else "all inputs found"),
-            )
-        if not (selection.sagittal_t2 or selection.sagittal_t1 or selection.ct_sagittal):
-            outcome: object = NotAnalysed("no usable sagittal MR or CT series in the study")
-        else:
-            outcome = run_analysis(ctx.settings, study_uid, _series_files(ctx, study_uid), study.region,
-                                   selection.series_uids())
-            if not isinstance(outcome, NotAnalysed) and not outcome.findings.levels:
-                why = "; ".join(outcome.findings.missing) or "no disc level was found on the sagittal series"
-                outcome = NotAnalysed(f"no disc level could be located ({why})")
+        with ctx.spool.study(study_uid):
+            outcome = _analyze(ctx, study_uid, generation)
     except SpinenodeError as exc:
         log.warning("study %s: analysis failed: %s", study_uid, exc)
         fail(ctx.db, study_uid, generation, "analyze", f"{type(exc).__name__}: {exc}")
@@ -123,17 +105,54 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
             row.findings = outcome.findings.to_json()
             row.not_analysed_reason = None
             detail = f"{len(outcome.findings.levels)} levels graded in {outcome.seconds:.1f} s"
-            if outcome.masks:
-                from workers.results.seg import save_masks
-
-                save_masks(outcome.masks, _masks_path(ctx, study_uid, generation))
         transition(s, row, StudyState.ENCODING, stage="analyze", detail=detail)
     ctx.send("encode", study_uid, generation)
 
 
+def _analyze(ctx: StageContext, study_uid: str, generation: int) -> Any:
+    """Classify, select, analyse; the masks (if any) are on the node when this returns.
+
+    Every instance's header must be readable here (or fetched from the node): a file
+    that cannot be had raises InstanceUnavailableError, never a silent "not analysed".
+    """
+    ctx.spool.require_headers(study_uid)
+    classes, selection = classify_study(ctx.db, ctx.spool, study_uid)  # type: ignore[arg-type]
+    study = _study(ctx, study_uid)
+    assert study is not None
+    with ctx.db.session() as s:
+        row = s.get(Study, study.id)
+        assert row is not None
+        row.selection = selection.as_dict()
+        usable = sum(c.usable for c in classes)
+        record_event(
+            s, row, stage="analyze",
+            detail=f"{len(classes)} series classified, {usable} usable; "
+            + ("; ".join(selection.missing) if selection.missing else "all inputs found"),
+        )
+    if not (selection.sagittal_t2 or selection.sagittal_t1 or selection.ct_sagittal):
+        return NotAnalysed("no usable sagittal MR or CT series in the study")
+    ctx.spool.require_series(study_uid, selection.series_uids())
+    outcome = run_analysis(ctx.settings, study_uid, _series_files(ctx, study_uid), study.region,
+                           selection.series_uids())
+    if isinstance(outcome, NotAnalysed):
+        return outcome
+    if not outcome.findings.levels:
+        why = "; ".join(outcome.findings.missing) or "no disc level was found on the sagittal series"
+        return NotAnalysed(f"no disc level could be located ({why})")
+    if outcome.masks:
+        from workers.results.seg import save_masks
+
+        path = _masks_path(ctx, study_uid, generation)
+        save_masks(outcome.masks, path)
+        ctx.spool.publish_masks(study_uid, generation, path)
+    return outcome
+
+
 # --- encode --------------------------------------------------------------------------
 def _masks_path(ctx: StageContext, study_uid: str, generation: int) -> Path:
-    return ctx.settings.data_dir / "results" / study_uid / f"masks-g{generation}.npz"
+    """Where the analyze stage writes the masks on this host (sent on to the node when remote)."""
+    root = ctx.spool.cache / "full" if ctx.spool.remote else ctx.settings.data_dir
+    return root / ctx.spool.masks_rel(study_uid, generation)
 
 
 @dataclass
@@ -146,28 +165,32 @@ class _Encoded:
 
 
 def _evidence(ctx: StageContext, study_uid: str) -> list[Dataset]:
+    ctx.spool.require_headers(study_uid)
     return [dcmread(p, stop_before_pixels=True) for files in _series_files(ctx, study_uid).values() for p in files]
 
 
-def _predecessor(ctx: StageContext, study_id: int, sop_uid: str) -> Dataset | None:
+def _predecessor(ctx: StageContext, study: Study, sop_uid: str) -> Dataset | None:
     with ctx.db.session() as s:
         prev = s.execute(
-            select(Result.path)
-            .where(Result.study_id == study_id, Result.kind.in_([ResultKind.SR, ResultKind.NOT_ANALYSED_SR]),
+            select(Result.path, Result.series_instance_uid)
+            .where(Result.study_id == study.id, Result.kind.in_([ResultKind.SR, ResultKind.NOT_ANALYSED_SR]),
                    Result.sop_instance_uid != sop_uid)
             .order_by(Result.id.desc())
             .limit(1)
-        ).scalar_one_or_none()
-    return dcmread(ctx.settings.data_dir / prev) if prev else None
+        ).one_or_none()
+    if prev is None:
+        return None
+    return dcmread(ctx.spool.result_path(study.study_uid, prev.series_instance_uid, prev.path))
 
 
 def _write(ctx: StageContext, study_uid: str, ds: Dataset, identity: ResultIdentity, model: ModelIdLike) -> _Encoded:
+    """Write a result object where the node (and so export, on any host) will find it."""
     from io import BytesIO
 
     rel = Path("results") / study_uid / f"{identity.sop_instance_uid}.dcm"
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    atomic_write(ctx.settings.data_dir / rel, buf.getvalue())
+    ctx.spool.publish_result(study_uid, rel, buf.getvalue())
     return _Encoded(identity, str(ds.SOPClassUID), rel, model)
 
 
@@ -186,15 +209,15 @@ def _encode_objects(ctx: StageContext, study: Study, generation: int) -> tuple[l
         model = ModelId(*model_identity())
         identity = ResultIdentity(study_uid, ResultKind.NOT_ANALYSED_SR, model.name, model.version, digest)
         sr = build_not_analysed_sr(study.not_analysed_reason or "not analysed", evidence, identity, model,
-                                   _predecessor(ctx, study.id, identity.sop_instance_uid))
+                                   _predecessor(ctx, study, identity.sop_instance_uid))
         return [_write(ctx, study_uid, sr, identity, model)], digest
     findings = findings_from_json(study.findings)
     model = findings.model
     identity = ResultIdentity(study_uid, ResultKind.SR, model.name, model.version, digest)
-    sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study.id, identity.sop_instance_uid))
+    sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study, identity.sop_instance_uid))
     encoded = [_write(ctx, study_uid, sr, identity, model)]
-    masks_file = _masks_path(ctx, study_uid, generation)
-    if masks_file.exists():
+    masks_file = ctx.spool.masks_path(study_uid, generation)
+    if masks_file is not None:
         for masks in load_masks(masks_file):
             seg_id = ResultIdentity(study_uid, ResultKind.SEG, model.name, model.version, digest)
             seg = build_seg(masks, evidence, seg_id, model)
@@ -203,8 +226,8 @@ def _encode_objects(ctx: StageContext, study: Study, generation: int) -> tuple[l
     shown = {lf.level.sop_instance_uid for lf in findings.levels}
     if shown:
         sop = max(shown, key=lambda u: sum(lf.level.sop_instance_uid == u for lf in findings.levels))
-        path = next(p for files in _series_files(ctx, study_uid).values() for p in files
-                    if p.stem == sop)
+        series_uid = next(lf.level.series_uid for lf in findings.levels if lf.level.sop_instance_uid == sop)
+        path = ctx.spool.instance_path(study_uid, series_uid, sop)
         ki_id = ResultIdentity(study_uid, ResultKind.KEY_IMAGES, model.name, model.version, digest)
         encoded.append(_write(ctx, study_uid, build_key_image(dcmread(path), findings, ki_id), ki_id, model))
     return encoded, digest
@@ -217,7 +240,8 @@ def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         log.info("study %s generation %d: not ENCODING, delivery dropped", study_uid, generation)
         return
     try:
-        encoded, digest = _encode_objects(ctx, study, generation)
+        with ctx.spool.study(study_uid):
+            encoded, digest = _encode_objects(ctx, study, generation)
     except SpinenodeError as exc:
         fail(ctx.db, study_uid, generation, "encode", f"{type(exc).__name__}: {exc}")
         return
@@ -271,33 +295,36 @@ def export_study(ctx: StageContext, study_uid: str, generation: int, calling_ae:
     now = utcnow()
     with ctx.db.session() as s:
         due = s.execute(
-            select(Export.id, Export.destination, Result.path, Result.sop_class_uid, Result.sop_instance_uid)
+            select(Export.id, Export.destination, Result.path, Result.sop_class_uid, Result.sop_instance_uid,
+                   Result.series_instance_uid)
             .join(Result, Result.id == Export.result_id)
             .where(Export.study_id == study.id, Export.state == ExportState.PENDING, Export.next_attempt_at <= now)
         ).all()
     claimed: dict[str, list[ObjectToSend]] = defaultdict(list)
-    for export_id, dest, rel, sop_class, sop_uid in due:
-        with ctx.db.session() as s:
-            got = s.execute(
-                update(Export).where(Export.id == export_id, Export.state == ExportState.PENDING)
-                .values(state=ExportState.SENDING, updated_at=now).returning(Export.id)
-            ).scalar_one_or_none()
-        if got is not None:
-            claimed[dest].append(ObjectToSend(export_id, ctx.settings.data_dir / rel, sop_class, sop_uid))
-    for dest, objects in claimed.items():
-        target = Destination.parse(dest)
-        tls = None
-        if target.tls:
-            from scp_node.tls import client_context
-
-            tls = client_context(ctx.settings)
-        outcomes = send_objects(target, objects, calling_ae=calling_ae or ctx.settings.ae_title,
-                                timeout=ctx.settings.export_timeout, tls=tls)
-        _record_outcomes(ctx, outcomes)
+    unavailable: list[SendOutcome] = []
+    with ctx.spool.study(study_uid):
+        for export_id, dest, rel, sop_class, sop_uid, series_uid in due:
+            with ctx.db.session() as s:
+                got = s.execute(
+                    update(Export).where(Export.id == export_id, Export.state == ExportState.PENDING)
+                    .values(state=ExportState.SENDING, updated_at=now).returning(Export.id)
+                ).scalar_one_or_none()
+            if got is None:
+                continue
+            try:
+                path = ctx.spool.result_path(study_uid, series_uid, rel)
+            except SpinenodeError as exc:  # gone for good, or the node is unreachable (transient)
+                unavailable.append(SendOutcome(export_id, False, exc.transient, None, str(exc)))
+                continue
+            claimed[dest].append(ObjectToSend(export_id, path, sop_class, sop_uid))
+        _record_outcomes(ctx, unavailable)
+        for dest, objects in claimed.items():
+            outcomes = exporter_for(dest).send(dest, objects, ctx.settings, calling_ae or ctx.settings.ae_title)
+            _record_outcomes(ctx, outcomes)
     _settle(ctx, study_uid, generation)
 
 
-def _record_outcomes(ctx: StageContext, outcomes: list) -> None:  # type: ignore[type-arg]
+def _record_outcomes(ctx: StageContext, outcomes: list[SendOutcome]) -> None:
     st = ctx.settings
     now = utcnow()
     with ctx.db.session() as s:

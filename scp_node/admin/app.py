@@ -15,6 +15,7 @@ from scp_node import __version__
 from scp_node.admin.access import Decision, Role
 from scp_node.admin.context import AdminContext
 from scp_node.admin.dashboard import register_dashboard
+from scp_node.admin.dicomweb import register_dicomweb
 from scp_node.admin.health import health_report
 from scp_node.admin.security import SecurityMiddleware
 from scp_node.db.models import Export, Instance, Result, Series, Study, StudyState
@@ -192,4 +193,5 @@ def create_app(ctx: AdminContext) -> FastAPI:
         return {"requeued": uids}
 
     register_dashboard(app, ctx)
+    register_dicomweb(app, ctx)
     return app

@@ -1,0 +1,244 @@
+"""The node's spool served to workers over DICOMweb (WADO-RS, STOW-RS, masks), and the
+workers' spool access: a worker whose DATA_DIR holds none of the node's files fetches
+what each stage needs and sends its results back; the node keeps them and exports them.
+
+The node's HTTP app runs under uvicorn on a free loopback port (the same app
+``spinenode serve`` runs); node and worker share only the database.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+import dicomgen
+from peers import OrthancServer, free_port, wait_until
+from scp_node.admin.app import AdminContext, create_app
+from scp_node.db.models import Study, StudyState
+from scp_node.db.session import Database
+from scp_node.dicomio import parse_header
+from scp_node.ingest import Ingestor
+from scp_node.multipart import MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart
+from scp_node.settings import Settings, load_settings
+from scp_node.states import transition
+from scp_node.storage import Spool
+from test_encode_export import Sent, _analysed, _orthanc_objects
+from workers.pipeline import StageContext, analyze_study, encode_study, export_study
+from workers.spool import SpoolAccess
+
+TOKEN = "worker-secret-token"
+
+
+class NodeHttp:
+    """The node's admin/DICOMweb app under uvicorn in a thread."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        app = create_app(AdminContext(settings, db, lambda *a: None, lambda: {}))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, 10, what="uvicorn")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[Settings, Database, Any, NodeHttp]]:
+    """A node (settings, database, received study, HTTP) with a two-series study in its spool."""
+    settings = load_settings(data_dir=tmp_path / "node", worker_token=TOKEN)
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    study = dicomgen.write_study(tmp_path / "src", seed=81, rows=96, cols=96, series=(
+        dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"), dicomgen.SeriesSpec("AX T2", "axial", 6, "T2")))
+    ingestor = Ingestor(db, Spool(settings.data_dir))
+    for p in study.paths:
+        data = p.read_bytes()
+        ingestor.store(parse_header(data), data, "TEST")
+    http = NodeHttp(settings, db)
+    yield settings, db, study, http
+    http.close()
+    db.dispose()
+
+
+def _worker(tmp_path: Path, name: str, node_settings: Settings, node_url: str | None, **extra: Any) -> StageContext:
+    """A worker host: its own DATA_DIR, the node's database, NODE_URL (or none)."""
+    settings = load_settings(data_dir=tmp_path / name, database_url=node_settings.database_url,
+                             node_url=node_url or "", worker_token=TOKEN,
+                             destinations=node_settings.destinations, **extra)
+    db = Database(settings.database_url)
+    return StageContext(settings, db, SpoolAccess(settings, db, host=f"{name}-host"), Sent())  # type: ignore[arg-type]
+
+
+def _split(body: bytes, ctype: str, chunk: int) -> list[bytes]:
+    parts: list[io.BytesIO] = []
+
+    def open_part(headers: dict[str, str]) -> io.BytesIO:
+        assert headers["content-type"] == "application/dicom"
+        parts.append(io.BytesIO())
+        return parts[-1]
+
+    splitter = MultipartSplitter(boundary_of(ctype), open_part, lambda sink: None)
+    for i in range(0, len(body), chunk):
+        splitter.feed(body[i:i + chunk])
+    splitter.finish()
+    return [p.getvalue() for p in parts]
+
+
+def test_multipart_round_trip_in_any_chunking(tmp_path: Path) -> None:
+    files = []
+    for i, payload in enumerate((b"", b"\r\n--x\r\n" * 50, bytes(range(256)) * 40)):
+        files.append(tmp_path / f"{i}.bin")
+        files[-1].write_bytes(payload)
+    boundary = "b0undary"
+    body = b"preamble\r\n" + b"".join(iter_multipart(files, boundary, chunk=7))
+    for chunk in (1, 3, 64, 10**6):
+        assert _split(body, content_type(boundary), chunk) == [f.read_bytes() for f in files]
+    with pytest.raises(MultipartError):
+        _split(body[:-30], content_type(boundary), 5)  # the closing boundary never comes
+
+
+def test_wado_rs_serves_study_series_instance_and_metadata_behind_the_token(node: Any) -> None:
+    settings, db, study, http = node
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    uid = study.study_uid
+    sag = [p for p in study.paths if "SAG" in str(dcmread(p, stop_before_pixels=True).SeriesDescription)]
+    series_uid = str(dcmread(sag[0], stop_before_pixels=True).SeriesInstanceUID)
+
+    assert httpx.get(f"{http.url}/dicom-web/studies/{uid}").status_code == 401
+    assert httpx.get(f"{http.url}/dicom-web/studies/{uid}", headers={"Authorization": "Bearer nope"}).status_code == 401
+    r = httpx.get(f"{http.url}/dicom-web/studies/{uid}", headers=auth)
+    assert r.status_code == 200 and 'type="application/dicom"' in r.headers["content-type"]
+    assert sorted(_split(r.content, r.headers["content-type"], 4096)) == sorted(p.read_bytes() for p in study.paths)
+
+    r = httpx.get(f"{http.url}/dicom-web/studies/{uid}/series/{series_uid}", headers=auth)
+    assert sorted(_split(r.content, r.headers["content-type"], 4096)) == sorted(p.read_bytes() for p in sag)
+    one = dcmread(sag[3], stop_before_pixels=True)
+    r = httpx.get(f"{http.url}/dicom-web/studies/{uid}/series/{series_uid}/instances/{one.SOPInstanceUID}",
+                  headers=auth)
+    assert _split(r.content, r.headers["content-type"], 4096) == [sag[3].read_bytes()]
+
+    meta = httpx.get(f"{http.url}/dicom-web/studies/{uid}/metadata", headers=auth).json()
+    assert len(meta) == len(study.paths) and all("7FE00010" not in m for m in meta)
+    assert httpx.get(f"{http.url}/dicom-web/studies/1.2.3/metadata", headers=auth).status_code == 404
+    assert httpx.get(f"{http.url}/dicom-web/studies/..%2Fetc", headers=auth).status_code in (400, 404)
+
+
+def test_worker_routes_are_off_without_a_worker_token(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / "n")
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    http = NodeHttp(settings, db)
+    try:
+        r = httpx.get(f"{http.url}/dicom-web/studies/1.2.3", headers={"Authorization": "Bearer x"})
+        assert r.status_code == 403 and "WORKER_TOKEN" in r.text
+    finally:
+        http.close()
+        db.dispose()
+
+
+def test_stow_rs_takes_only_the_nodes_own_results(node: Any, tmp_path: Path) -> None:
+    from workers.dicomweb import DicomWebClient
+
+    settings, db, study, http = node
+    with DicomWebClient(f"{http.url}/dicom-web", token=TOKEN) as client:
+        refused = client.store([study.paths[0]], study.study_uid)  # a source image, not a result
+    assert len(refused) == 1 and not refused[0].ok and refused[0].reason == 0x0124
+    assert not (settings.data_dir / "results").exists() or not any((settings.data_dir / "results").rglob("*.dcm"))
+
+
+def test_remote_worker_encodes_and_exports_without_shared_storage(
+    node: Any, tmp_path: Path, orthanc_factory: Any
+) -> None:
+    """Analysis output made on one host, encoding on a second, export on a third; none of
+    them sees the node's DATA_DIR. SR, SEG (from the uploaded masks) and key image reach
+    Orthanc; the node holds the results."""
+    orthanc: OrthancServer = orthanc_factory()
+    settings, db, study, http = node
+    settings = load_settings(data_dir=settings.data_dir, worker_token=TOKEN, destinations=[orthanc.destination])
+    gpu = _worker(tmp_path, "gpu", settings, http.url)
+    cpu = _worker(tmp_path, "cpu", settings, http.url, worker_cache_mb=0)
+    exp = _worker(tmp_path, "export", settings, http.url)
+
+    sag = [p for p in study.paths if "SAG" in str(dcmread(p, stop_before_pixels=True).SeriesDescription)]
+    gen = _analysed(gpu, study.study_uid, sag)  # writes the masks where the analyze stage does
+    from workers.pipeline import _masks_path
+
+    gpu.spool.publish_masks(study.study_uid, gen, _masks_path(gpu, study.study_uid, gen))
+
+    encode_study(cpu, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.EXPORTING, st.reason
+    assert cpu.send == [("export", study.study_uid, gen)]  # type: ignore[comparison-overlap]
+    results = sorted((settings.data_dir / "results" / study.study_uid).glob("*.dcm"))
+    assert len(results) == 3  # stored on the node by STOW-RS
+    assert not any((tmp_path / "cpu" / "cache").rglob("*.dcm"))  # a 0 MB cache is emptied after the stage
+
+    export_study(exp, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.DONE, st.reason
+    assert sorted(_orthanc_objects(orthanc, study.study_uid)) == ["OT", "SEG", "SR"]
+    for ctx in (gpu, cpu, exp):
+        assert not (ctx.settings.data_dir / "incoming").exists() or not any(
+            (ctx.settings.data_dir / "incoming").rglob("*.dcm"))
+        ctx.db.dispose()
+
+
+def test_missing_files_fail_analyze_naming_instance_and_host(node: Any, tmp_path: Path) -> None:
+    """Without NODE_URL (and a DATA_DIR without the files) the analyze stage fails at once,
+    naming the instance and the host, instead of "not analysed"; with a NODE_URL whose node
+    does not have the file it names the node."""
+    settings, db, study, http = node
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        transition(s, st, StudyState.QUEUED, stage="test")
+        gen = st.generation
+    lonely = _worker(tmp_path, "lonely", settings, None)
+    analyze_study(lonely, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.FAILED and st.failed_stage == "analyze"
+        assert "lonely-host" in (st.reason or "") and "NODE_URL" in (st.reason or "")
+        sops = {p.stem for p in (settings.data_dir / "incoming").rglob("*.dcm")}
+        assert any(sop in (st.reason or "") for sop in sops)
+        assert st.findings is None and st.not_analysed_reason is None
+    lonely.db.dispose()
+
+
+def test_fetched_headers_and_series_and_the_cache_budget(node: Any, tmp_path: Path) -> None:
+    """require_headers fetches headers only; require_series fetches one series' full
+    files; leaving the study trims the cache to its budget (least recently used first)."""
+    settings, db, study, http = node
+    w = _worker(tmp_path, "w", settings, http.url, worker_cache_mb=0.05)
+    access = w.spool
+    sag = [p for p in study.paths if "SAG" in str(dcmread(p, stop_before_pixels=True).SeriesDescription)]
+    sag_uid = str(dcmread(sag[0], stop_before_pixels=True).SeriesInstanceUID)
+    with access.study(study.study_uid):
+        files = access.require_headers(study.study_uid)
+        assert len(files) == len(study.paths)
+        assert all("headers" in access.absolute(f.rel).parts for f in files)
+        header = dcmread(access.absolute(files[0].rel))
+        assert "PixelData" not in header and header.SOPInstanceUID == files[0].sop_uid
+        access.require_series(study.study_uid, [sag_uid])
+        full = [access.absolute(f.rel) for f in files if f.series_uid == sag_uid]
+        assert all("full" in p.parts for p in full)
+        assert sorted(p.read_bytes() for p in full) == sorted(p.read_bytes() for p in sag)
+        assert access.cache_entries()  # kept while the study is in use, over budget or not
+    size = sum(p.stat().st_size for p in access.cache.rglob("*") if p.is_file())
+    assert size <= 0.05 * 2**20
+    w.db.dispose()
