@@ -9,7 +9,7 @@
 # Usage: bash scripts/install-test-deps.sh        (as root, or a user with sudo)
 set -euo pipefail
 
-PACKAGES=(dcmtk orthanc dicom3tools redis-server postgresql docker-compose chromium)
+PACKAGES=(dcmtk orthanc orthanc-dicomweb dicom3tools redis-server postgresql docker-compose chromium)
 
 # One binary per package, proving the package is installed.
 REQUIRED_BINARIES=(
@@ -17,6 +17,9 @@ REQUIRED_BINARIES=(
   /usr/bin/dsrdump /usr/sbin/Orthanc /usr/bin/dciodvfy /usr/bin/redis-server
   /usr/bin/docker-compose /usr/bin/chromium
 )
+# Files (not executables) proving a package is installed: Orthanc's DICOMweb plugin
+# (the DICOMweb exporter's test peer).
+REQUIRED_FILES=(/usr/share/orthanc/plugins/libOrthancDicomWeb.so)
 
 as_root() {
   if [[ "$(id -u)" -eq 0 ]]; then
@@ -41,6 +44,9 @@ all_present() {
   local bin
   for bin in "${REQUIRED_BINARIES[@]}"; do
     [[ -x "$bin" ]] || return 1
+  done
+  for file in "${REQUIRED_FILES[@]}"; do
+    [[ -e "$file" ]] || return 1
   done
   [[ -n "$(postgres_bindir)" ]]
 }

@@ -211,3 +211,63 @@ def test_permanent_refusal_fails_the_export_with_its_status(tmp_path: Path) -> N
         db.dispose()
     finally:
         server.shutdown()
+
+
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def test_dicomweb_destination_gets_results_by_stow_rs(tmp_path: Path, orthanc_factory: Any) -> None:
+    """A DESTINATIONS entry dicomweb+http://... goes through the STOW-RS exporter to Orthanc's
+    DICOMweb plugin (no C-STORE: Orthanc's DICOM port is not the one named)."""
+    from scp_node.db.models import Export, ExportState
+
+    orthanc: OrthancServer = orthanc_factory(extra_config={
+        "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}})
+    dest = f"dicomweb+http://127.0.0.1:{orthanc.http_port}/dicom-web"
+    ctx, study, _gen = _encode_and_export(tmp_path, dest, seed=74)
+    with ctx.db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.DONE, st.reason
+        exports = s.scalars(select(Export)).all()
+        assert {e.destination for e in exports} == {dest} and {e.state for e in exports} == {ExportState.SENT}
+    objs = _orthanc_objects(orthanc, study.study_uid)
+    assert sorted(objs) == ["OT", "SEG", "SR"]
+    with ctx.db.session() as s:
+        ours = {r.sop_instance_uid: r.path for r in s.scalars(select(Result)).all()}
+    for modality, (ds,) in objs.items():  # what the node wrote, one object each
+        assert str(ds.SOPInstanceUID) in ours, modality
+    ctx.db.dispose()
+
+
+def test_unreachable_dicomweb_destination_is_retried(tmp_path: Path) -> None:
+    from peers import free_port
+    from scp_node.db.models import Export, ExportState
+
+    dest = f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web"
+    ctx, study, gen = _encode_and_export(tmp_path, dest, seed=75)
+    with ctx.db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.EXPORTING
+        exports = s.scalars(select(Export)).all()
+        assert {e.state for e in exports} == {ExportState.PENDING} and {e.attempts for e in exports} == {1}
+        assert all("unreachable" in (e.last_error or "") for e in exports)
+    assert ("export", study.study_uid, gen) in ctx.send  # type: ignore[operator]  # the retry is scheduled
+    ctx.db.dispose()
+
+
+def test_exporter_registry_and_destination_settings(tmp_path: Path) -> None:
+    import pytest
+
+    from scp_node.errors import ConfigError
+    from workers.export import EXPORTERS, DimseExporter, StowExporter, exporter_for
+
+    assert isinstance(exporter_for("PACS@10.0.0.5:104;tls"), DimseExporter)
+    assert isinstance(exporter_for("dicomweb+https://pacs.example/dicom-web"), StowExporter)
+    assert set(EXPORTERS) == {"dimse", "dicomweb+http", "dicomweb+https"}
+    with pytest.raises(ConfigError):
+        exporter_for("ftp://x/y")
+    s = load_settings(data_dir=tmp_path, destinations="PACS@10.0.0.5:104, dicomweb+http://10.0.0.6:8042/dicom-web/")
+    assert s.destinations == ["PACS@10.0.0.5:104", "dicomweb+http://10.0.0.6:8042/dicom-web"]
+    for bad in ("http://10.0.0.6/dicom-web", "dicomweb+ftp://x/y", "dicomweb+http://"):
+        with pytest.raises(ConfigError):
+            load_settings(data_dir=tmp_path, destinations=bad)
