@@ -242,3 +242,44 @@ def test_fetched_headers_and_series_and_the_cache_budget(node: Any, tmp_path: Pa
     size = sum(p.stat().st_size for p in access.cache.rglob("*") if p.is_file())
     assert size <= 0.05 * 2**20
     w.db.dispose()
+
+
+def test_worker_fetches_over_https_verified_against_tls_ca(node: Any, tmp_path: Path) -> None:
+    """HTTP_TLS: the node's HTTP listener (scp_node.node._start_http) serves /dicom-web over
+    TLS; a worker with TLS_CA fetches; one without the CA is refused at the handshake and
+    the error names the host."""
+    from scp_node.errors import NodeUnreachableError
+    from scp_node.node import _start_http
+    from test_tls import _openssl
+
+    settings, db, study, _http = node
+    d = tmp_path / "pki"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=spinenode test CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node",
+             cwd=d)
+    (d / "node.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "node.crt", "-days", "2", "-extfile", "node.ext", cwd=d)
+    port = free_port()
+    tls_settings = load_settings(data_dir=settings.data_dir, worker_token=TOKEN, http_tls=True, http_port=port,
+                                 tls_cert=d / "node.crt", tls_key=d / "node.key")
+    server, thread = _start_http(tls_settings, create_app(AdminContext(tls_settings, db, lambda *a: None,
+                                                                      lambda: {})))
+    try:
+        wait_until(lambda: server.started, 10, what="uvicorn with TLS")  # type: ignore[attr-defined]
+        url = f"https://127.0.0.1:{port}"
+        trusted = _worker(tmp_path, "trusted", settings, url, tls_ca=d / "ca.crt")
+        files = trusted.spool.require_headers(study.study_uid)
+        assert all(trusted.spool.absolute(f.rel).exists() for f in files)
+        stranger = _worker(tmp_path, "stranger", settings, url)
+        with pytest.raises(NodeUnreachableError, match="stranger-host"):
+            stranger.spool.require_headers(study.study_uid)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5)  # no plain HTTP on that port
+        trusted.db.dispose()
+        stranger.db.dispose()
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(10)
