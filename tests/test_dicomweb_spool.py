@@ -283,3 +283,36 @@ def test_worker_fetches_over_https_verified_against_tls_ca(node: Any, tmp_path: 
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(10)
+
+
+def test_unreachable_node_leaves_the_study_for_the_sweep_then_fails(node: Any, tmp_path: Path) -> None:
+    """A node that does not answer (restarting) is transient: the stage records why and
+    leaves the study for the sweep; after NODE_UNREACHABLE_LIMIT such times it fails."""
+    from scp_node.db.models import Event
+    from workers.pipeline import NODE_UNREACHABLE_LIMIT
+
+    settings, db, study, http = node
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        transition(s, st, StudyState.QUEUED, stage="test")
+        gen = st.generation
+    w = _worker(tmp_path, "far", settings, f"http://127.0.0.1:{free_port()}")
+    analyze_study(w, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.ANALYZING
+        last = s.scalars(select(Event).where(Event.study_id == st.id).order_by(Event.id.desc())).first()
+        assert last is not None and "far-host" in (last.detail or "") and "sweep" in (last.detail or "")
+        transition(s, st, StudyState.QUEUED, stage="test")
+    for _ in range(NODE_UNREACHABLE_LIMIT - 1):
+        analyze_study(w, study.study_uid, gen)
+        with db.session() as s:
+            st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+            assert st.state == StudyState.ANALYZING
+            transition(s, st, StudyState.QUEUED, stage="test")  # as the sweep does
+    analyze_study(w, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.FAILED and st.failed_stage == "analyze"
+        assert "NodeUnreachableError" in (st.reason or "") and "far-host" in (st.reason or "")
+    w.db.dispose()

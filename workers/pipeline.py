@@ -16,13 +16,13 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from scp_node.logs import log_failure
 from scp_node.broker import TaskSender
-from scp_node.db.models import Export, ExportState, Instance, Result, Series, Study, StudyState, utcnow
+from scp_node.db.models import Event, Export, ExportState, Instance, Result, Series, Study, StudyState, utcnow
 from scp_node.db.session import Database
-from scp_node.errors import SpinenodeError
+from scp_node.errors import NodeUnreachableError, SpinenodeError
 from scp_node.scheduler import claim
 from scp_node.settings import Settings
 from scp_node.states import record_event, transition
@@ -75,6 +75,33 @@ def _series_files(ctx: StageContext, study_uid: str) -> dict[str, list[Path]]:
     return files
 
 
+#: Times a stage of one generation may find the node unreachable and leave the study to
+#: the sweep; the next time the stage fails.
+NODE_UNREACHABLE_LIMIT = 5
+_LEFT_FOR_SWEEP = "left for the sweep to retry"
+
+
+def _wait_for_node(ctx: StageContext, study_uid: str, generation: int, stage: str,
+                   exc: NodeUnreachableError) -> None:
+    """The node did not answer (restarting, network): leave the study in its state for
+    the sweep to requeue after REQUEUE_AFTER, at most NODE_UNREACHABLE_LIMIT times per
+    stage and generation (counted in the events table), then FAILED(stage)."""
+    log.warning("study %s: %s stage could not reach the node: %s", study_uid, stage, exc)
+    with ctx.db.session() as s:
+        row = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
+        if row is None or row.generation != generation:
+            return
+        earlier = s.scalar(select(func.count()).select_from(Event).where(
+            Event.study_id == row.id, Event.generation == generation, Event.stage == stage,
+            Event.detail.contains(_LEFT_FOR_SWEEP)))
+        if (earlier or 0) >= NODE_UNREACHABLE_LIMIT:
+            transition(s, row, StudyState.FAILED, stage=stage,
+                       detail=f"{type(exc).__name__}: {exc} (attempt {(earlier or 0) + 1})")
+            return
+        record_event(s, row, stage=stage,
+                     detail=f"{exc}; {_LEFT_FOR_SWEEP} after {ctx.settings.requeue_after:.0f} s")
+
+
 # --- analyze -------------------------------------------------------------------------
 def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
     """QUEUED -> ANALYZING -> ENCODING: classify and select series, run the analyzer."""
@@ -85,6 +112,9 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
     try:
         with ctx.spool.study(study_uid):
             outcome = _analyze(ctx, study_uid, generation)
+    except NodeUnreachableError as exc:
+        _wait_for_node(ctx, study_uid, generation, "analyze", exc)
+        return
     except SpinenodeError as exc:
         log.warning("study %s: analysis failed: %s", study_uid, exc)
         fail(ctx.db, study_uid, generation, "analyze", f"{type(exc).__name__}: {exc}")
@@ -242,6 +272,9 @@ def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
     try:
         with ctx.spool.study(study_uid):
             encoded, digest = _encode_objects(ctx, study, generation)
+    except NodeUnreachableError as exc:
+        _wait_for_node(ctx, study_uid, generation, "encode", exc)
+        return
     except SpinenodeError as exc:
         fail(ctx.db, study_uid, generation, "encode", f"{type(exc).__name__}: {exc}")
         return

@@ -41,6 +41,9 @@ from workers.dicomweb import DicomWebClient, DicomWebError
 
 log = logging.getLogger(__name__)
 
+#: A fetch's temp file untouched for this long belongs to a worker that died.
+STALE_TEMP_SECONDS = 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class SpoolFile:
@@ -64,6 +67,20 @@ class SpoolAccess:
         #: Studies a stage is working on (their cache entries are not evicted).
         self._in_use: dict[str, int] = defaultdict(int)
         self._client: DicomWebClient | None = None
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self, older_than: float = STALE_TEMP_SECONDS) -> None:
+        """Temp files of fetches a killed worker left behind (another live process on the
+        same DATA_DIR may be writing its own: only old ones go)."""
+        import time
+
+        cutoff = time.time() - older_than
+        for path in (self.cache / "tmp").glob("*.tmp"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
 
     # --- paths ------------------------------------------------------------------------
     def absolute(self, rel: str | Path) -> Path:
@@ -176,13 +193,28 @@ class SpoolAccess:
         log.info("fetched %d instance(s) of series %s from the node", len(got), series)
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        """The full file of one instance (fetching its series when it is not here)."""
+        """The full file of one instance (WADO-RS of that instance alone when it is not here)."""
         rel = Path("incoming") / study_uid / series_uid / f"{sop_uid}.dcm"
         for root in (self.data_dir, self.cache / "full"):
             if (root / rel).exists():
                 return root / rel
-        self.require_series(study_uid, [series_uid])
-        return self.cache / "full" / rel
+        if not self.remote:
+            raise self._missing(f"instance {sop_uid}", "")
+        return self._retrieve_one(f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}",
+                                  self.cache / "full" / rel, f"instance {sop_uid}")
+
+    def _retrieve_one(self, path: str, dest: Path, what: str) -> Path:
+        def place(tmp: Path) -> None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+
+        try:
+            self.client().retrieve(path, self.cache / "tmp", place)
+        except DicomWebError as exc:
+            raise self._fetch_error(what, exc) from None
+        if not dest.exists():
+            raise self._missing(what, f"the node at {self.settings.node_url} did not send it")
+        return dest
 
     # --- results ----------------------------------------------------------------------
     def publish_result(self, study_uid: str, rel: Path, data: bytes) -> None:
@@ -209,20 +241,8 @@ class SpoolAccess:
         if not self.remote:
             raise self._missing(f"result {Path(rel).stem}", "")
         sop = Path(rel).stem
-        path = self.cache / "full" / rel
-
-        def place(tmp: Path) -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
-
-        try:
-            self.client().retrieve(f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop}",
-                                   self.cache / "tmp", place)
-        except DicomWebError as exc:
-            raise self._fetch_error(f"result {sop}", exc) from None
-        if not path.exists():
-            raise self._missing(f"result {sop}", f"the node at {self.settings.node_url} did not send it")
-        return path
+        return self._retrieve_one(f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop}",
+                                  self.cache / "full" / rel, f"result {sop}")
 
     # --- masks ------------------------------------------------------------------------
     def masks_rel(self, study_uid: str, generation: int) -> Path:

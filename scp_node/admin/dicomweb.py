@@ -92,10 +92,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove_partials(results: Path) -> None:
+    """STOW-RS and masks uploads cut short by a crash of the node (called at start-up)."""
+    for path in [*results.glob(f".stow-*{TMP_SUFFIX}"), *results.glob(f"*/.stow-*{TMP_SUFFIX}")]:
+        path.unlink(missing_ok=True)
+        log.warning("removed an upload cut short by a restart: %s", path.name)
+
+
 def register_dicomweb(app: FastAPI, ctx: Any) -> None:
     """Add the worker-facing DICOMweb routes; ``ctx`` is the admin context (settings, db)."""
     settings = ctx.settings
     data_dir: Path = settings.data_dir
+    _remove_partials(data_dir / "results")
 
     def require_worker(authorization: Annotated[str | None, Header()] = None) -> None:
         token = settings.worker_token
