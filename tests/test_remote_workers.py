@@ -7,8 +7,10 @@ reach Orthanc."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,97 @@ def test_kill9_of_the_worker_mid_fetch_and_of_the_node_mid_upload_gives_one_resu
     finally:
         for w in workers:
             w.stop()
+
+
+class NamespacedProcess(SpinenodeProcess):
+    """A ``spinenode`` command started inside another network namespace (nsenter)."""
+
+    def __init__(self, prefix: list[str], workdir: Path, command: list[str], env: dict[str, str], name: str) -> None:
+        super().__init__(workdir, command, env, name)
+        self.prefix = prefix
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "scp_node.cli", *self.command],
+                                         cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making network namespaces needs root")
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.timeout(600)
+def test_two_hosts_in_network_namespaces(tmp_path: Path) -> None:
+    """A node host and a worker host: two network namespaces made here, a veth pair with
+    10.217.17.1 (node) and .2 (worker) that exists only inside them. The node host runs
+    Redis, PostgreSQL, Orthanc and spinenode serve; the worker host runs the gpu and
+    cpu/export workers with their own DATA_DIRs and only BROKER_URL, DATABASE_URL and
+    NODE_URL pointing at 10.217.17.1. Its loopback has nothing of the node's."""
+    from netns import NetNamespace, link
+
+    node_host, worker_host = NetNamespace(), NetNamespace()
+    try:
+        ip_node, _ip_worker = link(node_host, worker_host)
+        # This thread lives on the node host for the whole test, so the peers it starts and
+        # stops, and every connection it makes, stay in the node host's namespace.
+        with node_host.entered(), ExitStack() as stack:
+            _two_hosts(stack, tmp_path, worker_host, ip_node)
+    finally:
+        worker_host.close()
+        node_host.close()
+
+
+def _two_hosts(stack: ExitStack, tmp_path: Path, worker_host: Any, ip_node: str) -> None:
+    from netns import TcpRelay
+    from peers import PostgresServer, RedisServer
+
+    files = _phantom(tmp_path / "phantom", seed=2029)
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    redis = stack.enter_context(RedisServer(tmp_path / "redis"))
+    pg = stack.enter_context(PostgresServer())
+    database = pg.unique_database()
+    # the test peers bind loopback only: relays on the node host's veth address
+    redis_relay, pg_relay = TcpRelay(ip_node, redis.port), TcpRelay(ip_node, pg.port)
+    stack.callback(redis_relay.close)
+    stack.callback(pg_relay.close)
+    orthanc = OrthancServer(tmp_path / "orthanc").start()
+    stack.callback(orthanc.close)
+    destination = f"ORTHANC@{ip_node}:{orthanc.dicom_port}"  # Orthanc listens on every interface
+    node = Node(tmp_path / "node", broker_url=redis.url, database_url=pg.url_for(database),
+                stable_seconds=2, destinations=destination, worker_token=TOKEN,
+                http_host="0.0.0.0", admin_token="two-host-admin")
+    stack.callback(node.close)
+    node.start()
+    env = {
+        "SPINENODE_BROKER_URL": f"redis://{ip_node}:{redis_relay.port}/0",
+        "SPINENODE_DATABASE_URL": f"postgresql+psycopg://{pg.user}@{ip_node}:{pg_relay.port}/{database}",
+        "SPINENODE_NODE_URL": f"http://{ip_node}:{node.http_port}",
+        "SPINENODE_WORKER_TOKEN": TOKEN, "SPINENODE_DESTINATIONS": destination,
+        "SPINENODE_DEVICE": "cpu", "SPINENODE_LOG_LEVEL": "INFO",
+    }
+    workers = []
+    for queues in ("gpu", "cpu,export"):
+        workdir = tmp_path / f"worker-host-{queues.replace(',', '-')}"
+        workdir.mkdir()
+        w = NamespacedProcess(worker_host.prefix, workdir, ["worker", "--queues", queues],
+                              {**env, "SPINENODE_DATA_DIR": str(workdir / "data")}, f"worker-{queues}")
+        w.start()
+        stack.callback(w.stop)
+        workers.append(w)
+    # the worker host really is another host: the node's loopback ports are not there
+    probe = subprocess.run([*worker_host.prefix, sys.executable, "-c",
+                            f"import socket; socket.create_connection(('127.0.0.1', {node.http_port}), 2)"],
+                           capture_output=True, timeout=30)
+    assert probe.returncode != 0
+    r = storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE")
+    assert r.returncode == 0, r.stderr
+    final = node.wait_state(study_uid, {"DONE", "FAILED"}, timeout=300)
+    assert final["state"] == "DONE", (final["reason"], *(w.log()[-2000:] for w in workers))
+    wait_until(lambda: len(orthanc.study_instances(study_uid)) == 3, 30, what="3 results in Orthanc")
+    modalities = sorted(str(dcmread(io.BytesIO(orthanc.download(i)), stop_before_pixels=True).Modality)
+                        for i in orthanc.study_instances(study_uid))
+    assert modalities == ["OT", "SEG", "SR"]
+    assert "fetched" in workers[0].log()
+    for w in workers:
+        assert not list((w.workdir / "data" / "incoming").rglob("*.dcm"))
