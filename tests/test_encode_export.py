@@ -271,3 +271,40 @@ def test_exporter_registry_and_destination_settings(tmp_path: Path) -> None:
     for bad in ("http://10.0.0.6/dicom-web", "dicomweb+ftp://x/y", "dicomweb+http://"):
         with pytest.raises(ConfigError):
             load_settings(data_dir=tmp_path, destinations=bad)
+
+
+def test_missing_result_file_fails_the_export_at_once_naming_the_host(tmp_path: Path,
+                                                                      storescp_server: Any) -> None:
+    """A result file that is gone (another host's disk, deleted) cannot come back by waiting:
+    FAILED(export) after one attempt with the object and host named (it was retried as a
+    network error for hours before)."""
+    import socket
+
+    from scp_node.db.models import Export, ExportState
+
+    settings = load_settings(data_dir=tmp_path / "data", destinations=[storescp_server.destination])
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    spool = Spool(settings.data_dir)
+    ctx = StageContext(settings, db, SpoolAccess(settings, db), Sent())  # type: ignore[arg-type]
+    study = dicomgen.write_study(tmp_path / "src", seed=76, rows=96, cols=96, series=(
+        dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
+    ingestor = Ingestor(db, spool)
+    for p in study.paths:
+        data = p.read_bytes()
+        ingestor.store(parse_header(data), data, "TEST")
+    gen = _analysed(ctx, study.study_uid, study.paths)
+    encode_study(ctx, study.study_uid, gen)
+    with db.session() as s:
+        sr = s.execute(select(Result).where(Result.kind == "sr")).scalar_one()
+        (settings.data_dir / sr.path).unlink()
+    export_study(ctx, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.FAILED and st.failed_stage == "export"
+        failed = s.execute(select(Export).join(Result, Result.id == Export.result_id)
+                           .where(Result.kind == "sr")).scalar_one()
+        assert failed.state == ExportState.FAILED and failed.attempts == 1
+        assert sr.sop_instance_uid in (failed.last_error or "") and socket.gethostname() in (failed.last_error or "")
+    assert ctx.send.count(("export", study.study_uid, gen)) == 1  # type: ignore[attr-defined]  # no retry queued
+    db.dispose()
