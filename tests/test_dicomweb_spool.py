@@ -83,6 +83,15 @@ def _worker(tmp_path: Path, name: str, node_settings: Settings, node_url: str | 
     return StageContext(settings, db, SpoolAccess(settings, db, host=f"{name}-host"), Sent())  # type: ignore[arg-type]
 
 
+def _queued(db: Database, study_uid: str) -> int:
+    """RECEIVING -> COMPLETE -> QUEUED, as the scheduler moves a received study; its generation."""
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+        transition(s, st, StudyState.COMPLETE, detail="test")
+        transition(s, st, StudyState.QUEUED, detail="test")
+        return st.generation
+
+
 def _split(body: bytes, ctype: str, chunk: int) -> list[bytes]:
     parts: list[io.BytesIO] = []
 
@@ -204,10 +213,7 @@ def test_missing_files_fail_analyze_naming_instance_and_host(node: Any, tmp_path
     naming the instance and the host, instead of "not analysed"; with a NODE_URL whose node
     does not have the file it names the node."""
     settings, db, study, http = node
-    with db.session() as s:
-        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
-        transition(s, st, StudyState.QUEUED, stage="test")
-        gen = st.generation
+    gen = _queued(db, study.study_uid)
     lonely = _worker(tmp_path, "lonely", settings, None)
     analyze_study(lonely, study.study_uid, gen)
     with db.session() as s:
@@ -292,10 +298,7 @@ def test_unreachable_node_leaves_the_study_for_the_sweep_then_fails(node: Any, t
     from workers.pipeline import NODE_UNREACHABLE_LIMIT
 
     settings, db, study, http = node
-    with db.session() as s:
-        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
-        transition(s, st, StudyState.QUEUED, stage="test")
-        gen = st.generation
+    gen = _queued(db, study.study_uid)
     w = _worker(tmp_path, "far", settings, f"http://127.0.0.1:{free_port()}")
     analyze_study(w, study.study_uid, gen)
     with db.session() as s:
@@ -303,16 +306,38 @@ def test_unreachable_node_leaves_the_study_for_the_sweep_then_fails(node: Any, t
         assert st.state == StudyState.ANALYZING
         last = s.scalars(select(Event).where(Event.study_id == st.id).order_by(Event.id.desc())).first()
         assert last is not None and "far-host" in (last.detail or "") and "sweep" in (last.detail or "")
-        transition(s, st, StudyState.QUEUED, stage="test")
+        transition(s, st, StudyState.QUEUED, detail="test")
     for _ in range(NODE_UNREACHABLE_LIMIT - 1):
         analyze_study(w, study.study_uid, gen)
         with db.session() as s:
             st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
             assert st.state == StudyState.ANALYZING
-            transition(s, st, StudyState.QUEUED, stage="test")  # as the sweep does
+            transition(s, st, StudyState.QUEUED, detail="test")  # as the sweep does
     analyze_study(w, study.study_uid, gen)
     with db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
         assert st.state == StudyState.FAILED and st.failed_stage == "analyze"
         assert "NodeUnreachableError" in (st.reason or "") and "far-host" in (st.reason or "")
     w.db.dispose()
+
+
+def test_worker_routes_follow_their_own_token_under_the_read_policy(tmp_path: Path) -> None:
+    """With VIEWER_TOKEN set (reads gated) the worker token still opens /dicom-web, many
+    times over, and is not taken for a wrong viewer token; wrong worker tokens count in the
+    same limiter: after 5 the address gets 429, the right token included."""
+    settings = load_settings(data_dir=tmp_path / "n", worker_token=TOKEN, viewer_token="viewer-secret")
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    http = NodeHttp(settings, db)
+    try:
+        with httpx.Client(base_url=http.url) as c:
+            for _ in range(8):
+                assert c.get("/dicom-web/studies/1.2.3", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
+            assert c.get("/api/studies", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 401
+            assert c.get("/dicom-web/studies/1.2.3", headers={"Authorization": "Bearer viewer-secret"}).status_code == 401
+            for _ in range(4):
+                c.get("/dicom-web/studies/1.2.3", headers={"Authorization": "Bearer wrong"})
+            assert c.get("/dicom-web/studies/1.2.3", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 429
+    finally:
+        http.close()
+        db.dispose()

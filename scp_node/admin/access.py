@@ -7,6 +7,9 @@
 * ``/metrics`` follows the reads, and also takes ``METRICS_TOKEN`` (a scrape job's
   ``Bearer``); with ``METRICS_TOKEN`` set it is never open.
 * Writes need the admin token (checked by the routes).
+* The workers' routes (``/dicom-web/...``, ``/worker/...``) are neither: their own
+  dependency checks ``WORKER_TOKEN`` (:mod:`scp_node.admin.dicomweb`), counting wrong
+  tokens in the same limiter.
 
 Sessions are random 256-bit ids held in this process: the cookie holds only the id,
 the server keeps its role and expiry (``SESSION_MAX_AGE``), ``/logout`` deletes it, and
@@ -45,6 +48,8 @@ OPEN_PATHS = frozenset({"/api/health"})
 #: Reachable without a session so that one can be made or ended.
 LOGIN_PATHS = frozenset({"/login", "/logout"})
 READ_METHODS = frozenset({"GET", "HEAD"})
+#: Routes that check their own token (WORKER_TOKEN) for reads and writes alike.
+WORKER_PREFIXES = ("/dicom-web/", "/worker/")
 
 
 class Role(StrEnum):
@@ -215,7 +220,7 @@ class Access:
     def decide_read(self, conn: HTTPConnection) -> Decision:
         """May this request (not a write) go on?"""
         path = conn.url.path
-        if path in OPEN_PATHS or path in LOGIN_PATHS:
+        if path in OPEN_PATHS or path in LOGIN_PATHS or path.startswith(WORKER_PREFIXES):
             return Decision.ALLOW
         metrics = path == "/metrics"
         allowed = {Role.ADMIN, Role.VIEWER} | ({Role.METRICS} if metrics else set())

@@ -105,12 +105,19 @@ def register_dicomweb(app: FastAPI, ctx: Any) -> None:
     data_dir: Path = settings.data_dir
     _remove_partials(data_dir / "results")
 
-    def require_worker(authorization: Annotated[str | None, Header()] = None) -> None:
+    access = getattr(ctx, "access", None)  # the admin app's policy: its wrong-token limiter
+
+    def require_worker(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
         token = settings.worker_token
         if not token:
             raise HTTPException(403, "worker access is disabled: SPINENODE_WORKER_TOKEN is not set")
+        address = request.client.host if request.client else "unknown"
+        if access is not None and access.limiter.retry_after(address):
+            raise HTTPException(429, "too many wrong tokens from this address; try again later")
         given = (authorization or "").removeprefix("Bearer ").strip()
         if not secrets.compare_digest(given.encode(), token.encode()):
+            if access is not None:
+                access.limiter.failed(address, f"worker token on {request.url.path}")
             raise HTTPException(401, "missing or wrong worker token", headers={"WWW-Authenticate": "Bearer"})
 
     router = APIRouter(dependencies=[Depends(require_worker)], include_in_schema=False)
