@@ -27,7 +27,7 @@ from scp_node.ingest import Ingestor
 from scp_node.settings import load_settings
 from scp_node.storage import Spool
 from workers.spool import SpoolAccess
-from workers.pipeline import StageContext, _masks_path, encode_study, export_study
+from workers.pipeline import MASKS_SAVED, StageContext, _masks_path, encode_study, export_study
 from workers.results.seg import save_masks
 
 MODEL = ModelId("spinenode-test-model", "0.0.1")
@@ -59,7 +59,7 @@ def _analysed(ctx: StageContext, study_uid: str, paths: list[Path]) -> int:
     with ctx.db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
         st.findings = findings.to_json()
-        walk_to(s, st, StudyState.ENCODING, stage="analyze")
+        walk_to(s, st, StudyState.ENCODING, stage="analyze", detail=f"test; {MASKS_SAVED}")
         generation = st.generation
     save_masks([masks], _masks_path(ctx, study_uid, generation))
     return generation
@@ -307,4 +307,30 @@ def test_missing_result_file_fails_the_export_at_once_naming_the_host(tmp_path: 
         assert failed.state == ExportState.FAILED and failed.attempts == 1
         assert sr.sop_instance_uid in (failed.last_error or "") and socket.gethostname() in (failed.last_error or "")
     assert ctx.send.count(("export", study.study_uid, gen)) == 1  # type: ignore[attr-defined]  # no retry queued
+    db.dispose()
+
+
+def test_masks_written_on_another_host_fail_the_encode_instead_of_dropping_the_seg(tmp_path: Path) -> None:
+    """The analyze stage saved masks, but they are not on this host and there is no node to
+    ask (a DATA_DIR whose incoming/ is shared and results/ is not): FAILED(encode) naming
+    the masks and the host, never findings without their SEG."""
+    settings = load_settings(data_dir=tmp_path / "data", destinations=[])
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    spool = Spool(settings.data_dir)
+    ctx = StageContext(settings, db, SpoolAccess(settings, db, host="cpu-host"), Sent())  # type: ignore[arg-type]
+    study = dicomgen.write_study(tmp_path / "src", seed=77, rows=96, cols=96, series=(
+        dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
+    ingestor = Ingestor(db, spool)
+    for p in study.paths:
+        data = p.read_bytes()
+        ingestor.store(parse_header(data), data, "TEST")
+    gen = _analysed(ctx, study.study_uid, study.paths)
+    _masks_path(ctx, study.study_uid, gen).unlink()  # on the analysis host only
+    encode_study(ctx, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.FAILED and st.failed_stage == "encode"
+        assert "masks" in (st.reason or "") and "cpu-host" in (st.reason or "")
+        assert s.scalars(select(Result)).all() == []
     db.dispose()

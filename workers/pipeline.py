@@ -135,6 +135,8 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
             row.findings = outcome.findings.to_json()
             row.not_analysed_reason = None
             detail = f"{len(outcome.findings.levels)} levels graded in {outcome.seconds:.1f} s"
+            if outcome.masks:
+                detail += f"; {MASKS_SAVED}"
         transition(s, row, StudyState.ENCODING, stage="analyze", detail=detail)
     ctx.send("encode", study_uid, generation)
 
@@ -179,6 +181,16 @@ def _analyze(ctx: StageContext, study_uid: str, generation: int) -> Any:
 
 
 # --- encode --------------------------------------------------------------------------
+#: In the analyze stage's event when it saved masks: encode then needs them for the SEG.
+MASKS_SAVED = "masks saved for the SEG"
+
+
+def _masks_expected(ctx: StageContext, study_id: int, generation: int) -> bool:
+    with ctx.db.session() as s:
+        return s.scalar(select(func.count()).select_from(Event).where(
+            Event.study_id == study_id, Event.generation == generation, Event.stage == "analyze",
+            Event.detail.contains(MASKS_SAVED))) > 0
+
 def _masks_path(ctx: StageContext, study_uid: str, generation: int) -> Path:
     """Where the analyze stage writes the masks on this host (sent on to the node when remote)."""
     root = ctx.spool.cache / "full" if ctx.spool.remote else ctx.settings.data_dir
@@ -247,6 +259,10 @@ def _encode_objects(ctx: StageContext, study: Study, generation: int) -> tuple[l
     sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study, identity.sop_instance_uid))
     encoded = [_write(ctx, study_uid, sr, identity, model)]
     masks_file = ctx.spool.masks_path(study_uid, generation)
+    if masks_file is None and _masks_expected(ctx, study.id, generation):
+        # written on another host that shares neither DATA_DIR nor NODE_URL with this one:
+        # fail rather than send findings without their SEG
+        raise ctx.spool.unavailable(f"the masks of study {study_uid} (generation {generation}) for the SEG")
     if masks_file is not None:
         for masks in load_masks(masks_file):
             seg_id = ResultIdentity(study_uid, ResultKind.SEG, model.name, model.version, digest)

@@ -116,7 +116,7 @@ class SpoolAccess:
             ).all()
         return [SpoolFile(se, sop, Path(rel)) for se, sop, rel in rows]
 
-    def _missing(self, what: str, detail: str) -> InstanceUnavailableError:
+    def unavailable(self, what: str, detail: str = "") -> InstanceUnavailableError:
         where = f"on host {self.host} (DATA_DIR {self.data_dir})"
         how = f"; {detail}" if detail else "; SPINENODE_NODE_URL is not set, so it cannot be fetched"
         return InstanceUnavailableError(f"{what} is not {where}{how}")
@@ -133,7 +133,7 @@ class SpoolAccess:
         if not absent:
             return files
         if not self.remote:
-            raise self._missing(f"instance {absent[0].sop_uid}", "")
+            raise self.unavailable(f"instance {absent[0].sop_uid}", "")
         uid = check_uid(study_uid, "StudyInstanceUID")
         try:
             items = self.client().metadata(f"/dicom-web/studies/{uid}/metadata")
@@ -147,7 +147,7 @@ class SpoolAccess:
                 _write_header(ds, self.cache / "headers" / f.rel)
         if wanted:
             sop = next(iter(wanted))
-            raise self._missing(f"instance {sop}", f"the node at {self.settings.node_url} does not have it either")
+            raise self.unavailable(f"instance {sop}", f"the node at {self.settings.node_url} does not have it either")
         return files
 
     def require_series(self, study_uid: str, series_uids: Iterable[str]) -> None:
@@ -162,7 +162,7 @@ class SpoolAccess:
             if not absent:
                 continue
             if not self.remote:
-                raise self._missing(f"instance {absent[0].sop_uid}", "")
+                raise self.unavailable(f"instance {absent[0].sop_uid}", "")
             self._retrieve(study_uid, series_uid, {f.sop_uid: f for f in absent})
 
     def _retrieve(self, study_uid: str, series_uid: str, wanted: dict[str, SpoolFile]) -> None:
@@ -188,7 +188,7 @@ class SpoolAccess:
             raise self._fetch_error(f"series {series}", exc) from None
         missing = set(wanted) - got
         if missing:
-            raise self._missing(f"instance {sorted(missing)[0]}",
+            raise self.unavailable(f"instance {sorted(missing)[0]}",
                                 f"the node at {self.settings.node_url} sent {n} instance(s) without it")
         log.info("fetched %d instance(s) of series %s from the node", len(got), series)
 
@@ -199,7 +199,7 @@ class SpoolAccess:
             if (root / rel).exists():
                 return root / rel
         if not self.remote:
-            raise self._missing(f"instance {sop_uid}", "")
+            raise self.unavailable(f"instance {sop_uid}", "")
         return self._retrieve_one(f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}",
                                   self.cache / "full" / rel, f"instance {sop_uid}")
 
@@ -213,7 +213,7 @@ class SpoolAccess:
         except DicomWebError as exc:
             raise self._fetch_error(what, exc) from None
         if not dest.exists():
-            raise self._missing(what, f"the node at {self.settings.node_url} did not send it")
+            raise self.unavailable(what, f"the node at {self.settings.node_url} did not send it")
         return dest
 
     # --- results ----------------------------------------------------------------------
@@ -239,7 +239,7 @@ class SpoolAccess:
         if local.exists():
             return local
         if not self.remote:
-            raise self._missing(f"result {Path(rel).stem}", "")
+            raise self.unavailable(f"result {Path(rel).stem}", "")
         sop = Path(rel).stem
         return self._retrieve_one(f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{sop}",
                                   self.cache / "full" / rel, f"result {sop}")
