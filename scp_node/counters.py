@@ -16,7 +16,8 @@ from scp_node import status
 
 STATUSES = (status.OUT_OF_RESOURCES, status.DATASET_DOES_NOT_MATCH_SOP_CLASS, status.CANNOT_UNDERSTAND,
             status.PROCESSING_FAILURE)
-REASONS = ("called_ae", "calling_ae", "disk_low", "acse", "other")
+REASONS = ("called_ae", "calling_ae", "disk_low", "acse", "busy", "per_address", "reserved", "pdu_too_large",
+           "other")
 _INSTANCES, _BYTES, _ASSOCIATIONS, _OWN_RESULTS = 0, 1, 2, 3
 _FIRST_STATUS = 4
 _FIRST_REASON = _FIRST_STATUS + len(STATUSES) + 1  # +1: "other" status

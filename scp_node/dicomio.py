@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from scp_node.errors import InvalidDatasetError, SOPClassMismatchError
+from scp_node.errors import InvalidDatasetError, SOPClassMismatchError, SpinenodeError
 from scp_node.storage import check_uid
 
 #: How the node's own result objects (SR, SEG, key images) are marked: this
@@ -64,8 +67,9 @@ def parse_header(
 ) -> InstanceMeta:
     """Parse a Part 10 byte string (preamble + file meta + data set) down to the pixels.
 
-    The pixel data element is read as raw bytes (never decoded) so that a
-    truncated stream is detected: the parse fails when the bytes run out.
+    The parse stops before the pixel data element; its length is checked from the
+    element header against the bytes present and against what the image pixel
+    module needs (never decoded, never copied), so a truncated stream is refused.
 
     Raises
     ------
@@ -76,17 +80,55 @@ def parse_header(
     SOPClassMismatchError
         The data set's SOP Class/Instance UID differs from the C-STORE request's.
     """
+    return _parse(io.BytesIO(data), len(data), expected_sop_class, expected_sop_instance)
+
+
+def parse_header_file(
+    path: Path, *, expected_sop_class: str | None = None, expected_sop_instance: str | None = None
+) -> InstanceMeta:
+    """:func:`parse_header` for a Part 10 file; elements over 64 KiB before the pixels
+    are skipped, not read, so memory stays small whatever the file holds."""
     try:
-        ds = dcmread(io.BytesIO(data), force=False)
-        # Touch the top-level elements so that lazy parsing errors surface here.
+        fh = path.open("rb")
+    except OSError as exc:
+        raise InvalidDatasetError(f"cannot read the received data set ({exc.strerror})") from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        return _parse(fh, size, expected_sop_class, expected_sop_instance, defer_size=_DEFER_BYTES)
+
+
+_DEFER_BYTES = 64 * 1024
+#: Native pixel data elements: Pixel Data, Float Pixel Data, Double Float Pixel Data.
+_PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+
+
+def _parse(fp: BinaryIO, size: int, expected_sop_class: str | None, expected_sop_instance: str | None,
+           defer_size: int | None = None) -> InstanceMeta:
+    try:
+        ds = dcmread(fp, force=False, stop_before_pixels=True, defer_size=defer_size)
+        pixel_at = fp.tell()
         tags = list(ds.keys())
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
-        raise InvalidDatasetError(f"unparseable data set: {type(exc).__name__}") from None
     except Exception as exc:  # pydicom raises a wide variety on garbage input
         raise InvalidDatasetError(f"unparseable data set: {type(exc).__name__}") from None
     if not tags:
         raise InvalidDatasetError("empty data set")
+    try:
+        meta = _meta(ds, expected_sop_class, expected_sop_instance)
+        tsyntax = UID(meta.transfer_syntax_uid) if meta.transfer_syntax_uid else None
+        if tsyntax is not None and tsyntax.is_deflated:
+            _check_pixel_length_deflated(fp, ds)
+        elif tsyntax is not None:
+            _check_pixel_element(fp, pixel_at, size, ds, tsyntax)
+    except SpinenodeError:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert
+        raise InvalidDatasetError(f"unreadable header value: {type(exc).__name__}") from None
+    return meta
 
+
+def _meta(ds: Dataset, expected_sop_class: str | None, expected_sop_instance: str | None) -> InstanceMeta:
     sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
     sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
     study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
@@ -95,9 +137,7 @@ def parse_header(
         raise SOPClassMismatchError("SOPClassUID differs from the request's Affected SOP Class UID")
     if expected_sop_instance and sop_uid != expected_sop_instance:
         raise SOPClassMismatchError("SOPInstanceUID differs from the request's Affected SOP Instance UID")
-
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
-    _check_pixel_length(ds, UID(str(tsyntax)) if tsyntax else None)
     return InstanceMeta(
         study_uid=study_uid,
         series_uid=series_uid,
@@ -116,18 +156,70 @@ def parse_header(
     )
 
 
-def _check_pixel_length(ds: Dataset, tsyntax: UID | None) -> None:
-    """For native (uncompressed) pixel data, the element must hold every frame."""
-    if "PixelData" not in ds or tsyntax is None or tsyntax.is_compressed:
+def _check_pixel_element(fp: BinaryIO, at: int, size: int, ds: Dataset, tsyntax: UID) -> None:
+    """Read the header of the element at ``at``; if it is native pixel data, check its length."""
+    fp.seek(at)
+    head = fp.read(12)
+    if len(head) < 8:
+        return  # no element after the header: no pixel data
+    little = tsyntax.is_little_endian
+    group, elem = struct.unpack("<HH" if little else ">HH", head[:4])
+    name = _PIXEL_TAGS.get((group << 16) | elem)
+    if name is None:
         return
+    if tsyntax.is_implicit_VR:
+        header, length = 8, struct.unpack("<L" if little else ">L", head[4:8])[0]
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            raise InvalidDatasetError("pixel data truncated: element header cut off")
+        header, length = 12, struct.unpack("<L" if little else ">L", head[8:12])[0]
+    else:
+        header, length = 8, struct.unpack("<H" if little else ">H", head[6:8])[0]
+    if length == _UNDEFINED:
+        if name != "PixelData" or not tsyntax.is_encapsulated:
+            raise InvalidDatasetError("native pixel data with undefined length")
+        return  # encapsulated fragments: not checked
+    present = size - at - header
+    if present < length:
+        raise InvalidDatasetError(f"pixel data truncated: {max(present, 0)} of {length} bytes")
+    if not tsyntax.is_encapsulated:
+        _check_native_length(ds, length)
+
+
+def _check_pixel_length_deflated(fp: BinaryIO, ds: Dataset) -> None:
+    """Deflated data sets: inflate and read the pixel element (rare; memory as before)."""
+    fp.seek(0)
+    full = dcmread(fp, force=False)
+    for name in _PIXEL_TAGS.values():
+        if name in full:
+            _check_native_length(full, len(full[name].value))
+            return
+
+
+def native_pixel_bytes(ds: Dataset) -> int:
+    """Bytes native pixel data needs for every frame (unpadded), from the image pixel module.
+
+    Understands 1-bit data (packed across frames), YBR_FULL_422 / YBR_PARTIAL_422
+    (chroma halved horizontally) and YBR_PARTIAL_420 (halved both ways).
+    """
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    bits = int(ds.BitsAllocated)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if spp == 3 and photometric in ("YBR_FULL_422", "YBR_PARTIAL_422"):
+        samples = rows * (cols + 2 * ((cols + 1) // 2))
+    elif spp == 3 and photometric == "YBR_PARTIAL_420":
+        samples = rows * cols + 2 * ((rows + 1) // 2) * ((cols + 1) // 2)
+    else:
+        samples = rows * cols * spp
+    return (samples * frames * bits + 7) // 8
+
+
+def _check_native_length(ds: Dataset, length: int) -> None:
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        length = len(ds.PixelData)
+        expected = native_pixel_bytes(ds)
     except (AttributeError, ValueError, TypeError) as exc:
         raise InvalidDatasetError(f"pixel module incomplete: {type(exc).__name__}") from None
-    expected = (rows * cols * frames * spp * bits + 7) // 8
     if length < expected:
         raise InvalidDatasetError(f"pixel data truncated: {length} of {expected} bytes")

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from scp_node.db.models import Instance, Series, Study, StudyState, utcnow
 from scp_node.db.session import Database
 from scp_node.dicomio import InstanceMeta
-from scp_node.errors import DatabaseError
+from scp_node.errors import DatabaseError, StorageError
 from scp_node.states import record_event, transition
 from scp_node.storage import Spool
 
@@ -63,6 +63,19 @@ class Ingestor:
         """Write and index one instance. Raises StorageError or DatabaseError."""
         rel = self.spool.write(meta.study_uid, meta.series_uid, meta.sop_instance_uid, data)
         self.index(meta, rel, len(data), calling_ae)
+
+    def store_file(self, meta: InstanceMeta, received: Path, calling_ae: str | None) -> int:
+        """Move a received Part 10 file into the spool and index it; returns its size.
+
+        Raises StorageError or DatabaseError.
+        """
+        try:
+            size = received.stat().st_size
+        except OSError as exc:
+            raise StorageError(f"received file gone ({exc.strerror})") from exc
+        rel = self.spool.adopt(meta.study_uid, meta.series_uid, meta.sop_instance_uid, received)
+        self.index(meta, rel, size, calling_ae)
+        return size
 
     def index(self, meta: InstanceMeta, rel: Path, size: int, calling_ae: str | None) -> None:
         now = self.clock()

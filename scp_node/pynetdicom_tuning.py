@@ -1,94 +1,411 @@
-"""Shorter polling sleeps inside pynetdicom's association and DUL reactors.
+"""Everything the node changes inside pynetdicom, in one version-checked place.
 
-pynetdicom 3.0 runs two polling threads per association: the DUL reactor sleeps
-``DULServiceProvider._run_loop_delay`` (1 ms) whenever it finds nothing to do, and
-the acceptor's ``Association._run_reactor`` sleeps a hard-coded ``time.sleep(0.001)``
-on every loop. A C-STORE crosses both loops several times, so these sleeps add about
-1.3 ms of latency to every instance, which caps one association near 150 images/s
-however fast the handler is (docs/performance.md, "Ingest").
+pynetdicom 3.0 leaves three things to its users that a node on a hospital network
+cannot leave open, and one that costs speed:
 
-:func:`apply` caps both sleeps at :data:`POLL_INTERVAL` (200 us): the DUL delay is set
-on every new ``DULServiceProvider``, and ``pynetdicom.association`` gets a ``time``
-proxy whose ``sleep(0.001)`` sleeps the cap instead (every other call goes to the
-real :mod:`time`). The price is idle CPU while an association is open: each of its two
-threads wakes about 5,000 times a second instead of 1,000. Nothing changes when no
-association is open.
+* **Declared PDU lengths are not checked.** ``DULServiceProvider._read_pdu_data``
+  reads whatever length a peer declares into memory (a P-DATA-TF declaring 600 MiB
+  against an advertised 128 KiB maximum raised the node's RSS by 600 MB). Here the
+  header is read first and a PDU longer than the maximum the node advertised (for
+  P-DATA-TF, PS3.8 9.3.5; :data:`MAX_CONTROL_PDU` for the others) is refused: the
+  association is aborted (A-ABORT, as for an invalid PDU), the socket closed without
+  reading the body, and the ``on_refused`` callback of the AE's :class:`ReceiveGuard`
+  logs and counts it. An accepted PDU is read into one buffer of its exact size with
+  ``recv_into`` (pynetdicom grows a ``bytearray`` 4 KiB at a time).
+* **Received data sets go to disk as they arrive.** pynetdicom's public
+  ``STORE_RECV_CHUNKED_DATASET`` writes each C-STORE data set to a temporary file
+  fragment by fragment; here that file is created in the node's own receiving
+  directory (same file system as the spool, so the handler renames it into place
+  instead of copying it), and its bytes count against a node-wide cap on bytes in
+  flight (:class:`InFlight`): a data set that would pass the cap is not written
+  further and its C-STORE is refused with 0xA700 (:func:`overflowed`). Files of
+  aborted transfers are removed when their connection closes (:func:`discard_partials`).
+* **Polling.** Two threads per association poll with 1 ms sleeps (about 1.3 ms of
+  latency per C-STORE, docs/performance.md). While an association is busy (data
+  seen in the last :data:`HOT_SECONDS`) both sleep at most :data:`POLL_INTERVAL`
+  (200 us); once it is idle they sleep :data:`IDLE_POLL` (20 ms, the DUL thread in a
+  ``select`` on its socket, so incoming data wakes it at once). Idle associations
+  then cost about 100 wake-ups a second instead of 10,000.
 
-This touches private attributes, so it runs only on the pynetdicom versions it was
-checked against (:data:`CHECKED_VERSIONS`) and only if the internals still look as
-expected; otherwise it logs a warning and leaves pynetdicom as it is (slower, still
-correct). Re-check the two sleeps in ``association.py`` and ``dul.py`` on upgrades.
+This touches private code, so :func:`apply` runs only on a pynetdicom version it was
+checked on (:data:`CHECKED_VERSIONS`) whose patched functions still have the source
+they were checked against (:data:`CHECKED_SOURCES`, SHA-256 of ``inspect.getsource``);
+otherwise it logs a warning and leaves pynetdicom stock (no PDU length check, temp
+files in the system temp directory, 1 ms polling: slower and less guarded, still
+correct). ``tests/test_scp_limits.py`` fails when the installed version or these
+sources change, so an upgrade cannot silently drop the guards.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import logging
+import os
+import select
+import struct
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Upper bound, in seconds, of one reactor polling sleep once applied.
+#: Upper bound, in seconds, of one reactor polling sleep while an association is busy.
 POLL_INTERVAL = 0.0002
-#: pynetdicom versions (major.minor prefixes) whose internals this module was checked on.
-CHECKED_VERSIONS = ("3.0.",)
+#: Polling sleep of an idle association (seconds).
+IDLE_POLL = 0.02
+#: An association counts as busy this long after it last received or sent a PDU.
+HOT_SECONDS = 0.25
+#: Longest accepted PDU other than P-DATA-TF (A-ASSOCIATE-RQ with many contexts, release, abort).
+MAX_CONTROL_PDU = 1 << 20
+#: pynetdicom versions (major.minor.patch prefixes) whose internals this module was checked on.
+CHECKED_VERSIONS = ("3.0.4",)
+#: SHA-256 (first 16 hex digits) of the source of every pynetdicom function this module
+#: replaces or relies on, as checked.
+CHECKED_SOURCES = {
+    "dul.DULServiceProvider._read_pdu_data": "19f2d4e38c13c835",
+    "dul.DULServiceProvider.run_reactor": "e3a10eb3a0931e48",
+    "dul.DULServiceProvider._is_transport_event": "8725ed03bb8fbdef",
+    "dul.DULServiceProvider._process_recv_primitive": "4c0ebbb3e646e35e",
+    "association.Association._run_reactor": "f28838c5559e462a",
+    "dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76be",
+    "service_class.StorageServiceClass.SCP": "63afca7fc6c6e7ee",
+}
 #: The literal delay of ``Association._run_reactor`` in the checked versions.
 _ASSOCIATION_REACTOR_SLEEP = 0.001
+_P_DATA_TF = 0x04
+_GUARD_ATTRIBUTE = "_spinenode_guard"
 
 _applied = False
+_apply_lock = threading.Lock()
 
 
-class _CappedSleepTime:
-    """Stands in for :mod:`time` in ``pynetdicom.association``.
+class InFlight:
+    """Bytes of data sets being received, node-wide (all associations of this process)."""
 
-    Only the reactor's 1 ms sleep is shortened; longer and shorter sleeps (e.g. the
-    0.1 s after a kill, the 0.1 ms waits in the SCU send loops) are passed through.
-    """
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.peak = 0
+
+    def take(self, n: int) -> bool:
+        """Reserve ``n`` bytes; False (nothing reserved) if that would pass the cap."""
+        with self._lock:
+            if self.cap and self.bytes + n > self.cap:
+                return False
+            self.bytes += n
+            self.peak = max(self.peak, self.bytes)
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.bytes -= n
+
+
+#: ``on_refused(assoc, reason, detail)``: log and count a refusal made inside pynetdicom.
+Refusal = Callable[[Any, str, str], None]
+
+
+@dataclass
+class ReceiveGuard:
+    """The limits of one AE, attached to it by :func:`guard_ae`."""
+
+    max_pdu: int
+    on_refused: Refusal
+    receive_dir: Path | None = None
+    inflight: InFlight = field(default_factory=lambda: InFlight(0))
+    _open: dict[str, _CountedFile] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def limit_for(self, pdu_type: int) -> int:
+        """Largest PDU length (the 4-byte field) accepted for ``pdu_type``; 0 = no limit."""
+        return self.max_pdu if pdu_type == _P_DATA_TF else MAX_CONTROL_PDU
+
+
+class _CountedFile:
+    """Wraps pynetdicom's temporary data set file: counts bytes against the cap."""
+
+    def __init__(self, inner: Any, guard: ReceiveGuard, assoc: Any) -> None:
+        self._inner = inner
+        self._guard = guard
+        self.name: str = inner.name
+        self.assoc_id = id(assoc)
+        self.written = 0
+        self.over = False
+        self.file = self  # pynetdicom calls ``.file.flush()``
+
+    def write(self, data: bytes) -> int:
+        if self.over:
+            return len(data)
+        if not self._guard.inflight.take(len(data)):
+            self.over = True  # stop writing; the handler refuses with 0xA700
+            self._inner.truncate(0)
+            return len(data)
+        self.written += len(data)
+        return int(self._inner.write(data))
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def close(self) -> None:
+        with self._guard._lock:
+            if self._guard._open.pop(self.name, None) is None:
+                return
+        self._guard.inflight.give(self.written)
+        self._inner.close()
+
+
+def guard_ae(ae: Any, guard: ReceiveGuard) -> None:
+    """Attach ``guard`` to ``ae`` (the first one attached stays); takes effect for its
+    associations once :func:`apply` ran."""
+    if not isinstance(getattr(ae, _GUARD_ATTRIBUTE, None), ReceiveGuard):
+        setattr(ae, _GUARD_ATTRIBUTE, guard)
+
+
+def _guard_of_assoc(assoc: Any) -> ReceiveGuard | None:
+    guard = getattr(getattr(assoc, "ae", None), _GUARD_ATTRIBUTE, None)
+    return guard if isinstance(guard, ReceiveGuard) else None
+
+
+def overflowed(event: Any) -> bool:
+    """True if the C-STORE data set of ``event`` was cut off by the in-flight cap."""
+    guard = _guard_of_assoc(event.assoc)
+    path = getattr(event.request, "_dataset_path", None)
+    if guard is None or path is None:
+        return False
+    counted = guard._open.get(str(path))
+    return bool(counted and counted.over)
+
+
+def discard_partials(assoc: Any) -> int:
+    """Close and delete the data set files of ``assoc`` still open (an aborted transfer)."""
+    guard = _guard_of_assoc(assoc)
+    if guard is None:
+        return 0
+    with guard._lock:
+        mine = [f for f in guard._open.values() if f.assoc_id == id(assoc)]
+    for counted in mine:
+        counted.close()
+        try:
+            os.unlink(counted.name)
+        except OSError:
+            pass
+    return len(mine)
+
+
+# --- internals check -----------------------------------------------------------------
+
+
+def _source_digests() -> dict[str, str]:
+    import importlib
+
+    out: dict[str, str] = {}
+    for dotted in CHECKED_SOURCES:
+        module_name, cls_name, func_name = dotted.split(".")
+        try:
+            module = importlib.import_module(f"pynetdicom.{module_name}")
+            func = getattr(getattr(module, cls_name), func_name)
+            source = inspect.getsource(func)
+        except (ImportError, AttributeError, OSError, TypeError):
+            out[dotted] = "missing"
+            continue
+        out[dotted] = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return out
+
+
+def internals_match() -> list[str]:
+    """Names of the checked pynetdicom functions whose source differs (empty: all match)."""
+    return [name for name, digest in _source_digests().items() if CHECKED_SOURCES[name] != digest]
+
+
+# --- the patches ---------------------------------------------------------------------
+
+
+def _hot(dul: Any) -> bool:
+    return time.monotonic() - getattr(dul, "_spinenode_active", 0.0) < HOT_SECONDS
+
+
+class _DulTime:
+    """Stands in for :mod:`time` in ``pynetdicom.dul``: the reactor's idle sleep."""
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(self._interval if seconds == _ASSOCIATION_REACTOR_SLEEP else seconds)
+        from pynetdicom.dul import DULServiceProvider
+
+        dul = threading.current_thread()
+        if not isinstance(dul, DULServiceProvider):
+            time.sleep(seconds)
+        elif _hot(dul):
+            time.sleep(min(seconds, self._interval))
+        else:
+            # idle: wait for data on the socket (wakes at once) for up to IDLE_POLL
+            raw = getattr(getattr(dul, "socket", None), "socket", None)
+            try:
+                if raw is None:
+                    raise ValueError
+                select.select([raw], [], [], IDLE_POLL)
+            except (OSError, ValueError, TypeError):
+                time.sleep(IDLE_POLL)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
-def apply(interval: float = POLL_INTERVAL) -> bool:
-    """Cap pynetdicom's reactor polling sleeps at ``interval`` seconds (once per process).
+class _AssociationTime:
+    """Stands in for :mod:`time` in ``pynetdicom.association``: the reactor's 1 ms sleep."""
 
-    Returns True if the tuning is in effect, False if this pynetdicom version or its
-    internals are not the ones this module knows (a warning is logged).
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+
+    def sleep(self, seconds: float) -> None:
+        if seconds != _ASSOCIATION_REACTOR_SLEEP:
+            time.sleep(seconds)
+            return
+        dul = getattr(threading.current_thread(), "dul", None)
+        time.sleep(self._interval if dul is None or _hot(dul) else IDLE_POLL)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def _read_pdu_data(self: Any, original: Callable[[Any], None]) -> None:
+    """``DULServiceProvider._read_pdu_data`` with the declared length checked first."""
+    guard = _guard_of_assoc(self.assoc)
+    if guard is None:
+        original(self)
+        return
+    sock = self.socket
+    if getattr(self, "_spinenode_refused", False):
+        sock.close()  # Evt17: never read the body of a refused PDU
+        return
+    raw = sock.socket
+    header = bytearray(6)
+    try:
+        got = _recv_into(raw, memoryview(header))
+    except (OSError, TimeoutError):
+        got = -1
+    if got != 6:
+        self.event_queue.put("Evt17")  # closed (or short) before a PDU header
+        return
+    pdu_type, _, length = struct.unpack(">BBL", header)
+    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+        self.event_queue.put("Evt19")  # unrecognised PDU: A-ABORT
+        return
+    limit = guard.limit_for(pdu_type)
+    if limit and length > limit:
+        self._spinenode_refused = True
+        guard.on_refused(self.assoc, "pdu_too_large",
+                         f"PDU type 0x{pdu_type:02X} declares {length} bytes, limit {limit}")
+        self.event_queue.put("Evt19")  # AA-8 / AA-1: A-ABORT, then close
+        return
+    buffer = bytearray(6 + length)
+    buffer[:6] = header
+    try:
+        got = _recv_into(raw, memoryview(buffer)[6:])
+    except (OSError, TimeoutError):
+        got = -1
+    if got != length:
+        self.event_queue.put("Evt17")
+        return
+    try:
+        pdu, event = self._decode_pdu(buffer)
+    except Exception:  # pynetdicom's own rule: an undecodable PDU is Evt19
+        log.warning("undecodable PDU of type 0x%02X (%d bytes): aborting", pdu_type, length)
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
+
+
+def _recv_into(raw: Any, view: memoryview) -> int:
+    """Fill ``view`` from the socket; returns the bytes read (fewer: the peer closed)."""
+    total = 0
+    n = len(view)
+    while total < n:
+        got = raw.recv_into(view[total:], n - total)
+        if not got:
+            break
+        total += got
+    return total
+
+
+def _stamp_active(method: Callable[..., bool]) -> Callable[..., bool]:
+    @functools.wraps(method)
+    def wrapper(self: Any) -> bool:
+        busy = method(self)
+        if busy:
+            self._spinenode_active = time.monotonic()
+        return busy
+
+    return wrapper
+
+
+def _temp_file_factory(original: Callable[..., Any]) -> Callable[..., Any]:
+    def make(*args: Any, **kwargs: Any) -> Any:
+        from pynetdicom.dul import DULServiceProvider
+
+        dul = threading.current_thread()
+        assoc = dul.assoc if isinstance(dul, DULServiceProvider) else None
+        guard = _guard_of_assoc(assoc)
+        if guard is None or guard.receive_dir is None:
+            return original(*args, **kwargs)
+        kwargs.setdefault("dir", str(guard.receive_dir))
+        kwargs.setdefault("prefix", ".recv-")
+        counted = _CountedFile(original(*args, **kwargs), guard, assoc)
+        with guard._lock:
+            guard._open[counted.name] = counted
+        return counted
+
+    return make
+
+
+def apply(interval: float = POLL_INTERVAL) -> bool:
+    """Install the PDU length check, the receiving-file hook and adaptive polling (once).
+
+    Returns True if in effect, False if this pynetdicom version or its internals are not
+    the ones this module knows (a warning is logged; pynetdicom stays stock).
+    ``STORE_RECV_CHUNKED_DATASET`` (public) is set either way.
     """
     global _applied
-    if _applied:
-        return True
     import pynetdicom
-    from pynetdicom import association, dul
+    from pynetdicom import _config, association, dimse_messages, dul
 
-    version = str(getattr(pynetdicom, "__version__", "?"))
-    if not version.startswith(CHECKED_VERSIONS):
-        log.warning("pynetdicom %s is not a checked version (%s): reactor polling left at 1 ms",
-                    version, ", ".join(v + "x" for v in CHECKED_VERSIONS))
-        return False
-    known = getattr(association, "time", None) is time and hasattr(dul.DULServiceProvider, "run_reactor")
-    if not known:
-        log.warning("pynetdicom %s internals differ from the checked ones: "
-                    "reactor polling left at 1 ms", version)
-        return False
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    with _apply_lock:
+        if _applied:
+            return True
+        version = str(getattr(pynetdicom, "__version__", "?"))
+        if not version.startswith(CHECKED_VERSIONS):
+            log.warning("pynetdicom %s is not a checked version (%s): no PDU length check, "
+                        "stock polling", version, ", ".join(CHECKED_VERSIONS))
+            return False
+        differ = internals_match()
+        if differ or association.time is not time or dul.time is not time:
+            log.warning("pynetdicom %s internals differ from the checked ones (%s): "
+                        "no PDU length check, stock polling", version, ", ".join(differ) or "time")
+            return False
+        provider = dul.DULServiceProvider
+        original_read = provider._read_pdu_data
 
-    original_init = dul.DULServiceProvider.__init__
+        def read_pdu_data(self: Any) -> None:
+            _read_pdu_data(self, original_read)
 
-    @functools.wraps(original_init)
-    def init_with_short_delay(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        if getattr(self, "_run_loop_delay", None) is not None:
-            self._run_loop_delay = min(self._run_loop_delay, interval)
-
-    dul.DULServiceProvider.__init__ = init_with_short_delay  # type: ignore[method-assign]
-    association.time = _CappedSleepTime(interval)  # type: ignore[assignment]
-    _applied = True
-    log.debug("pynetdicom %s: reactor polling capped at %.0f us", version, interval * 1e6)
+        provider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
+        provider._is_transport_event = _stamp_active(provider._is_transport_event)  # type: ignore[method-assign]
+        provider._process_recv_primitive = _stamp_active(  # type: ignore[method-assign]
+            provider._process_recv_primitive)
+        dul.time = _DulTime(interval)  # type: ignore[assignment]
+        association.time = _AssociationTime(interval)  # type: ignore[assignment]
+        dimse_messages.NamedTemporaryFile = _temp_file_factory(  # type: ignore[assignment]
+            dimse_messages.NamedTemporaryFile)
+        _applied = True
+    log.debug("pynetdicom %s: PDU length check, receiving files, polling %.0f us busy / %.0f ms idle",
+              version, interval * 1e6, IDLE_POLL * 1e3)
     return True

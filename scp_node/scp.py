@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from threading import Lock
 from typing import Any, ClassVar, Protocol
 
@@ -23,7 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from scp_node.logs import log_failure
 from scp_node import pynetdicom_tuning, status
 from scp_node.counters import ReceiverCounters
-from scp_node.dicomio import parse_header
+from scp_node.dicomio import parse_header, parse_header_file
 from scp_node.errors import (
     DatabaseError,
     InvalidDatasetError,
@@ -33,6 +34,7 @@ from scp_node.errors import (
 )
 from scp_node.ingest import Ingestor
 from scp_node.settings import Settings
+from scp_node.slots import AssociationSlots
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +74,28 @@ class ScpCounters:
 
 
 def handle_store(event: Any, ingestor: Ingestor, counters: ScpCounters) -> int:
-    """C-STORE: persist, then acknowledge. Returns a DIMSE status; never raises."""
+    """C-STORE: persist, then acknowledge. Returns a DIMSE status; never raises.
+
+    The data set arrives in a file under ``DATA_DIR/receiving`` (written by pynetdicom
+    as the PDUs come in, :mod:`scp_node.pynetdicom_tuning`), is parsed up to the pixel
+    data and renamed into the spool; it is never held in memory as a whole.
+    """
     request = event.request
     sop_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "?")
     calling = _calling_ae(event)
+    expected_class = str(request.AffectedSOPClassUID or "") or None
+    expected_instance = str(request.AffectedSOPInstanceUID or "") or None
     try:
-        data = event.encoded_dataset(include_meta=True)
-        meta = parse_header(
-            data,
-            expected_sop_class=str(request.AffectedSOPClassUID or "") or None,
-            expected_sop_instance=str(request.AffectedSOPInstanceUID or "") or None,
-        )
+        received = _received_file(event)
+        if received is None:  # stock pynetdicom (tuning not in effect): bytes in memory
+            data = event.encoded_dataset(include_meta=True)
+            meta = parse_header(data, expected_sop_class=expected_class,
+                                expected_sop_instance=expected_instance)
+        else:
+            if pynetdicom_tuning.overflowed(event):
+                raise StorageError("bytes in flight over MAX_INFLIGHT_MB: data set not kept")
+            meta = parse_header_file(received, expected_sop_class=expected_class,
+                                     expected_sop_instance=expected_instance)
         if meta.is_own_result:
             # Our own SR/SEG/key image routed back by the PACS: storing it would reopen
             # the study, analyse it again and send a new SR, which would come back too.
@@ -91,7 +104,11 @@ def handle_store(event: Any, ingestor: Ingestor, counters: ScpCounters) -> int:
             log.info("C-STORE of %s (study %s) from %s: the node's own result came back; acknowledged, "
                      "not stored, study not reopened", meta.sop_instance_uid, meta.study_uid, calling)
             return status.SUCCESS
-        ingestor.store(meta, data, calling)
+        if received is None:
+            ingestor.store(meta, data, calling)
+            size = len(data)
+        else:
+            size = ingestor.store_file(meta, received, calling)
     except (InvalidDatasetError, InvalidUIDError) as exc:
         return _fail(counters, status.CANNOT_UNDERSTAND, sop_uid, calling, exc)
     except SOPClassMismatchError as exc:
@@ -101,9 +118,17 @@ def handle_store(event: Any, ingestor: Ingestor, counters: ScpCounters) -> int:
     except Exception as exc:  # a handler must never raise: map the unknown to a refusal
         log_failure(log, "unexpected error storing %s from %s", _safe(sop_uid), calling, exc=exc)
         return _fail(counters, status.OUT_OF_RESOURCES, sop_uid, calling, exc)
-    counters.stored(len(data))
+    counters.stored(size)
     log.debug("stored %s from %s", meta.sop_instance_uid, calling)
     return status.SUCCESS
+
+
+def _received_file(event: Any) -> Path | None:
+    """The file pynetdicom received the data set into (STORE_RECV_CHUNKED_DATASET), if any."""
+    try:
+        return Path(event.dataset_path)
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _fail(counters: ScpCounters, code: int, sop_uid: str, calling: str, exc: BaseException) -> int:
@@ -132,8 +157,24 @@ def handle_echo(event: Any) -> int:
     return status.SUCCESS
 
 
-def handle_conn_open(event: Any) -> None:
-    """Disable Nagle on accepted sockets: one delayed ACK per C-STORE otherwise."""
+def handle_conn_close(event: Any, slots: AssociationSlots) -> None:
+    """Free the association's slot; delete the file of a transfer cut off midway."""
+    slots.release(event.assoc)
+    if pynetdicom_tuning.discard_partials(event.assoc):
+        log.info("connection from %s closed during a transfer: partial data set removed", _address(event))
+
+
+def _address(event: Any) -> str:
+    try:
+        return str(event.assoc.requestor.address)
+    except AttributeError:
+        return "?"
+
+
+def handle_conn_open(event: Any, guard: pynetdicom_tuning.ReceiveGuard) -> None:
+    """Guard the AE (PDU limit, receiving files; once per AE) and disable Nagle on the
+    accepted socket: one delayed ACK per C-STORE otherwise."""
+    pynetdicom_tuning.guard_ae(event.assoc.ae, guard)
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if isinstance(sock, socket.socket):
         try:
@@ -146,6 +187,7 @@ def handle_conn_open(event: Any) -> None:
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE not recognised
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognised
 REJECT_BUSY = (0x02, 0x03, 0x01)  # transient, service-provider (presentation), congestion
+REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local limit exceeded
 
 
 def association_refusal(
@@ -163,18 +205,23 @@ def association_refusal(
 
 
 def handle_requested(
-    event: Any, settings: Settings, counters: ScpCounters, admission: Admission | None
+    event: Any, settings: Settings, counters: ScpCounters, admission: Admission | None,
+    slots: AssociationSlots,
 ) -> None:
-    """Association request: refuse with A-ASSOCIATE-RJ and a logged reason, or go on."""
+    """Association request: refuse with A-ASSOCIATE-RJ and a logged reason, or take a slot."""
     primitive = event.assoc.requestor.primitive
     called = str(getattr(primitive, "called_ae_title", "") or "")
     calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+    address = _address(event)
     refusal = association_refusal(called, calling, settings, admission)
     if refusal is None:
-        return
+        reason = slots.admit(event.assoc, address)
+        if reason is None:
+            return
+        refusal = reason, REJECT_LIMIT
     reason, (result, source, diagnostic) = refusal
     counters.reject(reason)
-    log.warning("association from %s to %r refused: %s", calling, called.strip(), reason)
+    log.warning("association from %s at %s to %r refused: %s", calling, address, called.strip(), reason)
     event.assoc.acse.send_reject(result, source, diagnostic)
     _wait_until_sent(event.assoc)
 
@@ -191,6 +238,20 @@ def _wait_until_sent(assoc: Any) -> None:
     machine = assoc.dul.state_machine
     while machine.current_state not in ("Sta13", "Sta1") and time.monotonic() < deadline:
         time.sleep(0.002)
+
+
+def pdu_refused(counters: ReceiverCounters) -> Callable[[Any, str, str], None]:
+    """The callback :mod:`scp_node.pynetdicom_tuning` calls when it aborts an association."""
+
+    def refused(assoc: Any, reason: str, detail: str) -> None:
+        counters.reject(reason)
+        try:
+            address, calling = str(assoc.requestor.address), str(assoc.requestor.ae_title).strip()
+        except AttributeError:
+            address, calling = "?", "?"
+        log.warning("association from %s at %s aborted: %s (%s)", calling, address, reason, detail)
+
+    return refused
 
 
 def handle_accepted(event: Any, counters: ScpCounters) -> None:
@@ -213,12 +274,26 @@ def build_ae(settings: Settings) -> AE:
         ae.require_calling_aet = list(settings.allowed_calling_aes)
     else:
         log.warning("ALLOWED_CALLING_AES is empty: any calling AE title is accepted")
-    ae.maximum_associations = settings.max_associations
+    # The node's own slot rules (scp_node.slots) refuse, log and count; pynetdicom's
+    # limit, which counts connections not yet negotiated and refuses silently, only backs them up.
+    ae.maximum_associations = settings.max_associations + 64
     ae.acse_timeout = settings.acse_timeout
     ae.dimse_timeout = settings.dimse_timeout
     ae.network_timeout = settings.network_timeout
     ae.maximum_pdu_size = settings.max_pdu
     return ae
+
+
+def receive_guard(settings: Settings, counters: ReceiverCounters) -> pynetdicom_tuning.ReceiveGuard:
+    """PDU length limit, receiving directory and in-flight cap (see pynetdicom_tuning)."""
+    receiving = settings.data_dir / "receiving"
+    receiving.mkdir(parents=True, exist_ok=True)
+    return pynetdicom_tuning.ReceiveGuard(
+        max_pdu=settings.max_pdu,
+        on_refused=pdu_refused(counters),
+        receive_dir=receiving,
+        inflight=pynetdicom_tuning.InFlight(int(settings.max_inflight_mb * 1024 * 1024)),
+    )
 
 
 def scp_handlers(
@@ -228,11 +303,14 @@ def scp_handlers(
     admission: Admission | None = None,
 ) -> list[Any]:
     """The event handlers of the receiver, bound to their dependencies."""
+    slots = AssociationSlots(settings.max_associations, settings.max_associations_per_address,
+                             settings.reserved_associations)
     return [
         (evt.EVT_C_STORE, handle_store, [ingestor, counters]),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_CONN_OPEN, handle_conn_open),
-        (evt.EVT_REQUESTED, handle_requested, [settings, counters, admission]),
+        (evt.EVT_CONN_OPEN, handle_conn_open, [receive_guard(settings, counters)]),
+        (evt.EVT_CONN_CLOSE, handle_conn_close, [slots]),
+        (evt.EVT_REQUESTED, handle_requested, [settings, counters, admission, slots]),
         (evt.EVT_ACCEPTED, handle_accepted, [counters]),
     ]
 

@@ -254,12 +254,12 @@ def worker_main(
     ingestor = Ingestor(db, Spool(settings.data_dir))
     pynetdicom_tuning.apply()
     ae = build_ae(settings)
+    counters = counters if counters is not None else ScpCounters()
     server = ae.make_server(
         (settings.dicom_host, settings.dicom_port),
         ae_title=settings.ae_title,
         contexts=ae.supported_contexts,
-        evt_handlers=scp_handlers(settings, ingestor, counters if counters is not None else ScpCounters(),
-                                  admission),
+        evt_handlers=scp_handlers(settings, ingestor, counters, admission),
         server_class=_HandedConnectionServer,
     )
     server.server_close()  # the unbound TCP socket TCPServer made; never used

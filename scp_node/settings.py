@@ -130,10 +130,19 @@ class Settings(BaseSettings):
 
     # DICOM association limits
     max_associations: int = Field(16, ge=1, le=512)
-    acse_timeout: float = Field(30.0, gt=0)
+    #: At most this many associations from one IP address (0 = MAX_ASSOCIATIONS).
+    max_associations_per_address: int = Field(8, ge=0, le=512)
+    #: The last this-many free slots go only to an address that holds none yet.
+    reserved_associations: int = Field(4, ge=0, le=512)
+    #: Seconds to wait for an A-ASSOCIATE-RQ after a connection opens.
+    acse_timeout: float = Field(10.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
-    network_timeout: float = Field(60.0, gt=0)
+    #: Idle timeout: an association that receives nothing this long is aborted.
+    network_timeout: float = Field(20.0, gt=0)
+    #: Largest P-DATA-TF PDU the node advertises; a longer one aborts the association (0 = none).
     max_pdu: int = Field(131072, ge=0)
+    #: Node-wide cap on bytes of data sets being received (0 = no cap); over it: 0xA700.
+    max_inflight_mb: float = Field(4096.0, ge=0)
     scp_processes: int = Field(1, ge=1, le=32)
 
     # DICOM TLS: a second listener on DICOM_TLS_PORT (0 = none) with TLS_CERT/TLS_KEY;

@@ -4,6 +4,10 @@ Layout: ``incoming/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``
 A file appears under its final name only once its bytes are on disk (temp file,
 fsync, rename, fsync of the directory), so a crash leaves at most a hidden
 ``.*.tmp`` file, which :meth:`Spool.remove_partials` deletes at start-up.
+
+Data sets being received are written by the receiver to ``receiving/`` as they
+arrive (same file system) and :meth:`Spool.adopt` renames a complete one into
+place; whatever a crash leaves there is removed at start-up too.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class Spool:
         self.data_dir = data_dir
         self.root = data_dir / "incoming"
         self.root.mkdir(parents=True, exist_ok=True)
+        #: Where the receiver writes data sets while they arrive (see :meth:`adopt`).
+        self.receiving = data_dir / "receiving"
+        self.receiving.mkdir(exist_ok=True)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return Path("incoming") / study_uid / series_uid / f"{sop_uid}.dcm"
@@ -70,6 +77,21 @@ class Spool:
         atomic_write(self.data_dir / rel, data)
         return rel
 
+    def adopt(self, study_uid: str, series_uid: str, sop_uid: str, source: Path) -> Path:
+        """Move a complete received file into place, durably; return its relative path.
+
+        ``source`` should lie on the spool's file system (``receiving/``): it is
+        fsynced and renamed, not copied. From elsewhere it is copied atomically.
+
+        Raises
+        ------
+        StorageError
+            On any OS error; nothing is left under the final name.
+        """
+        rel = self.relative_path(study_uid, series_uid, sop_uid)
+        atomic_move(source, self.data_dir / rel)
+        return rel
+
     def absolute(self, rel: str | Path) -> Path:
         return self.data_dir / rel
 
@@ -79,6 +101,10 @@ class Spool:
         for path in self.root.rglob(f".*{TMP_SUFFIX}"):
             _unlink_quietly(path)
             removed += 1
+        for path in self.receiving.iterdir():
+            if path.is_file():
+                _unlink_quietly(path)
+                removed += 1
         if removed:
             log.warning("removed %d partial spool files left by an interrupted write", removed)
         return removed
@@ -122,6 +148,56 @@ def atomic_write(final: Path, data: bytes) -> None:
         _unlink_quietly(tmp)
         name = errno.errorcode.get(exc.errno or 0, "OSError")
         raise StorageError(f"cannot write {final.name} ({name}: {exc.strerror})") from exc
+
+
+def atomic_move(source: Path, final: Path) -> None:
+    """fsync ``source``, rename it over ``final``, fsync the directory (copy across file systems).
+
+    Raises
+    ------
+    StorageError
+        On any OS error; ``source`` is left where it was.
+    """
+    directory = final.parent
+    try:
+        new_dir = not directory.is_dir()
+        if new_dir:
+            directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(source, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            _copy_atomically(source, final)
+            return
+        _fsync_dir(directory)
+        if new_dir:
+            _fsync_dir(directory.parent)
+            _fsync_dir(directory.parent.parent)
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, "OSError")
+        raise StorageError(f"cannot write {final.name} ({name}: {exc.strerror})") from exc
+
+
+def _copy_atomically(source: Path, final: Path) -> None:
+    tmp = final.parent / f".{final.stem}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    try:
+        with source.open("rb") as src, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                                    0o640), "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except OSError:
+        _unlink_quietly(tmp)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:

@@ -19,7 +19,7 @@ def _assoc(port: int) -> Any:
 
 
 def test_more_associations_than_allowed_are_refused(node_factory: Any) -> None:
-    node: Node = node_factory(max_associations=2, network_timeout=30)
+    node: Node = node_factory(max_associations=2, reserved_associations=0, network_timeout=30)
     held = [_assoc(node.dicom_port) for _ in range(2)]
     try:
         assert all(a.is_established for a in held)
