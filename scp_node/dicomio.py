@@ -102,6 +102,8 @@ _DEFER_BYTES = 64 * 1024
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
+#: VRs a pixel data element may carry in explicit VR encoding.
+_PIXEL_VRS = {b"OB", b"OW", b"OF", b"OD", b"UN"}
 
 
 def _parse(fp: BinaryIO, size: int, expected_sop_class: str | None, expected_sop_instance: str | None,
@@ -163,11 +165,13 @@ def _check_pixel_element(fp: BinaryIO, at: int, size: int, ds: Dataset, tsyntax:
     if len(head) < 8:
         return  # no element after the header: no pixel data
     little = tsyntax.is_little_endian
+    # pydicom's own rule: a data set that says explicit VR but has no VR here is implicit
+    implicit = tsyntax.is_implicit_VR or head[4:6] not in _PIXEL_VRS
     group, elem = struct.unpack("<HH" if little else ">HH", head[:4])
     name = _PIXEL_TAGS.get((group << 16) | elem)
     if name is None:
         return
-    if tsyntax.is_implicit_VR:
+    if implicit:
         header, length = 8, struct.unpack("<L" if little else ">L", head[4:8])[0]
     elif head[4:6] in _LONG_VRS:
         if len(head) < 12:
@@ -178,12 +182,33 @@ def _check_pixel_element(fp: BinaryIO, at: int, size: int, ds: Dataset, tsyntax:
     if length == _UNDEFINED:
         if name != "PixelData" or not tsyntax.is_encapsulated:
             raise InvalidDatasetError("native pixel data with undefined length")
-        return  # encapsulated fragments: not checked
+        _check_fragments(fp, at + header, size, little)
+        return
     present = size - at - header
     if present < length:
         raise InvalidDatasetError(f"pixel data truncated: {max(present, 0)} of {length} bytes")
     if not tsyntax.is_encapsulated:
         _check_native_length(ds, length)
+
+
+def _check_fragments(fp: BinaryIO, at: int, size: int, little: bool) -> None:
+    """Walk the item headers of encapsulated pixel data (seeking over the fragments, never
+    reading them) to its sequence delimiter; a stream cut short is refused."""
+    fmt = "<HHL" if little else ">HHL"
+    pos = at
+    while True:
+        fp.seek(pos)
+        head = fp.read(8)
+        if len(head) < 8:
+            raise InvalidDatasetError("encapsulated pixel data truncated: no sequence delimiter")
+        group, elem, length = struct.unpack(fmt, head)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            return
+        if (group, elem) != (0xFFFE, 0xE000) or length == _UNDEFINED:
+            raise InvalidDatasetError("encapsulated pixel data: not an item")
+        pos += 8 + length
+        if pos > size:
+            raise InvalidDatasetError("encapsulated pixel data truncated: fragment cut short")
 
 
 def _check_pixel_length_deflated(fp: BinaryIO, ds: Dataset) -> None:

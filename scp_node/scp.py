@@ -260,6 +260,24 @@ def handle_accepted(event: Any, counters: ScpCounters) -> None:
     log.info("association accepted from %s", _calling_ae(event))
 
 
+#: Storage SOP classes whose presentation contexts the node rejects: pynetdicom's
+#: Non-Patient Object Storage classes (no patient, study or series to index them under)
+#: and DICOMDIR. Every other storage class, listed by pynetdicom or not (private,
+#: retired, newer than pynetdicom), is accepted. README, "What the receiver accepts".
+NOT_ACCEPTED_SOP_CLASSES: frozenset[str] = frozenset({
+    "1.2.840.10008.5.1.4.38.1",  # Hanging Protocol Storage
+    "1.2.840.10008.5.1.4.39.1",  # Color Palette Storage
+    "1.2.840.10008.5.1.4.43.1",  # Generic Implant Template Storage
+    "1.2.840.10008.5.1.4.44.1",  # Implant Assembly Template Storage
+    "1.2.840.10008.5.1.4.45.1",  # Implant Template Group Storage
+    "1.2.840.10008.5.1.4.1.1.200.1",  # CT Defined Procedure Protocol Storage
+    "1.2.840.10008.5.1.4.1.1.200.3",  # Protocol Approval Storage
+    "1.2.840.10008.5.1.4.1.1.200.7",  # XA Defined Procedure Protocol Storage
+    "1.2.840.10008.5.1.4.1.1.201.1",  # Inventory Storage
+    "1.2.840.10008.1.3.10",  # Media Storage Directory Storage (DICOMDIR)
+})
+
+
 def build_ae(settings: Settings) -> AE:
     """The node's AE with every storage context and every transfer syntax."""
     # Accept Storage SOP classes pynetdicom does not list (private, retired, new).
@@ -268,7 +286,8 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for ctx in AllStoragePresentationContexts:
         assert ctx.abstract_syntax is not None
-        ae.add_supported_context(ctx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if ctx.abstract_syntax not in NOT_ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(ctx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.require_called_aet = True
     if settings.allowed_calling_aes:
         ae.require_calling_aet = list(settings.allowed_calling_aes)

@@ -146,3 +146,86 @@ def test_log_failure_omits_the_exception_message(caplog: pytest.LogCaptureFixtur
         log_failure(logging.getLogger("t"), "study %s: failed", "1.2.3", exc=exc)
     assert "ValueError" in caplog.text and "1.2.3" in caplog.text and "test_storage_dicomio.py" in caplog.text
     assert "PHANTOM" not in caplog.text
+
+
+def _image(photometric: str, rows: int, cols: int, spp: int, bits: int, pixel_tag: str, length: int,
+           frames: int = 1) -> bytes:
+    """A Part 10 byte string with a native pixel element of ``length`` bytes."""
+    from io import BytesIO
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, spp
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = bits
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if pixel_tag == "PixelData":
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+        ds.PixelData = b"\x01" * length
+    else:
+        setattr(ds, pixel_tag, b"\x01" * length)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("photometric", "rows", "cols", "spp", "bits", "tag", "needed"),
+    [
+        ("YBR_FULL_422", 100, 100, 3, 8, "PixelData", 20000),  # 4:2:2: 2 bytes a pixel, not 3
+        ("YBR_FULL_422", 3, 5, 3, 8, "PixelData", 3 * (5 + 2 * 3)),  # odd columns: chroma rounded up
+        ("YBR_PARTIAL_420", 4, 4, 3, 8, "PixelData", 16 + 2 * 4),  # 4:2:0
+        ("RGB", 3, 3, 3, 8, "PixelData", 27),  # odd length (padded to 28 on the wire)
+        ("MONOCHROME2", 3, 3, 1, 1, "PixelData", 2),  # 1-bit, packed
+        ("MONOCHROME2", 4, 4, 1, 32, "FloatPixelData", 64),
+        ("MONOCHROME2", 4, 4, 1, 64, "DoubleFloatPixelData", 128),
+    ],
+)
+def test_native_pixel_lengths(photometric: str, rows: int, cols: int, spp: int, bits: int, tag: str,
+                              needed: int) -> None:
+    padded = needed + needed % 2
+    parse_header(_image(photometric, rows, cols, spp, bits, tag, padded))  # complete: accepted
+    short = padded - 2
+    with pytest.raises(InvalidDatasetError, match=f"pixel data truncated: {short} of {needed} bytes"):
+        parse_header(_image(photometric, rows, cols, spp, bits, tag, short))
+
+
+def test_pixel_element_cut_off_in_the_stream_is_refused(one_file: Path) -> None:
+    data = one_file.read_bytes()
+    with pytest.raises(InvalidDatasetError, match="pixel data truncated"):
+        parse_header(data[:-1])
+
+
+def test_truncated_encapsulated_pixel_data_is_refused(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    data = _image("MONOCHROME2", 4, 4, 1, 8, "PixelData", 16)
+    ds = dcmread(__import__("io").BytesIO(data))
+    ds.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 100 + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    out = tmp_path / "enc.dcm"
+    ds.save_as(out)
+    whole = out.read_bytes()
+    parse_header(whole)
+    with pytest.raises(InvalidDatasetError, match="encapsulated pixel data truncated"):
+        parse_header(whole[:-20])
+
+
+def test_parse_header_file_matches_parse_header(one_file: Path) -> None:
+    from scp_node.dicomio import parse_header_file
+
+    assert parse_header_file(one_file) == parse_header(one_file.read_bytes())
