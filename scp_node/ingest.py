@@ -44,11 +44,30 @@ _INSTANCE_PATH = select(_instances.c.path).where(_instances.c.sop_instance_uid =
 
 
 def _insert(session: Session, model: Any) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
+    return _insert_for(session.get_bind().dialect.name, model)
+
+
+def _insert_for(dialect: str, model: Any) -> Any:
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(model)
+
+
+#: Columns of an instance row the upsert writes (besides its SOP Instance UID).
+_INSTANCE_VALUES = ("study_id", "series_id", "sop_class_uid", "transfer_syntax_uid", "instance_number",
+                    "path", "size_bytes", "calling_ae", "received_at")
+
+
+def _instance_upsert(dialect: str) -> Any:
+    """The instance upsert, built once per Ingestor: building it per call cost 3.3 ms of
+    SQLAlchemy cache-key work per instance (issue 18)."""
+    stmt = _insert_for(dialect, _instances).values(
+        sop_instance_uid=bindparam("sop_instance_uid", type_=_instances.c.sop_instance_uid.type),
+        **{c: bindparam(c, type_=_instances.c[c].type) for c in _INSTANCE_VALUES})
+    return stmt.on_conflict_do_update(
+        index_elements=["sop_instance_uid"], set_={c: getattr(stmt.excluded, c) for c in _INSTANCE_VALUES})
 
 
 class Ingestor:
@@ -58,6 +77,7 @@ class Ingestor:
         self.db = db
         self.spool = spool
         self.clock = clock
+        self._upsert_instance = _instance_upsert(db.engine.dialect.name)
 
     def store(self, meta: InstanceMeta, data: bytes, calling_ae: str | None) -> None:
         """Write and index one instance. Raises StorageError or DatabaseError."""
@@ -182,21 +202,16 @@ class Ingestor:
     ) -> str | None:
         conn = s.connection()
         old_path = conn.execute(_INSTANCE_PATH, {"uid": meta.sop_instance_uid}).scalar_one_or_none()
-        values = dict(
-            study_id=study_id,
-            series_id=series_id,
-            sop_class_uid=meta.sop_class_uid,
-            transfer_syntax_uid=meta.transfer_syntax_uid,
-            instance_number=meta.instance_number,
-            path=rel,
-            size_bytes=size,
-            calling_ae=calling_ae,
-            received_at=now,
-        )
-        stmt = (
-            _insert(s, _instances)
-            .values(sop_instance_uid=meta.sop_instance_uid, **values)
-            .on_conflict_do_update(index_elements=["sop_instance_uid"], set_=values)
-        )
-        conn.execute(stmt)
+        conn.execute(self._upsert_instance, {
+            "sop_instance_uid": meta.sop_instance_uid,
+            "study_id": study_id,
+            "series_id": series_id,
+            "sop_class_uid": meta.sop_class_uid,
+            "transfer_syntax_uid": meta.transfer_syntax_uid,
+            "instance_number": meta.instance_number,
+            "path": rel,
+            "size_bytes": size,
+            "calling_ae": calling_ae,
+            "received_at": now,
+        })
         return old_path
