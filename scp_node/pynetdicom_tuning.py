@@ -1,7 +1,7 @@
 """Everything the node changes inside pynetdicom, in one version-checked place.
 
-pynetdicom 3.0 leaves three things to its users that a node on a hospital network
-cannot leave open, and one that costs speed:
+pynetdicom 3.0 leaves two things open that a node on a hospital network cannot, and
+one that costs speed:
 
 * **Declared PDU lengths are not checked.** ``DULServiceProvider._read_pdu_data``
   reads whatever length a peer declares into memory (a P-DATA-TF declaring 600 MiB
@@ -21,19 +21,21 @@ cannot leave open, and one that costs speed:
   further and its C-STORE is refused with 0xA700 (:func:`overflowed`). Files of
   aborted transfers are removed when their connection closes (:func:`discard_partials`).
 * **Polling.** Two threads per association poll with 1 ms sleeps (about 1.3 ms of
-  latency per C-STORE, docs/performance.md). While an association is busy (data
-  seen in the last :data:`HOT_SECONDS`) both sleep at most :data:`POLL_INTERVAL`
-  (200 us); once it is idle they sleep :data:`IDLE_POLL` (20 ms, the DUL thread in a
-  ``select`` on its socket, so incoming data wakes it at once). Idle associations
-  then cost about 100 wake-ups a second instead of 10,000.
+  latency per C-STORE, and CPU whether busy or idle; docs/performance.md). Here both
+  wait for work instead: the DUL thread in a ``select`` on its peer socket and a wake
+  socket rung whenever a primitive is queued for sending (``send_pdu``), the
+  association thread on an event the DUL thread sets after every state machine action
+  (a DIMSE message decoded, a release or abort received). Both wait at most
+  :data:`IDLE_POLL` (50 ms), which bounds how late a timer or a kill is noticed. Idle
+  associations cost 20 wake-ups a second per thread.
 
 This touches private code, so :func:`apply` runs only on a pynetdicom version it was
 checked on (:data:`CHECKED_VERSIONS`) whose patched functions still have the source
 they were checked against (:data:`CHECKED_SOURCES`, SHA-256 of ``inspect.getsource``);
-otherwise it logs a warning and leaves pynetdicom stock (no PDU length check, temp
-files in the system temp directory, 1 ms polling: slower and less guarded, still
-correct). ``tests/test_scp_limits.py`` fails when the installed version or these
-sources change, so an upgrade cannot silently drop the guards.
+otherwise it logs a warning and leaves pynetdicom stock (no PDU length check, received
+files in the system temp directory and copied into the spool, 1 ms polling: slower and
+less guarded, still correct). ``tests/test_scp_limits.py`` fails when the installed
+version or these sources change, so an upgrade cannot silently drop the guards.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import inspect
 import logging
 import os
 import select
+import socket
 import struct
 import threading
 import time
@@ -54,12 +57,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Upper bound, in seconds, of one reactor polling sleep while an association is busy.
-POLL_INTERVAL = 0.0002
-#: Polling sleep of an idle association (seconds).
-IDLE_POLL = 0.02
-#: An association counts as busy this long after it last received or sent a PDU.
-HOT_SECONDS = 0.25
+#: Longest wait of either reactor thread (seconds): bounds how late a timer (ARTIM,
+#: network timeout) or a kill is noticed; data and primitives wake the threads at once.
+IDLE_POLL = 0.05
 #: Longest accepted PDU other than P-DATA-TF (A-ASSOCIATE-RQ with many contexts, release, abort).
 MAX_CONTROL_PDU = 1 << 20
 #: pynetdicom versions (major.minor.patch prefixes) whose internals this module was checked on.
@@ -71,6 +71,9 @@ CHECKED_SOURCES = {
     "dul.DULServiceProvider.run_reactor": "e3a10eb3a0931e48",
     "dul.DULServiceProvider._is_transport_event": "8725ed03bb8fbdef",
     "dul.DULServiceProvider._process_recv_primitive": "4c0ebbb3e646e35e",
+    "dul.DULServiceProvider.__init__": "c82dafa9438ddf70",
+    "dul.DULServiceProvider.send_pdu": "7cbce5da8594124e",
+    "fsm.StateMachine.do_action": "9a883f44c7f31641",
     "association.Association._run_reactor": "f28838c5559e462a",
     "dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76be",
     "service_class.StorageServiceClass.SCP": "63afca7fc6c6e7ee",
@@ -226,50 +229,72 @@ def internals_match() -> list[str]:
 # --- the patches ---------------------------------------------------------------------
 
 
-def _hot(dul: Any) -> bool:
-    return time.monotonic() - getattr(dul, "_spinenode_active", 0.0) < HOT_SECONDS
+class _Wake:
+    """A socket pair the DUL thread waits on beside its peer socket: rung when a
+    primitive is queued for sending, so the thread never polls for outgoing work."""
+
+    def __init__(self) -> None:
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.w.setblocking(False)
+
+    def ring(self) -> None:
+        try:
+            self.w.send(b"\0")
+        except OSError:  # full (already rung) or closed (the DUL has ended)
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self.r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.r.close()
+        self.w.close()
 
 
 class _DulTime:
-    """Stands in for :mod:`time` in ``pynetdicom.dul``: the reactor's idle sleep."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
+    """Stands in for :mod:`time` in ``pynetdicom.dul``: the reactor's idle sleep becomes
+    a ``select`` on the peer socket and the wake socket, for at most :data:`IDLE_POLL`."""
 
     def sleep(self, seconds: float) -> None:
-        from pynetdicom.dul import DULServiceProvider
-
         dul = threading.current_thread()
-        if not isinstance(dul, DULServiceProvider):
+        wake = getattr(dul, "_spinenode_wake", None)
+        if not isinstance(wake, _Wake):
             time.sleep(seconds)
-        elif _hot(dul):
-            time.sleep(min(seconds, self._interval))
-        else:
-            # idle: wait for data on the socket (wakes at once) for up to IDLE_POLL
-            raw = getattr(getattr(dul, "socket", None), "socket", None)
-            try:
-                if raw is None:
-                    raise ValueError
-                select.select([raw], [], [], IDLE_POLL)
-            except (OSError, ValueError, TypeError):
-                time.sleep(IDLE_POLL)
+            return
+        raw = getattr(getattr(dul, "socket", None), "socket", None)
+        waiting: list[Any] = [wake.r]
+        if raw is not None:
+            pending = getattr(raw, "pending", None)
+            if callable(pending) and pending():
+                return  # TLS: decrypted bytes buffered that select cannot see
+            waiting.append(raw)
+        try:
+            select.select(waiting, [], [], IDLE_POLL)
+        except (OSError, ValueError, TypeError):
+            time.sleep(min(seconds, IDLE_POLL))
+        wake.drain()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
 class _AssociationTime:
-    """Stands in for :mod:`time` in ``pynetdicom.association``: the reactor's 1 ms sleep."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
+    """Stands in for :mod:`time` in ``pynetdicom.association``: the reactor's 1 ms sleep
+    becomes a wait on an event the DUL thread sets after every state machine action
+    (a DIMSE message decoded, a release or abort received), at most :data:`IDLE_POLL`."""
 
     def sleep(self, seconds: float) -> None:
-        if seconds != _ASSOCIATION_REACTOR_SLEEP:
+        event = getattr(threading.current_thread(), "_spinenode_event", None)
+        if seconds != _ASSOCIATION_REACTOR_SLEEP or not isinstance(event, threading.Event):
             time.sleep(seconds)
             return
-        dul = getattr(threading.current_thread(), "dul", None)
-        time.sleep(self._interval if dul is None or _hot(dul) else IDLE_POLL)
+        event.wait(IDLE_POLL)
+        event.clear()  # before the reactor looks: a later set() is never lost
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -336,15 +361,43 @@ def _recv_into(raw: Any, view: memoryview) -> int:
     return total
 
 
-def _stamp_active(method: Callable[..., bool]) -> Callable[..., bool]:
-    @functools.wraps(method)
-    def wrapper(self: Any) -> bool:
-        busy = method(self)
-        if busy:
-            self._spinenode_active = time.monotonic()
-        return busy
+def _install_wakes(provider: Any, state_machine: Any) -> None:
+    """Give every DUL a wake socket and its association an event, and ring them."""
+    original_init = provider.__init__
+    original_run = provider.run_reactor
+    original_send = provider.send_pdu
+    original_action = state_machine.do_action
 
-    return wrapper
+    @functools.wraps(original_init)
+    def init(self: Any, assoc: Any) -> None:
+        original_init(self, assoc)
+        self._spinenode_wake = _Wake()
+        assoc._spinenode_event = threading.Event()
+
+    @functools.wraps(original_run)
+    def run_reactor(self: Any) -> None:
+        try:
+            original_run(self)
+        finally:
+            self._spinenode_wake.close()
+            self.assoc._spinenode_event.set()
+
+    @functools.wraps(original_send)
+    def send_pdu(self: Any, primitive: Any) -> None:
+        original_send(self, primitive)
+        self._spinenode_wake.ring()
+
+    @functools.wraps(original_action)
+    def do_action(self: Any, event: str) -> None:
+        try:
+            original_action(self, event)
+        finally:
+            self.dul.assoc._spinenode_event.set()
+
+    provider.__init__ = init
+    provider.run_reactor = run_reactor
+    provider.send_pdu = send_pdu
+    state_machine.do_action = do_action
 
 
 def _temp_file_factory(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -366,8 +419,8 @@ def _temp_file_factory(original: Callable[..., Any]) -> Callable[..., Any]:
     return make
 
 
-def apply(interval: float = POLL_INTERVAL) -> bool:
-    """Install the PDU length check, the receiving-file hook and adaptive polling (once).
+def apply() -> bool:
+    """Install the PDU length check, the receiving-file hook and event-driven reactors (once).
 
     Returns True if in effect, False if this pynetdicom version or its internals are not
     the ones this module knows (a warning is logged; pynetdicom stays stock).
@@ -375,7 +428,7 @@ def apply(interval: float = POLL_INTERVAL) -> bool:
     """
     global _applied
     import pynetdicom
-    from pynetdicom import _config, association, dimse_messages, dul
+    from pynetdicom import _config, association, dimse_messages, dul, fsm
 
     _config.STORE_RECV_CHUNKED_DATASET = True
     with _apply_lock:
@@ -398,14 +451,11 @@ def apply(interval: float = POLL_INTERVAL) -> bool:
             _read_pdu_data(self, original_read)
 
         provider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
-        provider._is_transport_event = _stamp_active(provider._is_transport_event)  # type: ignore[method-assign]
-        provider._process_recv_primitive = _stamp_active(  # type: ignore[method-assign]
-            provider._process_recv_primitive)
-        dul.time = _DulTime(interval)  # type: ignore[assignment]
-        association.time = _AssociationTime(interval)  # type: ignore[assignment]
+        _install_wakes(provider, fsm.StateMachine)
+        dul.time = _DulTime()  # type: ignore[assignment]
+        association.time = _AssociationTime()  # type: ignore[assignment]
         dimse_messages.NamedTemporaryFile = _temp_file_factory(  # type: ignore[assignment]
             dimse_messages.NamedTemporaryFile)
         _applied = True
-    log.debug("pynetdicom %s: PDU length check, receiving files, polling %.0f us busy / %.0f ms idle",
-              version, interval * 1e6, IDLE_POLL * 1e3)
+    log.debug("pynetdicom %s: PDU length check, receiving files, event-driven reactors", version)
     return True
