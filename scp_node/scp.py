@@ -33,6 +33,7 @@ from scp_node.errors import (
     StorageError,
 )
 from scp_node.ingest import Ingestor
+from scp_node.scp_pool import ScpPool
 from scp_node.settings import Settings
 from scp_node.slots import AssociationSlots
 
@@ -334,6 +335,27 @@ def scp_handlers(
     ]
 
 
+def make_server(
+    settings: Settings,
+    ingestor: Ingestor,
+    counters: ReceiverCounters | None,
+    admission: Admission | None,
+    server_class: type[ThreadedAssociationServer],
+) -> ThreadedAssociationServer:
+    """The receiver's pynetdicom server, not started, of ``server_class`` (what a worker
+    process of :mod:`scp_node.scp_pool` runs; ``counters`` None: its own)."""
+    pynetdicom_tuning.apply()
+    ae = build_ae(settings)
+    return ae.make_server(
+        (settings.dicom_host, settings.dicom_port),
+        ae_title=settings.ae_title,
+        contexts=ae.supported_contexts,
+        evt_handlers=scp_handlers(settings, ingestor, counters if counters is not None else ScpCounters(),
+                                  admission),
+        server_class=server_class,
+    )
+
+
 class ScpServer(Protocol):
     """What :func:`start_scp` returns: a running receiver that can be stopped."""
 
@@ -357,9 +379,7 @@ def start_scp(
     and ``admission``, if given, must be picklable.
     """
     if settings.scp_processes > 1:
-        from scp_node.scp_pool import ScpPool
-
-        return ScpPool(settings, settings.scp_processes, admission,
+        return ScpPool(settings, settings.scp_processes, make_server, admission,
                        counters if counters.shared_across_processes else None).start()
     pynetdicom_tuning.apply()
     ae = build_ae(settings)

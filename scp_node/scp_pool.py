@@ -36,6 +36,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
@@ -44,6 +45,10 @@ from scp_node.errors import DicomNetworkError
 from scp_node.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: ``make_server(settings, ingestor, counters or None, admission, server_class)``: a
+#: pynetdicom server with the receiver's AE and handlers (``scp_node.scp.make_server``).
+MakeServer = Callable[[Settings, Any, Any, Any, type], Any]
 
 #: Seconds a stopping worker lets its established associations run before it exits.
 DRAIN_SECONDS = 10.0
@@ -73,10 +78,14 @@ class _Worker:
 class ScpPool:
     """Accepts DICOM connections and hands them to ``processes`` worker processes."""
 
-    def __init__(self, settings: Settings, processes: int, admission: Any = None, counters: Any = None) -> None:
+    def __init__(self, settings: Settings, processes: int, make_server: MakeServer, admission: Any = None,
+                 counters: Any = None) -> None:
         if processes < 2:
             raise ValueError("ScpPool needs at least 2 processes")
         self.settings = settings
+        #: Builds a worker's pynetdicom server (``scp_node.scp.make_server``): passed in,
+        #: so this module does not import the receiver that imports it.
+        self.make_server = make_server
         self.processes = processes
         self.admission = admission
         #: A SharedScpCounters (or None): what every worker stored, for /metrics.
@@ -122,7 +131,7 @@ class ScpPool:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         process = self._ctx.Process(
             target=worker_main,
-            args=(self.settings, theirs, os.getpid(), self.admission, self.counters),
+            args=(self.settings, theirs, os.getpid(), self.make_server, self.admission, self.counters),
             name=f"scp-worker-{index}",
             daemon=True,
         )
@@ -227,7 +236,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def worker_main(
-    settings: Settings, channel: socket.socket, parent_pid: int, admission: Any, counters: Any = None
+    settings: Settings, channel: socket.socket, parent_pid: int, make_server: MakeServer, admission: Any,
+    counters: Any = None,
 ) -> None:
     """Entry point of a worker: receive connections on ``channel`` until EOF."""
     _die_with_parent(parent_pid)
@@ -244,24 +254,13 @@ def worker_main(
     from scp_node.logs import configure_logging
 
     configure_logging(settings)
-    from scp_node import pynetdicom_tuning
     from scp_node.db.session import Database
     from scp_node.ingest import Ingestor
-    from scp_node.scp import ScpCounters, build_ae, scp_handlers
     from scp_node.storage import Spool
 
     db = Database(settings.database_url)
     ingestor = Ingestor(db, Spool(settings.data_dir))
-    pynetdicom_tuning.apply()
-    ae = build_ae(settings)
-    counters = counters if counters is not None else ScpCounters()
-    server = ae.make_server(
-        (settings.dicom_host, settings.dicom_port),
-        ae_title=settings.ae_title,
-        contexts=ae.supported_contexts,
-        evt_handlers=scp_handlers(settings, ingestor, counters, admission),
-        server_class=_HandedConnectionServer,
-    )
+    server = make_server(settings, ingestor, counters, admission, _HandedConnectionServer)
     server.server_close()  # the unbound TCP socket TCPServer made; never used
     channel.send(READY)
     log.debug("SCP worker ready (pid %d)", os.getpid())
