@@ -70,6 +70,27 @@ print_versions() {
   echo "chromium:       $(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
 }
 
+# The viewer's own DICOM code (dcmjs, @cornerstonejs/adapters at OHIF 3.13.2's versions) for
+# tests/test_viewer_*.py: Node.js from Debian (a newer node already on PATH is kept), the
+# npm packages pinned by tests/viewer/package-lock.json, installed into tests/viewer/.
+install_viewer_packages() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/viewer"
+  if ! command -v node >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends nodejs
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get install -y -qq --no-install-recommends npm
+  fi
+  if [[ ! -d "$dir/node_modules/@cornerstonejs/adapters" ]]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts)
+  fi
+  echo "node:           $(node --version) (tests/viewer: $(cd "$dir" && node -p "require('./package.json').dependencies['@cornerstonejs/adapters']") adapters)"
+}
+
 main() {
   if all_present; then
     echo "install-test-deps: all binaries present, skipping apt"
@@ -81,6 +102,7 @@ main() {
     fi
   fi
   print_versions
+  install_viewer_packages
 }
 
 main "$@"

@@ -71,9 +71,18 @@ Three new series arrive in the study: 9901 the SR, 9902 the SEG, 9903 the key im
 
 ## SR (TID 1500), as `dsrdump +Pl` prints it
 
-The header, the measurement group of the first level (finding site, algorithm, class
-probabilities, qualitative evaluation per condition, the detection box on the
-sagittal image), then the plain-text summary per level:
+The header, the measurement group of the first level, then the plain-text summary per
+level. A group is built for OHIF 3.13 (checked with its own dcmjs/adapters code in
+tests/test_viewer_sr.py): its Tracking Identifier names the cornerstone tool its first
+measurement imports as (`Cornerstone3DTools@^0.1.0:Length:disc L4-L5`; OHIF offers
+"Track measurements" only for identifiers it knows); the Comment items are the lines
+OHIF draws first (the level with "AI, PRELIMINARY, not a diagnosis", then the grades,
+moderate and severe in capitals); the NUMs are the measurements in mm with their
+2-point lines on the sagittal image (a level without one: the detection certainty in %
+over its box); then Finding = Stenosis and one evaluation per condition, post-coordinated
+with Finding Site and Laterality, with the probability of every grade in % below it.
+OHIF draws at most five lines per group and no CODE items, so the probabilities stay
+out of its way.
 
 ```
 {text}

@@ -16,6 +16,7 @@ from pydicom import dcmread
 from models import rsna
 from nodeproc import Node
 from peers import OrthancServer, dciodvfy, free_port, wait_until
+from workers.results.sr import grades_from_sr
 
 SEED = 2026
 
@@ -67,13 +68,8 @@ def test_phantom_study_round_trip_with_findings(node_factory: Any, orthanc_facto
     assert sorted(objs) == ["OT", "SEG", "SR"]
     seg = hd.seg.segread(objs["SEG"])
     assert any(d.SegmentLabel.startswith("disc ") for d in seg.SegmentSequence)
-    sr = hd.sr.srread(objs["SR"])
-    groups = sr.content.get_planar_roi_measurement_groups()
-    found = {}
-    for g in groups:
-        level = g.tracking_identifier.removeprefix("disc level ")
-        for ev in g.get_qualitative_evaluations():
-            found[(ev.name.meaning.lower().replace(" ", "_"), level)] = ev.value.meaning
+    hd.sr.srread(objs["SR"])
+    found = grades_from_sr(dcmread(objs["SR"]))
     levels = {lv for _, lv in found}
     assert len(levels) >= 4 and levels <= {lv.replace("/", "-") for lv in rsna.levels_of("lumbar")}, levels
     truth = _truth(root)
