@@ -38,6 +38,7 @@ from models.grader import (
 )
 from models.multiframe import expand_study
 from models.levels import DiscCandidate, name_levels, spine_axes
+from models.masks3d import spread_masks
 from models.registry import Registry
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
 from models.types import (
@@ -249,7 +250,11 @@ class SpineAnalyzer:
             if p.primary is None:
                 per_study.append(([], None))
                 continue
-            per_study.append(self._levels(p, next(dets)))
+            levels, masks = self._levels(p, next(dets))
+            if masks is not None and p.primary_pixels is not None:  # every slice a structure lies on (3D SEG)
+                masks = spread_masks(masks, levels, p.primary_pixels, p.primary_k, p.primary.slice_spacing,
+                                     lambda imgs: self.detector.detect(imgs, self.batch_size))
+            per_study.append((levels, masks))
         requests: list[CropRequest] = []
         owners: list[tuple[int, int, str | None]] = []  # (study, level index, side)
         for si, (p, (levels, _)) in enumerate(zip(prepared, per_study)):

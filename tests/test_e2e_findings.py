@@ -15,6 +15,7 @@ from pydicom import dcmread
 
 from models import rsna
 from nodeproc import Node
+from viewer_node import seg_in_viewer, sr_in_viewer
 from peers import OrthancServer, dciodvfy, free_port, wait_until
 from workers.results.sr import grades_from_sr
 
@@ -68,6 +69,18 @@ def test_phantom_study_round_trip_with_findings(node_factory: Any, orthanc_facto
     assert sorted(objs) == ["OT", "SEG", "SR"]
     seg = hd.seg.segread(objs["SEG"])
     assert any(d.SegmentLabel.startswith("disc ") for d in seg.SegmentSequence)
+    # the viewer's own code (OHIF 3.13.2's adapters in Node.js) on the objects the node sent
+    headers = [dcmread(p, stop_before_pixels=True) for p in files]
+    source = [h for h in headers if h.SeriesInstanceUID == seg.ReferencedSeriesSequence[0].SeriesInstanceUID]
+    seg_view = seg_in_viewer(objs["SEG"], source, tmp_path)
+    assert seg_view["warnings"] == []
+    discs = [s for s in seg_view["segments"] if s["label"].startswith("disc ")]
+    assert discs and all(len(s["slices"]) > 1 and s["rgb"] for s in discs), discs  # 3D, with colours
+    sr_view = sr_in_viewer(objs["SR"], headers, tmp_path)
+    assert sr_view["warnings"] == []
+    imported = sorted(m["label"].split(" ")[0] for ms in sr_view["toolState"].values() for m in ms)
+    shown = sorted(d["lines"][0].split(" ")[0] for d in sr_view["display"])
+    assert imported == shown and len(imported) >= 4, (imported, shown)  # one measurement per level
     hd.sr.srread(objs["SR"])
     found = grades_from_sr(dcmread(objs["SR"]))
     levels = {lv for _, lv in found}

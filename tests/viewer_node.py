@@ -64,3 +64,9 @@ def sr_in_viewer(sr_path: Path, headers: Iterable[Dataset], workdir: Path) -> di
     """``{"toolState", "display", "warnings"}`` of sr_in_viewer.mjs for one SR file."""
     images = image_headers_json(headers, workdir / f"{sr_path.stem}-images.json")
     return run_script("sr_in_viewer.mjs", sr_path, images)
+
+
+def seg_in_viewer(seg_path: Path, headers: Iterable[Dataset], workdir: Path) -> dict[str, Any]:
+    """``{"segments": [{label, rgb, slices, pixels}], "warnings"}`` of seg_in_viewer.mjs."""
+    images = image_headers_json(headers, workdir / f"{seg_path.stem}-images.json")
+    return run_script("seg_in_viewer.mjs", seg_path, images)
