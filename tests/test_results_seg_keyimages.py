@@ -97,6 +97,11 @@ def test_key_image_valid_and_marked(sagittal: list[Dataset], tmp_path: Path) -> 
     # the severe box is drawn in red somewhere
     red = (rgb[..., 0] > 200) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
     assert red.sum() > 100
-    from PIL import Image
-
-    Image.fromarray(rgb).save(tmp_path / "ki.png")
+    # the caveat is burned in below the image, centred: not under OHIF's cine control
+    # (top centre of a secondary capture) nor under the corner overlays
+    yellow = (rgb[..., 0] > 200) & (rgb[..., 1] > 200) & (rgb[..., 2] < 80)
+    rows, cols = np.nonzero(yellow)
+    h, w = rgb.shape[:2]
+    assert rows.size > 200 and rows.min() > 96 * 8  # below the 96-px source scaled by 8
+    assert rows.max() < h and cols.min() > 0.2 * w and cols.max() < 0.8 * w
+    assert not yellow[: h // 4].any()

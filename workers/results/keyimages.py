@@ -1,6 +1,6 @@
 """Key image for viewers that render neither SR nor SEG: a secondary capture of the
 source sagittal slice with boxes, level labels and grades drawn, and the AI
-disclaimer burned in."""
+disclaimer burned in below the image, centred (clear of viewer overlays)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ BANNER = "AI RESULT - NOT A DIAGNOSIS"
 #: Outline colour by the worst severity at a level.
 COLOURS = {"normal_mild": (80, 200, 80), "moderate": (240, 190, 40), "severe": (235, 60, 60)}
 MIN_SIDE = 768
+#: The caveat's text spans at most this fraction of the width (clear of corner overlays).
+BANNER_MAX_WIDTH = 0.6
+BANNER_MARGIN = 10
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -63,13 +66,32 @@ def render(source: Dataset, findings: Findings) -> np.ndarray:
         draw.rectangle([b.x0 * scale, b.y0 * scale, b.x1 * scale, b.y1 * scale], outline=colour, width=2)
         draw.text((b.x1 * scale + 6, b.y0 * scale), _label(lf), fill=colour, font=font,
                   stroke_width=2, stroke_fill=(0, 0, 0))
-    banner_font = ImageFont.load_default(size=max(14, img.width // 32))
     lines = [BANNER, f"{findings.model.name} {findings.model.version} - PRELIMINARY, UNVERIFIED"]
-    y = 6
-    for line in lines:
-        draw.text((8, y), line, fill=(255, 255, 0), font=banner_font, stroke_width=2, stroke_fill=(0, 0, 0))
-        y += banner_font.size + 6 if hasattr(banner_font, "size") else 20
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(_with_banner(img, lines), dtype=np.uint8)
+
+
+def _with_banner(img: Image.Image, lines: list[str]) -> Image.Image:
+    """``img`` above a black band holding ``lines``, centred and at most
+    :data:`BANNER_MAX_WIDTH` of the width: viewers put their overlays in the corners and
+    OHIF its cine control over the top centre of a secondary capture, so the caveat goes
+    bottom centre, below the anatomy."""
+    size = max(14, img.width // 32)
+    while True:
+        font = ImageFont.load_default(size=size)
+        widths = [font.getlength(line) for line in lines]
+        if max(widths) <= BANNER_MAX_WIDTH * img.width or size <= 10:
+            break
+        size -= 1
+    step = size + 8
+    band = len(lines) * step + 2 * BANNER_MARGIN
+    out = Image.new("RGB", (img.width, img.height + band), (0, 0, 0))
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = img.height + BANNER_MARGIN
+    for line, width in zip(lines, widths):
+        draw.text(((img.width - width) / 2, y), line, fill=(255, 255, 0), font=font)
+        y += step
+    return out
 
 
 def build_key_image(source: Dataset, findings: Findings, identity: ResultIdentity) -> hd.sc.SCImage:
