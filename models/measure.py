@@ -161,3 +161,38 @@ def measure_levels(levels: Sequence[Level], masks: SeriesMasks,
 def by_kind(measurements: Mapping[str, Sequence[LinearMeasurement]], kind: str) -> dict[str, float]:
     """``{level: mm}`` of one kind."""
     return {lv: m.value_mm for lv, ms in measurements.items() for m in ms if m.kind == kind}
+
+
+@dataclass(frozen=True, slots=True)
+class MeasurementError:
+    """One predicted measurement beside the same measurement on the true masks."""
+
+    kind: str
+    level: str
+    predicted_mm: float
+    true_mm: float
+
+    @property
+    def error_mm(self) -> float:
+        return self.predicted_mm - self.true_mm
+
+
+def compare_to_truth(levels: Sequence[Level], predicted: Mapping[str, Sequence[LinearMeasurement]],
+                     truth_discs: Mapping[str, np.ndarray], truth_canal: np.ndarray | None,
+                     spacing: tuple[float, float]) -> list[MeasurementError]:
+    """Predicted measurements against the same measurement made on the phantom's exact
+    label masks of the same slice (``truth_discs``: level name -> disc mask there).
+
+    The truth is the rendered geometry, rasterised on the image grid, so the error is
+    what the segmentation adds; a level without a true disc on that slice is skipped.
+    """
+    out: list[MeasurementError] = []
+    for lv in levels:
+        disc = truth_discs.get(lv.name)
+        if disc is None or not disc.any():
+            continue
+        true = {m.kind: m.value_mm for m in measure_level(lv, disc, truth_canal, spacing)}
+        for m in predicted.get(lv.name, ()):
+            if m.kind in true:
+                out.append(MeasurementError(m.kind, lv.name, m.value_mm, true[m.kind]))
+    return out

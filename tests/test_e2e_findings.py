@@ -81,6 +81,10 @@ def test_phantom_study_round_trip_with_findings(node_factory: Any, orthanc_facto
     imported = sorted(m["label"].split(" ")[0] for ms in sr_view["toolState"].values() for m in ms)
     shown = sorted(d["lines"][0].split(" ")[0] for d in sr_view["display"])
     assert imported == shown and len(imported) >= 4, (imported, shown)  # one measurement per level
+    # measured from the masks: canal AP diameter and disc height in mm, drawn as lines (Length)
+    assert len(sr_view["toolState"].get("Length", [])) >= 4, sr_view["toolState"].keys()
+    assert all(any(ln.startswith("Spinal canal AP diameter: ") and ln.endswith(" mm") for ln in d["lines"])
+               for d in sr_view["display"] if "Length" in d["trackingIdentifier"])
     hd.sr.srread(objs["SR"])
     found = grades_from_sr(dcmread(objs["SR"]))
     levels = {lv for _, lv in found}

@@ -41,8 +41,8 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
-from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement
-from models.types import Findings, Grade, LevelFindings, ModelId
+from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement, measure_levels
+from models.types import Findings, Grade, LevelFindings, ModelId, SeriesMasks
 from workers.results import codes
 from workers.results.identity import DEVICE_NAME, MANUFACTURER, ResultIdentity
 
@@ -213,6 +213,21 @@ def _level_group(
     comments = [_text(codes.COMMENT, line) for line in level_lines(lf)[: OHIF_LINES - min(len(nums), 2)]]
     group[0].ContentSequence[2:2] = comments
     return group
+
+
+def measurements_from_masks(findings: Findings, masks: Sequence[SeriesMasks],
+                            evidence: Sequence[Dataset]) -> dict[str, list[LinearMeasurement]]:
+    """Disc height and canal AP diameter per level (models.measure) from the analyzer's
+    masks, with the pixel spacing of each level's source image."""
+    spacing = {str(ds.SOPInstanceUID): (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+               for ds in evidence if "PixelSpacing" in ds}
+    out: dict[str, list[LinearMeasurement]] = {}
+    for m in masks:
+        for lf in findings.levels:
+            sp = spacing.get(lf.level.sop_instance_uid)
+            if lf.level.series_uid == m.series_uid and sp is not None and lf.level.name not in out:
+                out.update(measure_levels([lf.level], m, sp))
+    return out
 
 
 def build_findings_sr(
