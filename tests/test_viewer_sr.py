@@ -50,6 +50,9 @@ def _lumbar(headers: list[Dataset]) -> tuple[Findings, dict[str, list[LinearMeas
                     (0.0, 0.0, float(i)))
         grades = tuple(Grade(c, sev.get(name, (0.9, 0.07, 0.03)) if c is not Condition.PFIRRMANN
                              else (0.0, 0.1, 0.6, 0.3, 0.0)) for c in Condition)
+        if name == "L5-S1":  # left and right foramen differ
+            grades = tuple(Grade(g.condition, (0.1, 0.8, 0.1)) if g.condition is Condition.LEFT_NEURAL_FORAMINAL_NARROWING
+                           else g for g in grades)
         levels.append(LevelFindings(lvl, grades))
         if name != "L1-L2":  # one level without a measurement: it falls back to its box
             measured[name] = [
@@ -88,9 +91,11 @@ def test_every_level_imports_and_reads_level_first(sagittal: list[Dataset], tmp_
         assert d["allLabels"] <= 5, (name, d)  # nothing cut off by OHIF's five-line cap
         assert lines[0].startswith(f"{name} disc - AI, PRELIMINARY, not a diagnosis"), lines
         assert lines[1].startswith("canal ") and "Pfirrmann 3" in lines[1], lines
-        assert "foramina L " in lines[2] and "subart. L " in lines[2], lines
+        assert "foramina " in lines[2] and "; subart. " in lines[2], lines
         assert not any(re.search(r"(^|\s)1$", ln) or "[empty]" in ln or "Probability" in ln for ln in lines), lines
     assert display["L4-L5"]["lines"][1].startswith("canal SEVERE")
+    assert display["L4-L5"]["lines"][2] == "foramina SEVERE; subart. SEVERE: "  # both sides alike: said once
+    assert display["L5-S1"]["lines"][2] == "foramina L MODERATE R normal/mild; subart. normal/mild: "
     assert display["L4-L5"]["lines"][3:] == ["Spinal canal AP diameter: 8.52 mm", "Disc height: 8.25 mm"]
     assert [c["points"] for c in display["L4-L5"]["coords"]] == [2, 2]
     assert display["L1-L2"]["lines"][3] == "Certainty of Finding: 93.00 %"

@@ -34,11 +34,20 @@ def _worst(lf: LevelFindings) -> str:
 
 
 def _label(lf: LevelFindings) -> str:
-    short = {"spinal_canal_stenosis": "canal", "left_neural_foraminal_narrowing": "L foramen",
-             "right_neural_foraminal_narrowing": "R foramen", "left_subarticular_stenosis": "L subart.",
-             "right_subarticular_stenosis": "R subart.", "pfirrmann": "Pfirrmann"}
-    parts = [f"{short.get(str(g.condition), str(g.condition))} {g.grade}"
-             for g in lf.grades if g.grade not in ("normal_mild", "1", "2")]
+    """'L4-L5: canal moderate, foramina severe' (moderate and worse only; a left/right pair
+    with the same grade said once)."""
+    by = {str(g.condition): g.grade for g in lf.grades}
+    parts = []
+    for name, key in (("canal", "spinal_canal_stenosis"), ("Pfirrmann", "pfirrmann")):
+        if by.get(key) not in (None, "normal_mild", "1", "2"):
+            parts.append(f"{name} {by[key]}")
+    for name, left, right in (("foramen", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"),
+                              ("subart.", "left_subarticular_stenosis", "right_subarticular_stenosis")):
+        gl, gr = by.get(left), by.get(right)
+        if gl == gr and gl not in (None, "normal_mild"):
+            parts.append(f"{name} L+R {gl}")
+            continue
+        parts += [f"{side} {name} {g}" for side, g in (("L", gl), ("R", gr)) if g not in (None, "normal_mild")]
     return f"{lf.level.name}: " + (", ".join(parts) if parts else "no moderate/severe finding")
 
 
@@ -64,8 +73,11 @@ def render(source: Dataset, findings: Findings) -> np.ndarray:
         b = lf.level.box
         colour = COLOURS[_worst(lf)]
         draw.rectangle([b.x0 * scale, b.y0 * scale, b.x1 * scale, b.y1 * scale], outline=colour, width=2)
-        draw.text((b.x1 * scale + 6, b.y0 * scale), _label(lf), fill=colour, font=font,
-                  stroke_width=2, stroke_fill=(0, 0, 0))
+        label = _label(lf)
+        x, y = b.x1 * scale + 6, b.y0 * scale
+        if x + font.getlength(label) > img.width - 4:  # would run off the image: below the box instead
+            x, y = max(4.0, img.width - 4 - font.getlength(label)), b.y1 * scale + 4
+        draw.text((x, y), label, fill=colour, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     lines = [BANNER, f"{findings.model.name} {findings.model.version} - PRELIMINARY, UNVERIFIED"]
     return np.asarray(_with_banner(img, lines), dtype=np.uint8)
 

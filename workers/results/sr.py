@@ -115,6 +115,9 @@ def level_lines(lf: LevelFindings) -> list[str]:
     for short, left, right in (("foramina", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"),
                                ("subart.", "left_subarticular_stenosis", "right_subarticular_stenosis")):
         gl, gr = by.get(left), by.get(right)
+        if gl is not None and gr is not None and gl.grade == gr.grade:
+            sides.append(f"{short} {_word(gl)}")  # both sides alike: said once, the line stays short
+            continue
         parts = [f"{side} {_word(g)}" for side, g in (("L", gl), ("R", gr)) if g is not None]
         if parts:
             sides.append(f"{short} " + " ".join(parts))
