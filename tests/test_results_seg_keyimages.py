@@ -88,8 +88,10 @@ def test_key_image_valid_and_marked(sagittal: list[Dataset], tmp_path: Path) -> 
     sc = build_key_image(mid, findings, _identity(sagittal, ResultKind.KEY_IMAGES))
     path = tmp_path / "ki.dcm"
     sc.save_as(path)
-    assert dciodvfy(path).errors == []
+    result = dciodvfy(path)
+    assert result.errors == [] and result.warnings == [], result.output  # Laterality: absent, body part set
     ds = dcmread(path)
+    assert ds.BodyPartExamined and "Laterality" not in ds
     assert ds.BurnedInAnnotation == "YES" and BANNER in ds.ImageComments
     assert ds.StudyInstanceUID == mid.StudyInstanceUID and ds.SeriesNumber == 9903
     rgb = ds.pixel_array

@@ -16,6 +16,8 @@ BANNER = "AI RESULT - NOT A DIAGNOSIS"
 #: Outline colour by the worst severity at a level.
 COLOURS = {"normal_mild": (80, 200, 80), "moderate": (240, 190, 40), "severe": (235, 60, 60)}
 MIN_SIDE = 768
+#: Body Part Examined (PS3.16 CID 4031 defined terms) by region, when the source lacks it.
+BODY_PARTS = {"lumbar": "LSPINE", "cervical": "CSPINE"}
 #: The caveat's text spans at most this fraction of the width (clear of corner overlays).
 BANNER_MAX_WIDTH = 0.6
 BANNER_MARGIN = 10
@@ -124,9 +126,11 @@ def build_key_image(source: Dataset, findings: Findings, identity: ResultIdentit
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
     sc.SeriesDescription = identity.series_description
-    # Type 2C in General Series: the spine is not a paired structure, so empty (dciodvfy
-    # cannot evaluate the condition and asks for the element).
-    sc.Laterality = ""
+    # Laterality (Type 2C) is absent for an unpaired body part; dciodvfy can tell only when
+    # Body Part Examined says which part it is (without it: an error; empty: a warning).
+    sc.BodyPartExamined = str(source.get("BodyPartExamined") or "") or BODY_PARTS[str(findings.region)]
+    if "Laterality" in sc:
+        del sc.Laterality
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = f"{BANNER}. {findings.model.name} {findings.model.version}. PRELIMINARY, UNVERIFIED."
     sc.DerivationDescription = "AI findings drawn on the source sagittal image"
