@@ -58,7 +58,7 @@ def _handler(orthanc_port: int) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
         def _send(self, status: int, body: bytes, ctype: str) -> None:
@@ -85,7 +85,7 @@ def _handler(orthanc_port: int) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
             conn.close()
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path.startswith("/dicom-web/"):
                 self._proxy()
@@ -101,7 +101,7 @@ def _handler(orthanc_port: int) -> type[BaseHTTPRequestHandler]:
                 ctype = "application/wasm"
             self._send(200, file.read_bytes(), ctype)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._proxy()
 
     return Handler
