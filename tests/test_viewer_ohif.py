@@ -36,7 +36,8 @@ KNOWN_PAGE_ERRORS = ("The stack viewport has been destroyed",)
 
 
 def _dicomweb_plugin() -> str:
-    files = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=False).stdout.split()
+    listing = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=False)
+    files = listing.stdout.split()
     plugin = next((f for f in files if f.endswith(".so")), None)
     if plugin is None:
         raise AssertionError("orthanc-dicomweb is not installed: run scripts/install-test-deps.sh")
