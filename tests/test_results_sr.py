@@ -121,7 +121,8 @@ def test_findings_sr_linear_measurements(evidence: list[Dataset], tmp_path: Path
     nums = l45.get_measurements()
     assert [(n.name.meaning, n.value, n.unit.value) for n in nums] == [
         ("Spinal canal AP diameter", 11.52, "mm"), ("Disc height", 9.0, "mm")]
-    line = nums[0][0].ContentSequence[0]
+    assert [n.finding_sites[0].value.value for n in nums] == ["61853006", "84020006"]  # canal; L4/L5 disc
+    line = next(it for it in nums[0][0].ContentSequence if it.ValueType == "SCOORD")
     assert line.GraphicType == "POLYLINE" and [float(v) for v in line.GraphicData] == [30, 20, 40, 21]
     assert l45.tracking_identifier.endswith(":Length:disc L4-L5")
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"

@@ -53,7 +53,9 @@ REL = hd.sr.RelationshipTypeValues
 #: OHIF draws at most this many lines per measurement group.
 OHIF_LINES: Final = 5
 
-#: NUM concept and display name per measurement kind.
+#: NUM concept per measurement kind: the standard Diameter (SCT) and Height (DCM),
+#: post-coordinated with a Finding Site (the spinal canal; the level's disc). The Code
+#: Meaning names the post-coordinated concept because OHIF draws it as the line's label.
 MEASUREMENT_NAMES: Final[dict[str, CodedConcept]] = {
     CANAL_AP_DIAMETER: CodedConcept("81827009", "SCT", "Spinal canal AP diameter"),
     DISC_HEIGHT: CodedConcept("121207", "DCM", "Disc height"),
@@ -174,8 +176,10 @@ def _polyline(points: Sequence[tuple[float, float]], source: Dataset,
 
 
 def _linear(m: LinearMeasurement, source: Dataset) -> hd.sr.Measurement:
+    site = codes.SPINAL_CANAL if m.kind == CANAL_AP_DIAMETER else codes.DISCS[m.level]
     return hd.sr.Measurement(
         name=MEASUREMENT_NAMES[m.kind], value=round(m.value_mm, 2), unit=codes.MILLIMETRE,
+        finding_sites=[hd.sr.FindingSite(site)],
         referenced_coordinates=[_polyline([m.p0, m.p1], source, m.frame_number)],
     )
 
