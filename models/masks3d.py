@@ -6,19 +6,19 @@ detection on slice ``j`` is that level's disc when its box overlaps the level's 
 the middle slice (IoU at least :data:`MIN_IOU`) and the level was present on the slice
 before (closer to the middle). Vertebral bodies and the canal continue while they are
 detected. A structure stops at the first slice it is missing from, so a level never
-jumps to a stray detection further out.
+jumps to a stray detection further out. The analyzer calls this in the grid it reads
+(canonical orientation), before the labels are mapped back onto the images as sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import numpy as np
 
 from models.detector import SPINAL_CANAL, VERTEBRAL_BODY, SegDetection, detector_image
-from models.types import Box, Level, SeriesMasks
+from models.types import Box
 
 #: At most this far from the middle slice (mm): beyond the lumbar and cervical discs.
 MAX_LATERAL_MM: Final = 30.0
@@ -38,7 +38,7 @@ def _paint(labels: np.ndarray, mask: np.ndarray, value: int) -> None:
     labels[mask & (labels == 0)] = value
 
 
-def _slice_structures(dets: Sequence[SegDetection], levels: Sequence[Level], shape: tuple[int, int],
+def _slice_structures(dets: Sequence[SegDetection], level_boxes: Mapping[str, Box], shape: tuple[int, int],
                       ) -> dict[str, np.ndarray]:
     """Structure label -> mask on one slice (discs by level, vertebral bodies, canal)."""
     out: dict[str, np.ndarray] = {}
@@ -47,7 +47,7 @@ def _slice_structures(dets: Sequence[SegDetection], levels: Sequence[Level], sha
         if d.mask is None or d.mask.shape != shape or d.confidence < MASK_CONF:
             continue
         if d.is_disc:
-            scored = [(_iou(d.box, lv.box), lv.name) for lv in levels]
+            scored = [(_iou(d.box, box), name) for name, box in level_boxes.items()]
             iou, name = max(scored, default=(0.0, ""))
             if iou >= MIN_IOU and d.confidence > best.get(name, (-1.0, d.mask))[0]:
                 best[name] = (d.confidence, d.mask)
@@ -59,29 +59,32 @@ def _slice_structures(dets: Sequence[SegDetection], levels: Sequence[Level], sha
     return out
 
 
-def spread_masks(
-    masks: SeriesMasks,
-    levels: Sequence[Level],
+def spread_labels(
+    labels: np.ndarray,
+    segments: Mapping[int, str],
+    level_boxes: Mapping[str, Box],
     pixels: np.ndarray,
     middle: int,
     slice_spacing_mm: float,
     detect: Callable[[list[np.ndarray]], list[list[SegDetection]]],
-) -> SeriesMasks:
-    """``masks`` (structures on the middle slice) extended to the neighbouring slices.
+) -> np.ndarray:
+    """``labels`` (structures on the middle slice; value ``k`` is ``segments[k]``) extended to
+    the neighbouring slices, in the grid the detector reads.
 
-    ``pixels`` is the normalised series the detector reads; ``detect`` runs the detector
-    on a list of images (one batch). Segment numbers and labels are kept.
+    ``level_boxes`` are the levels' boxes on the middle slice (level name -> box),
+    ``pixels`` the normalised series the detector reads, ``detect`` runs the detector on a
+    list of images (one batch). Returns a new array; segment values are kept.
     """
     n = pixels.shape[0]
     reach = int(MAX_LATERAL_MM // max(slice_spacing_mm, 0.1))
     sides = [list(range(middle - 1, max(-1, middle - reach - 1), -1)), list(range(middle + 1, min(n, middle + reach + 1)))]
     todo = [j for side in sides for j in side]
-    if not todo or not masks.segments:
-        return masks
+    if not todo or not segments:
+        return labels
     found = detect([detector_image(pixels, j) for j in todo])
-    per_slice = {j: _slice_structures(d, levels, masks.labels.shape[1:]) for j, d in zip(todo, found)}
-    labels = masks.labels.copy()
-    by_title = {title: value for value, title in masks.segments.items()}
+    per_slice = {j: _slice_structures(d, level_boxes, labels.shape[1:]) for j, d in zip(todo, found)}
+    out = labels.copy()
+    by_title = {title: value for value, title in segments.items()}
     for side in sides:
         alive = set(by_title)
         for j in side:
@@ -91,5 +94,5 @@ def spread_masks(
                 break
             # discs first, then bodies, then canal (the order of the middle slice)
             for title in sorted(alive, key=lambda t: by_title[t]):
-                _paint(labels[j], here[title], by_title[title])
-    return replace(masks, labels=labels)
+                _paint(out[j], here[title], by_title[title])
+    return out

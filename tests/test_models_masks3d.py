@@ -1,4 +1,4 @@
-"""spread_masks: structures found on the middle slice followed slice by slice outwards,
+"""spread_labels: structures found on the middle slice followed slice by slice outwards,
 with a scripted detector (a pure function here; the real detector runs in the e2e test)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from models.detector import SPINAL_CANAL, SegDetection
-from models.masks3d import spread_masks
-from models.types import Box, Level, ModelId, SeriesMasks
+from models.masks3d import spread_labels
+from models.types import Box
 
 
 def _det(cls: str, box: Box, shape: tuple[int, int], conf: float = 0.9) -> SegDetection:
@@ -19,13 +19,12 @@ def _det(cls: str, box: Box, shape: tuple[int, int], conf: float = 0.9) -> SegDe
 def test_levels_follow_overlapping_detections_and_stop_at_a_gap() -> None:
     n, shape, k = 9, (64, 64), 4
     l45, l5s1 = Box(10, 10, 40, 16), Box(10, 30, 40, 36)
-    levels = [Level("L4-L5", "s", "u4", k, l45, 0.9, (0, 0, 0)), Level("L5-S1", "s", "u4", k, l5s1, 0.9, (0, 0, 0))]
+    boxes = {"L4-L5": l45, "L5-S1": l5s1}
     labels = np.zeros((n, *shape), dtype=np.uint8)
     labels[k, 10:16, 10:40] = 1
     labels[k, 30:36, 10:40] = 2
     labels[k, 5:60, 45:50] = 3
-    masks = SeriesMasks("s", tuple(f"u{i}" for i in range(n)), labels,
-                        {1: "disc L4-L5", 2: "disc L5-S1", 3: "spinal canal"}, ModelId("m", "1"))
+    segments = {1: "disc L4-L5", 2: "disc L5-S1", 3: "spinal canal"}
     per_slice: dict[int, list[SegDetection]] = {
         3: [_det("L4-L5", Box(12, 10, 38, 16), shape), _det("L5-S1", Box(12, 30, 38, 36), shape),
             _det(SPINAL_CANAL, Box(45, 5, 50, 60), shape)],
@@ -45,10 +44,10 @@ def test_levels_follow_overlapping_detections_and_stop_at_a_gap() -> None:
         return [per_slice.get(j, []) for j in order[: len(images)]]
 
     pixels = np.zeros((n, *shape), dtype=np.float32)
-    out = spread_masks(masks, levels, pixels, k, 3.5, detect)
+    out = spread_labels(labels, segments, boxes, pixels, k, 3.5, detect)
     assert calls == [8]  # one batch
-    on = {v: sorted(j for j in range(n) if (out.labels[j] == v).any()) for v in (1, 2, 3)}
+    on = {v: sorted(j for j in range(n) if (out[j] == v).any()) for v in (1, 2, 3)}
     assert on[1] == [0, 1, 2, 3, 4, 5]  # stops at slice 6 (low confidence), never reaches 7
     assert on[2] == [2, 3, 4]  # missing on slice 1: slice 0 is not reached; slice 5's box is elsewhere
     assert on[3] == [3, 4]
-    assert out.segments == masks.segments and np.array_equal(out.labels[k], labels[k])
+    assert np.array_equal(out[k], labels[k]) and out is not labels

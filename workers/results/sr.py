@@ -222,12 +222,22 @@ def _level_group(
     return group
 
 
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) mm of a single-frame image, or of a multi-frame one's shared functional groups."""
+    if "PixelSpacing" in ds:
+        return float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])
+    try:
+        sp = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        return float(sp[0]), float(sp[1])
+    except (AttributeError, IndexError, KeyError):
+        return None
+
+
 def measurements_from_masks(findings: Findings, masks: Sequence[SeriesMasks],
                             evidence: Sequence[Dataset]) -> dict[str, list[LinearMeasurement]]:
     """Disc height and canal AP diameter per level (models.measure) from the analyzer's
     masks, with the pixel spacing of each level's source image."""
-    spacing = {str(ds.SOPInstanceUID): (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
-               for ds in evidence if "PixelSpacing" in ds}
+    spacing = {str(ds.SOPInstanceUID): sp for ds in evidence if (sp := _pixel_spacing(ds)) is not None}
     out: dict[str, list[LinearMeasurement]] = {}
     for m in masks:
         for lf in findings.levels:
