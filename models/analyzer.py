@@ -38,6 +38,7 @@ from models.grader import (
 )
 from models.multiframe import expand_study
 from models.levels import DiscCandidate, name_levels, spine_axes
+from models.masks3d import spread_labels
 from models.registry import Registry
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
 from models.types import (
@@ -366,6 +367,9 @@ class SpineAnalyzer:
                 segments[value] = title
                 union = np.logical_or.reduce(parts)
                 labels[k][union & (labels[k] == 0)] = value
+        if segments and p.primary_pixels is not None:  # every sagittal slice a structure lies on (3D SEG)
+            labels = spread_labels(labels, segments, {n.name: discs[n.key].box for n in named}, p.primary_pixels, k,
+                                   vol.slice_spacing, lambda imgs: self.detector.detect(imgs, self.batch_size))
         if grid is not None:
             labels = grid.array_to_source(labels)  # the SEG lies on the images as sent
         masks = SeriesMasks(vol.series_uid, vol.sop_instance_uids, labels, segments, self.model_id,

@@ -120,6 +120,15 @@ def _render(report: dict) -> None:  # type: ignore[type-arg]
                     f"{m['kappa_linear']:.3f}{_interval(m.get('kappa_linear_ci95'))}", f"{m['ece']:.3f}",
                     f"{m['mean_probability'][2]:.3f} / {m['observed_frequency'][2]:.3f}")
     con.print(tab)
+    if report.get("measurements_mm"):
+        mt = Table(title="measurements (mm) against the phantom's label masks")
+        for c in ("measurement", "n", "median |error|", "mean |error|", "90th pct |error|", "bias"):
+            mt.add_column(c)
+        for name, m in report["measurements_mm"].items():
+            if m.get("n"):
+                mt.add_row(name, str(m["n"]), f"{m['median_abs_error']:.2f}", f"{m['mean_abs_error']:.2f}",
+                           f"{m['p90_abs_error']:.2f}", f"{m['bias']:+.2f}")
+        con.print(mt)
     if report.get("bootstrap"):
         con.print(f"95 % intervals: {report['bootstrap']['resamples']} resamples of the studies (seed "
                   f"{report['bootstrap']['seed']})")

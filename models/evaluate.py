@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from models import rsna
+from models.measure import KINDS as MEASUREMENT_KINDS
+from models.measure import MeasurementError, compare_to_truth, measure_levels
 from models.metrics import (
-    BOOTSTRAP_RESAMPLES, ScoreRow, accuracy, cohen_kappa, cohen_kappa_resampled, expected_calibration_error,
+    BOOTSTRAP_RESAMPLES, absolute_error_summary, ScoreRow, accuracy, cohen_kappa, cohen_kappa_resampled, expected_calibration_error,
     macro_f1, percentile_interval, rsna_score, rsna_score_resampled, study_resample_counts,
 )
 from models.train_data import disc_centers, primary_series, to_level_name
@@ -56,6 +58,8 @@ class StudyOutcome:
     study_id: int
     truth_centers: dict[str, np.ndarray]
     result: AnalysisResult
+    #: predicted linear measurements beside the same measurement on the phantom's masks
+    measurement_errors: tuple[MeasurementError, ...] = ()
 
 
 def level_matches(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
@@ -156,6 +160,10 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
         out["bootstrap"] = {"unit": "study", "resamples": resamples, "seed": BOOTSTRAP_SEED, "level": 0.95}
     if seconds:
         out["seconds_per_study"] = float(np.mean(seconds))
+    errors = [e for o in outcomes for e in o.measurement_errors]
+    if errors:
+        out["measurements_mm"] = {kind: absolute_error_summary([e.error_mm for e in errors if e.kind == kind])
+                                  for kind in MEASUREMENT_KINDS}
     return out
 
 
@@ -207,7 +215,7 @@ def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batc
                 inputs.append((str(sid), series, ds.region))
                 truths.append(_truth_centers(ds, sid))
             for sid, truth, res in zip(chunk, truths, analyzer.analyze_many(inputs)):
-                outcomes.append(StudyOutcome(sid, truth, res))
+                outcomes.append(StudyOutcome(sid, truth, res, tuple(_measurement_errors(ds, sid, res))))
             if prog is not None and task is not None:
                 prog.advance(task, len(chunk))
     report = score_outcomes(ds, outcomes)
@@ -218,6 +226,33 @@ def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batc
     if variant is not None:
         report["variant"] = variant
     return report
+
+
+def _measurement_errors(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> list[MeasurementError]:
+    """Disc height and canal AP diameter from the predicted masks against the same
+    measurements on the phantom's label masks (``masks/`` side files; none on real RSNA data)."""
+    series = primary_series(ds, sid)
+    if series is None or not res.masks or not ds.masks_path(sid, series.series_id).exists():
+        return []
+    masks = next((m for m in res.masks if m.series_uid), None)
+    vol = load_volume(ds.series_dir(sid, series.series_id))
+    if masks is None or masks.series_uid != vol.series_uid:
+        return []
+    truth = rsna.read_masks(ds.masks_path(sid, series.series_id))
+    slice_of = {uid: truth.instance_numbers.index(n)
+                for uid, n in zip(vol.sop_instance_uids, vol.instance_numbers) if n in truth.instance_numbers}
+    levels = [lf.level for lf in res.findings.levels]
+    predicted = measure_levels(levels, masks, vol.pixel_spacing)
+    out: list[MeasurementError] = []
+    for lv in levels:
+        k = slice_of.get(lv.sop_instance_uid)
+        value = rsna.DISC_LABELS.get(lv.name.replace("-", "/"))
+        if k is None or value is None:
+            continue
+        labels = truth.labels[k]
+        out += compare_to_truth([lv], predicted, {lv.name: labels == value}, labels == rsna.MASK_SPINAL_CANAL,
+                                vol.pixel_spacing)
+    return out
 
 
 def _truth_centers(ds: rsna.RsnaDataset, sid: int) -> dict[str, np.ndarray]:

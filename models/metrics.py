@@ -340,3 +340,14 @@ def cohen_kappa_resampled(
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def absolute_error_summary(errors: Sequence[float]) -> dict[str, float | int]:
+    """n, median and mean absolute error, 90th percentile of the absolute error and the
+    mean signed error (bias) of a list of errors (mm)."""
+    e = np.asarray(errors, dtype=float)
+    if e.size == 0:
+        return {"n": 0}
+    a = np.abs(e)
+    return {"n": int(e.size), "median_abs_error": float(np.median(a)), "mean_abs_error": float(a.mean()),
+            "p90_abs_error": float(np.percentile(a, 90)), "bias": float(e.mean())}

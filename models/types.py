@@ -192,6 +192,7 @@ class LevelFindings:
         if self.level.frame_number is not None:
             out["frame_number"] = self.level.frame_number  # additive: only for multi-frame sources
         out["box"] = self.level.box.as_list()
+        out["confidence"] = round(float(self.level.confidence), 3)  # additive: the detection's
         out["findings"] = {str(g.condition): g.to_json() for g in self.grades}
         return out
 

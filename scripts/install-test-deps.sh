@@ -18,7 +18,7 @@ REQUIRED_BINARIES=(
   /usr/bin/docker-compose /usr/bin/chromium
 )
 # Files (not executables) proving a package is installed: Orthanc's DICOMweb plugin
-# (the DICOMweb exporter's test peer).
+# (the DICOMweb exporter's test peer, and the OHIF browser test's).
 REQUIRED_FILES=(/usr/share/orthanc/plugins/libOrthancDicomWeb.so)
 
 as_root() {
@@ -70,6 +70,48 @@ print_versions() {
   echo "chromium:       $(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
 }
 
+OHIF_APP_VERSION=3.13.2
+OHIF_APP_INTEGRITY="sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="
+
+# The viewer's own DICOM code (dcmjs, @cornerstonejs/adapters at OHIF 3.13.2's versions) for
+# tests/test_viewer_*.py: Node.js from Debian (a newer node already on PATH is kept), the
+# npm packages pinned by tests/viewer/package-lock.json (dcmjs, adapters, puppeteer-core for
+# Debian's chromium), installed into tests/viewer/.
+install_viewer_packages() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/viewer"
+  if ! command -v node >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends nodejs
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get install -y -qq --no-install-recommends npm
+  fi
+  if [[ ! -d "$dir/node_modules/@cornerstonejs/adapters" ]]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts)
+  fi
+  # OHIF's built viewer for tests/test_viewer_ohif.py: the npm tarball's dist/, checked
+  # against the registry's sha512 pinned here, unpacked into tests/viewer/ohif-dist.
+  if [[ ! -f "$dir/ohif-dist/index.html" ]]; then
+    local tmp want got
+    tmp="$(mktemp -d)"
+    want="${OHIF_APP_INTEGRITY#sha512-}"
+    (cd "$tmp" && npm pack --silent "@ohif/app@${OHIF_APP_VERSION}" >/dev/null)
+    got="$(openssl dgst -sha512 -binary "$tmp/ohif-app-${OHIF_APP_VERSION}.tgz" | base64 -w0)"
+    if [[ "$got" != "$want" ]]; then
+      echo "install-test-deps: @ohif/app ${OHIF_APP_VERSION} tarball does not match its pinned sha512" >&2
+      rm -rf "$tmp"
+      exit 1
+    fi
+    mkdir -p "$dir/ohif-dist"
+    tar xzf "$tmp/ohif-app-${OHIF_APP_VERSION}.tgz" -C "$dir/ohif-dist" --strip-components=2 package/dist
+    rm -rf "$tmp"
+  fi
+  echo "node:           $(node --version) (tests/viewer: $(cd "$dir" && node -p "require('./package.json').dependencies['@cornerstonejs/adapters']") adapters)"
+}
+
 main() {
   if all_present; then
     echo "install-test-deps: all binaries present, skipping apt"
@@ -81,6 +123,7 @@ main() {
     fi
   fi
   print_versions
+  install_viewer_packages
 }
 
 main "$@"

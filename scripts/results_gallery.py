@@ -28,22 +28,34 @@ def _window(a: np.ndarray) -> np.ndarray:
     return (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def seg_overlay(seg_path: Path, images: Path, out: Path) -> list[str]:
+def seg_overlay(seg_path: Path, images: Path, out: Path) -> tuple[list[str], dict[str, int]]:
+    """The SEG over the source slice holding the most segments (the middle one), in the
+    SEG's own display colours; returns the labels and the number of slices per segment."""
     seg = hd.seg.segread(seg_path)
-    src_uid = str(seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
-                  .SourceImageSequence[0].ReferencedSOPInstanceUID)
+    per_source: dict[str, set[int]] = {}
+    slices: dict[int, set[str]] = {}
+    for f in seg.PerFrameFunctionalGroupsSequence:
+        uid = str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        n = int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        per_source.setdefault(uid, set()).add(n)
+        slices.setdefault(n, set()).add(uid)
+    src_uid = max(per_source, key=lambda u: len(per_source[u]))
     src = next(p for p in images.rglob("*.dcm") if str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) == src_uid)
     base = np.stack([_window(dcmread(src).pixel_array.astype(np.float32))] * 3, -1).astype(np.float32)
     labels = []
-    for i, desc in enumerate(seg.SegmentSequence):
+    for desc in seg.SegmentSequence:
+        if desc.SegmentNumber not in per_source[src_uid]:
+            continue
         mask = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=[src_uid], segment_numbers=[desc.SegmentNumber], ignore_spatial_locations=True,
         )[0, ..., 0].astype(bool)
-        colour = np.array(COLOURS[i % len(COLOURS)], dtype=np.float32)
+        lab = hd.color.CIELabColor.from_dicom_value(tuple(int(v) for v in desc.RecommendedDisplayCIELabValue))
+        colour = np.array(lab.to_rgb(), dtype=np.float32)
         base[mask] = 0.55 * base[mask] + 0.45 * colour
         labels.append(str(desc.SegmentLabel))
     Image.fromarray(base.astype(np.uint8)).resize((base.shape[1] * 2, base.shape[0] * 2)).save(out)
-    return labels
+    counts = {str(d.SegmentLabel): len(slices.get(int(d.SegmentNumber), ())) for d in seg.SegmentSequence}
+    return labels, counts
 
 
 def main(demo: Path) -> None:
@@ -51,7 +63,7 @@ def main(demo: Path) -> None:
     img_dir = REPO / "docs" / "img"
     ki = dcmread(pacs[9903])
     Image.fromarray(ki.pixel_array).save(img_dir / "key_image.png")
-    labels = seg_overlay(pacs[9902], demo / "phantom" / "train_images", img_dir / "seg_overlay.png")
+    labels, counts = seg_overlay(pacs[9902], demo / "phantom" / "train_images", img_dir / "seg_overlay.png")
     dump = subprocess.run(["/usr/bin/dsrdump", "+Pl", str(pacs[9901])], capture_output=True, text=True).stdout
     lines = dump.splitlines()
     # the header, the first measurement group, and the plain-text summary at the end
@@ -71,21 +83,59 @@ Three new series arrive in the study: 9901 the SR, 9902 the SEG, 9903 the key im
 
 ## SR (TID 1500), as `dsrdump +Pl` prints it
 
-The header, the measurement group of the first level (finding site, algorithm, class
-probabilities, qualitative evaluation per condition, the detection box on the
-sagittal image), then the plain-text summary per level:
+The header, the measurement group of the first level, then the plain-text summary per
+level. A group is built for OHIF 3.13 (checked with its own dcmjs/adapters code in
+tests/test_viewer_sr.py): its Tracking Identifier names the cornerstone tool its first
+measurement imports as (`Cornerstone3DTools@^0.1.0:Length:disc L4-L5`; OHIF offers
+"Track measurements" only for identifiers it knows); the Comment items are the lines
+OHIF draws first (the level with "AI, PRELIMINARY, not a diagnosis", then the grades,
+moderate and severe in capitals); the NUMs are the measurements in mm with their
+2-point lines on the sagittal image (a level without one: the detection certainty in %
+over its box); then Finding = Stenosis and one evaluation per condition, post-coordinated
+with Finding Site and Laterality, with the probability of every grade in % below it.
+OHIF draws at most five lines per group and no CODE items, so the probabilities stay
+out of its way.
 
 ```
 {text}
 ```
 
+## In OHIF 3.13.2
+
+Screenshots by tests/test_viewer_ohif.py (`SPINENODE_SCREENSHOTS_DIR=docs/img`, then
+converted to JPEG): OHIF's built viewer (npm `@ohif/app` 3.13.2 `dist/`, served from
+loopback) against Orthanc with its DICOMweb plugin, in Debian's headless Chromium;
+the same builders as the encode stage, on a phantom lumbar MR study analysed with
+the shipped weights (another study than the dump above).
+
+The SR opened: per level the level with the AI caveat, its grades, the canal AP
+diameter and the disc height; the dashed lines are the measurements. OHIF asks
+whether to track:
+
+![OHIF: SR](img/ohif_sr.jpg)
+
+"Yes": one Length per level (the canal AP diameter at the disc), labelled with its
+level in the measurement panel:
+
+![OHIF: tracked](img/ohif_sr_tracked.jpg)
+
+The SEG opened over the sagittal T2 (middle slice), in the node's colours:
+
+![OHIF: SEG](img/ohif_seg.jpg)
+
+The key image: OHIF's cine control covers the top centre of a secondary capture and
+its overlays the corners, so the caveat is burned in below the image, centred:
+
+![OHIF: key image](img/ohif_key_image.jpg)
+
 ## Key image (secondary capture, for viewers without SR/SEG support)
 
 ![key image](img/key_image.png)
 
-## SEG (one segment per structure) over the source sagittal slice
+## SEG (one segment per structure, on every sagittal slice it lies on)
 
-Segments: {", ".join(labels)}.
+Segments on the slice shown: {", ".join(labels)}. Sagittal slices per segment:
+{", ".join(f"{k} {v}" for k, v in counts.items())}.
 
 ![SEG overlay](img/seg_overlay.png)
 """

@@ -15,7 +15,9 @@ from pydicom import dcmread
 
 from models import rsna
 from nodeproc import Node
+from viewer_node import seg_in_viewer, sr_in_viewer
 from peers import OrthancServer, dciodvfy, free_port, wait_until
+from workers.results.sr import grades_from_sr
 
 SEED = 2026
 
@@ -67,13 +69,24 @@ def test_phantom_study_round_trip_with_findings(node_factory: Any, orthanc_facto
     assert sorted(objs) == ["OT", "SEG", "SR"]
     seg = hd.seg.segread(objs["SEG"])
     assert any(d.SegmentLabel.startswith("disc ") for d in seg.SegmentSequence)
-    sr = hd.sr.srread(objs["SR"])
-    groups = sr.content.get_planar_roi_measurement_groups()
-    found = {}
-    for g in groups:
-        level = g.tracking_identifier.removeprefix("disc level ")
-        for ev in g.get_qualitative_evaluations():
-            found[(ev.name.meaning.lower().replace(" ", "_"), level)] = ev.value.meaning
+    # the viewer's own code (OHIF 3.13.2's adapters in Node.js) on the objects the node sent
+    headers = [dcmread(p, stop_before_pixels=True) for p in files]
+    source = [h for h in headers if h.SeriesInstanceUID == seg.ReferencedSeriesSequence[0].SeriesInstanceUID]
+    seg_view = seg_in_viewer(objs["SEG"], source, tmp_path)
+    assert seg_view["warnings"] == []
+    discs = [s for s in seg_view["segments"] if s["label"].startswith("disc ")]
+    assert discs and all(len(s["slices"]) > 1 and s["rgb"] for s in discs), discs  # 3D, with colours
+    sr_view = sr_in_viewer(objs["SR"], headers, tmp_path)
+    assert sr_view["warnings"] == []
+    imported = sorted(m["label"].split(" ")[0] for ms in sr_view["toolState"].values() for m in ms)
+    shown = sorted(d["lines"][0].split(" ")[0] for d in sr_view["display"])
+    assert imported == shown and len(imported) >= 4, (imported, shown)  # one measurement per level
+    # measured from the masks: canal AP diameter and disc height in mm, drawn as lines (Length)
+    assert len(sr_view["toolState"].get("Length", [])) >= 4, sr_view["toolState"].keys()
+    assert all(any(ln.startswith("Spinal canal AP diameter: ") and ln.endswith(" mm") for ln in d["lines"])
+               for d in sr_view["display"] if "Length" in d["trackingIdentifier"])
+    hd.sr.srread(objs["SR"])
+    found = grades_from_sr(dcmread(objs["SR"]))
     levels = {lv for _, lv in found}
     assert len(levels) >= 4 and levels <= {lv.replace("/", "-") for lv in rsna.levels_of("lumbar")}, levels
     truth = _truth(root)

@@ -334,3 +334,22 @@ def test_masks_written_on_another_host_fail_the_encode_instead_of_dropping_the_s
         assert "masks" in (st.reason or "") and "cpu-host" in (st.reason or "")
         assert s.scalars(select(Result)).all() == []
     db.dispose()
+
+
+def test_export_proposes_explicit_then_implicit_little_endian_only(tmp_path: Path) -> None:
+    """DCMTK storescp accepting every transfer syntax (``+xa``) used to pick Deflated from
+    pynetdicom's default list; export now proposes Explicit VR Little Endian, then Implicit,
+    so the PACS stores Explicit VR Little Endian files that dciodvfy reads with 0 errors."""
+    from peers import StorescpServer
+    from workers.export import PROPOSED_TRANSFER_SYNTAXES
+
+    assert PROPOSED_TRANSFER_SYNTAXES == ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    with StorescpServer(tmp_path / "pacs") as pacs:  # +xa: accepts all, prefers compressed/deflated
+        ctx, study, _gen = _encode_and_export(tmp_path, pacs.destination, seed=74)
+        received = pacs.wait_for_files(3)
+        assert len(received) == 3
+        for path in received:
+            ds = dcmread(path)
+            assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1", (ds.Modality, ds.file_meta.TransferSyntaxUID)
+            assert dciodvfy(path).errors == [], ds.Modality
+        ctx.db.dispose()

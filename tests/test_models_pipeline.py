@@ -221,6 +221,19 @@ def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path,
     out = capsys.readouterr().out
     assert f"{rep['rsna_score']['score']:.4f} ({lo:.3f} to {hi:.3f})" in out
     assert "95 % intervals: 1000 resamples of the studies (seed 0)" in out
+    # mm measurements beside the phantom's: summarised per kind, and a table of their own
+    from dataclasses import replace
+
+    from models.measure import MeasurementError
+
+    errs = (MeasurementError("disc_height", "L1-L2", 9.5, 9.0), MeasurementError("disc_height", "L2-L3", 8.0, 9.0),
+            MeasurementError("canal_ap_diameter", "L1-L2", 12.0, 11.0))
+    mm = score_outcomes(dataset, [replace(outs[0], measurement_errors=errs), *outs[1:]], resamples=0)["measurements_mm"]
+    assert mm["disc_height"] == {"n": 2, "median_abs_error": 0.75, "mean_abs_error": 0.75, "p90_abs_error": 0.95,
+                                 "bias": -0.25}
+    assert mm["canal_ap_diameter"]["n"] == 1 and mm["canal_ap_diameter"]["bias"] == 1.0
+    _render({**rep, "model": "test", "measurements_mm": mm})
+    assert "measurements (mm) against the phantom's label masks" in capsys.readouterr().out
 
 
 def test_detector_image_channels() -> None:

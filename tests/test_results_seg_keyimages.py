@@ -30,10 +30,11 @@ def sagittal(tmp_path: Path) -> list[Dataset]:
 def _masks(sagittal: list[Dataset]) -> SeriesMasks:
     labels = np.zeros((len(sagittal), 96, 96), dtype=np.uint8)
     k = len(sagittal) // 2
-    labels[k, 20:26, 30:60] = 1   # disc L4-L5
-    labels[k, 40:46, 30:60] = 2   # disc L5-S1
-    labels[k, 27:39, 30:60] = 3   # vertebral bodies
-    labels[k, 10:80, 62:70] = 4   # spinal canal
+    for j in (k - 1, k, k + 1):  # on three sagittal slices: a 3D SEG
+        labels[j, 20:26, 30:60] = 1   # disc L4-L5
+        labels[j, 40:46, 30:60] = 2   # disc L5-S1
+        labels[j, 27:39, 30:60] = 3   # vertebral bodies
+    labels[k, 10:80, 62:70] = 4   # spinal canal, middle slice only
     return SeriesMasks(str(sagittal[0].SeriesInstanceUID), tuple(str(d.SOPInstanceUID) for d in sagittal), labels,
                        {1: "disc L4-L5", 2: "disc L5-S1", 3: "vertebral bodies", 4: "spinal canal"}, MODEL)
 
@@ -55,16 +56,19 @@ def test_seg_valid_and_round_trips(sagittal: list[Dataset], tmp_path: Path) -> N
     result = dciodvfy(path)
     assert result.errors == [], result.output
     back = hd.seg.segread(path)
-    assert back.number_of_segments == 4 and back.NumberOfFrames == 4  # empty frames omitted
+    assert back.number_of_segments == 4 and back.NumberOfFrames == 10  # 3 + 3 + 3 + 1, empty frames omitted
     labels = [d.SegmentLabel for d in back.SegmentSequence]
     assert labels == ["disc L4-L5", "disc L5-S1", "vertebral bodies", "spinal canal"]
     assert back.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "84020006"
     ref = back.ReferencedSeriesSequence[0]
     assert ref.SeriesInstanceUID == sagittal[0].SeriesInstanceUID
-    mid = str(sagittal[len(sagittal) // 2].SOPInstanceUID)
+    k = len(sagittal) // 2
     refs = {str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
             for f in back.PerFrameFunctionalGroupsSequence}
-    assert refs == {mid}
+    assert refs == {str(sagittal[j].SOPInstanceUID) for j in (k - 1, k, k + 1)}
+    colours = [tuple(int(v) for v in d.RecommendedDisplayCIELabValue) for d in back.SegmentSequence]
+    assert len(set(colours)) == 4  # one display colour per segment
+    assert hd.color.CIELabColor.from_dicom_value(colours[3]).to_rgb() == (40, 220, 220)  # the canal in cyan
     arr = back.get_volume().array if hasattr(back, "get_volume") else None
     assert arr is None or arr.shape[-1] == 4
 
@@ -84,8 +88,10 @@ def test_key_image_valid_and_marked(sagittal: list[Dataset], tmp_path: Path) -> 
     sc = build_key_image(mid, findings, _identity(sagittal, ResultKind.KEY_IMAGES))
     path = tmp_path / "ki.dcm"
     sc.save_as(path)
-    assert dciodvfy(path).errors == []
+    result = dciodvfy(path)
+    assert result.errors == [] and result.warnings == [], result.output  # Laterality: absent, body part set
     ds = dcmread(path)
+    assert ds.BodyPartExamined and "Laterality" not in ds
     assert ds.BurnedInAnnotation == "YES" and BANNER in ds.ImageComments
     assert ds.StudyInstanceUID == mid.StudyInstanceUID and ds.SeriesNumber == 9903
     rgb = ds.pixel_array
@@ -93,6 +99,11 @@ def test_key_image_valid_and_marked(sagittal: list[Dataset], tmp_path: Path) -> 
     # the severe box is drawn in red somewhere
     red = (rgb[..., 0] > 200) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
     assert red.sum() > 100
-    from PIL import Image
-
-    Image.fromarray(rgb).save(tmp_path / "ki.png")
+    # the caveat is burned in below the image, centred: not under OHIF's cine control
+    # (top centre of a secondary capture) nor under the corner overlays
+    yellow = (rgb[..., 0] > 200) & (rgb[..., 1] > 200) & (rgb[..., 2] < 80)
+    rows, cols = np.nonzero(yellow)
+    h, w = rgb.shape[:2]
+    assert rows.size > 200 and rows.min() > 96 * 8  # below the 96-px source scaled by 8
+    assert rows.max() < h and cols.min() > 0.2 * w and cols.max() < 0.8 * w
+    assert not yellow[: h // 4].any()

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 import dicomgen
 from models.types import Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region
 from peers import dciodvfy
+from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
 from workers.results.sr import build_findings_sr, build_not_analysed_sr
 
@@ -52,6 +53,8 @@ def _roundtrip(sr: Dataset, path: Path) -> Dataset:
     sr.save_as(path, enforce_file_format=True)
     result = dciodvfy(path)
     assert result.errors == [], result.output
+    # the only warnings: dciodvfy does not know the private scheme the SR declares
+    assert all("Unrecognized defined term" in w and "<99SPINENODE>" in w for w in result.warnings), result.warnings
     return dcmread(path)
 
 
@@ -66,18 +69,76 @@ def test_findings_sr_valid_and_readable(evidence: list[Dataset], tmp_path: Path)
     assert len(ours) == 1 and ours[0].SoftwareVersions == "0.0.1"
     assert ours[0].ManufacturerModelName == "spinenode-test-model"
     parsed = hd.sr.srread(tmp_path / "sr.dcm")
-    groups = parsed.content.get_planar_roi_measurement_groups()
+    groups = parsed.content.get_image_measurement_groups()
     assert len(groups) == 3
     sites = sorted(g.finding_sites[0].value.value for g in groups)
     assert sites == ["62551000", "715056000", "84020006"]
     l45 = next(g for g in groups if g.finding_sites[0].value.value == "84020006")
-    evals = {e.name.meaning: e.value.meaning for e in l45.get_qualitative_evaluations()}
-    assert evals["Spinal canal stenosis"] == "Severe"
+    assert l45.finding_type.value == "415582006"  # Finding = Stenosis (SCT)
+    # highdicom's parsed evaluations drop nested content: read the group's items as stored
+    raw = next(g for g in _walk(ds) if g.get("ValueType") == "CONTAINER" and any(
+        it.get("ValueType") == "CODE" and it.ConceptCodeSequence[0].CodeValue == "84020006"
+        for it in g.get("ContentSequence", [])))
+    evals = [it for it in raw.ContentSequence if it.ValueType == "CODE" and it.RelationshipType == "CONTAINS"
+             and it.ConceptNameCodeSequence[0].CodeValue != "121071"]
+    canal = next(e for e in evals if e.ConceptNameCodeSequence[0].CodeValue == "415582006"
+                 and _modifier(e, "363698007") == "61853006")
+    assert canal.ConceptCodeSequence[0].CodeMeaning == "Severe"
+    assert canal.ConceptCodeSequence[0].CodingSchemeDesignator == "SCT"
+    foramen = next(e for e in evals if _modifier(e, "363698007") == "NEURAL_FORAMEN")
+    assert _modifier(foramen, "272741003") == "7771000"  # Laterality = Left (SCT)
+    probs = [(it.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue,
+              float(it.MeasuredValueSequence[0].NumericValue)) for it in canal.ContentSequence if it.ValueType == "NUM"]
+    assert probs == [("%", 5.0), ("%", 15.0), ("%", 80.0)]
+    assert [_modifier(it, "246112005") for it in canal.ContentSequence if it.ValueType == "NUM"] == [
+        "NORMAL_MILD", "6736007", "24484000"]
+    # the group's own NUMs: the detection certainty in % over the box (no mm measurement given)
+    (num,) = l45.get_measurements()
+    assert num.unit.value == "%" and num.name.value == "111012"
+    roi = next(it for it in raw.ContentSequence if it.ValueType == "NUM").ContentSequence[0]
+    assert roi.GraphicType == "POLYLINE" and len(roi.GraphicData) == 10
     sop_uids = {str(d.SOPInstanceUID) for d in evidence}
-    assert str(l45.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) in sop_uids
+    assert str(roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) in sop_uids
+    no_unit_one = [it for it in _walk(ds) if it.get("ValueType") == "NUM"
+                   and it.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "1"]
+    assert no_unit_one == []
     text = subprocess.run(["/usr/bin/dsrdump", "+Pl", "+Pt", str(tmp_path / "sr.dcm")], capture_output=True, text=True).stdout
     assert "L4-L5: spinal canal stenosis severe (p=0.80)" in text
     assert "NOT A DIAGNOSIS" in text and "spinenode-test-model" in text
+    assert '"Comment")="L4-L5 disc - AI, PRELIMINARY, not a diagnosis"' in text
+    assert '"Comment")="canal SEVERE, Pfirrmann 3"' in text
+
+
+def test_findings_sr_linear_measurements(evidence: list[Dataset], tmp_path: Path) -> None:
+    findings = _findings(evidence)
+    lv = findings.levels[1].level
+    ms = {lv.name: [LinearMeasurement(CANAL_AP_DIAMETER, lv.name, 11.52, lv.sop_instance_uid, (30, 20), (40, 21)),
+                    LinearMeasurement(DISC_HEIGHT, lv.name, 9.0, lv.sop_instance_uid, (25, 18), (25, 27))]}
+    sr = build_findings_sr(findings, evidence, _identity(evidence, ResultKind.SR), measurements=ms)
+    ds = _roundtrip(sr, tmp_path / "sr.dcm")
+    groups = hd.sr.srread(tmp_path / "sr.dcm").content.get_image_measurement_groups()
+    l45 = next(g for g in groups if g.finding_sites[0].value.value == "84020006")
+    nums = l45.get_measurements()
+    assert [(n.name.meaning, n.value, n.unit.value) for n in nums] == [
+        ("Spinal canal AP diameter", 11.52, "mm"), ("Disc height", 9.0, "mm")]
+    assert [n.finding_sites[0].value.value for n in nums] == ["61853006", "84020006"]  # canal; L4/L5 disc
+    line = next(it for it in nums[0][0].ContentSequence if it.ValueType == "SCOORD")
+    assert line.GraphicType == "POLYLINE" and [float(v) for v in line.GraphicData] == [30, 20, 40, 21]
+    assert l45.tracking_identifier.endswith(":Length:disc L4-L5")
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def _modifier(item: Dataset, concept: str) -> str | None:
+    for child in getattr(item, "ContentSequence", []):
+        if child.RelationshipType == "HAS CONCEPT MOD" and child.ConceptNameCodeSequence[0].CodeValue == concept:
+            return str(child.ConceptCodeSequence[0].CodeValue)
+    return None
+
+
+def _walk(ds: Dataset):  # type: ignore[no-untyped-def]
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from _walk(item)
 
 
 def test_identity_is_deterministic(evidence: list[Dataset]) -> None:

@@ -67,9 +67,12 @@ def test_legacy_converted_multiframe_study_by_cstore(node_factory: Any, tmp_path
         assert dciodvfy(path).errors == [], kind
     sr = hd.sr.srread(results["sr"])
     refs = []
-    for group in sr.content.get_planar_roi_measurement_groups():
-        region = group.roi
-        assert region is not None
+    for group in sr.content.get_image_measurement_groups():
+        # the geometry is under the group's first NUM (the one OHIF imports when tracking)
+        num = group.get_measurements()[0][0]
+        # measured on the frame (pixel spacing from the functional groups): millimetres, not the box's %
+        assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "mm"
+        region = next(it for it in num.ContentSequence if it.ValueType == "SCOORD")
         ref = region.ContentSequence[0].ReferencedSOPSequence[0]  # the SCOORD's SELECTED FROM image
         frames = ref.ReferencedFrameNumber
         refs.append((ref.ReferencedSOPInstanceUID, [int(f) for f in (frames if isinstance(frames, MultiValue) else [frames])]))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from scp_node import status
@@ -30,6 +31,13 @@ from scp_node.errors import ConfigError
 from scp_node.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
+
+#: The transfer syntaxes export proposes, in order of preference. pynetdicom's default
+#: list adds Deflated and Explicit Big Endian, and a peer that accepts everything
+#: (DCMTK ``storescp +xa``) then picks Deflated, which many archives and ``dciodvfy``
+#: cannot read. The result objects are written in Explicit VR Little Endian, and
+#: pynetdicom re-encodes them to Implicit for a peer that accepts only that.
+PROPOSED_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 #: Warning statuses that still mean "stored" (PS3.4 B.2.3).
 STORED_WITH_WARNING = frozenset({0xB000, 0xB006, 0xB007})
@@ -92,7 +100,7 @@ def send_objects(
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in sorted({o.sop_class_uid for o in objects}):
-        ae.add_requested_context(sop_class)  # Explicit/Implicit VR Little Endian
+        ae.add_requested_context(sop_class, list(PROPOSED_TRANSFER_SYNTAXES))
     if dest.tls and tls is None:
         return [SendOutcome(o.export_id, False, False, None, "destination needs TLS but no TLS context")
                 for o in objects]

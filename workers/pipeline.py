@@ -242,7 +242,7 @@ def _encode_objects(ctx: StageContext, study: Study, generation: int) -> tuple[l
     from workers.results.findings_json import findings_from_json
     from workers.results.keyimages import build_key_image
     from workers.results.seg import build_seg, load_masks
-    from workers.results.sr import build_findings_sr, build_not_analysed_sr
+    from workers.results.sr import build_findings_sr, build_not_analysed_sr, measurements_from_masks
 
     study_uid = study.study_uid
     evidence = _evidence(ctx, study_uid)
@@ -256,19 +256,20 @@ def _encode_objects(ctx: StageContext, study: Study, generation: int) -> tuple[l
     findings = findings_from_json(study.findings)
     model = findings.model
     identity = ResultIdentity(study_uid, ResultKind.SR, model.name, model.version, digest)
-    sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study, identity.sop_instance_uid))
-    encoded = [_write(ctx, study_uid, sr, identity, model)]
     masks_file = ctx.spool.masks_path(study_uid, generation)
     if masks_file is None and _masks_expected(ctx, study.id, generation):
         # written on another host that shares neither DATA_DIR nor NODE_URL with this one:
         # fail rather than send findings without their SEG
         raise ctx.spool.unavailable(f"the masks of study {study_uid} (generation {generation}) for the SEG")
-    if masks_file is not None:
-        for masks in load_masks(masks_file):
-            seg_id = ResultIdentity(study_uid, ResultKind.SEG, model.name, model.version, digest)
-            seg = build_seg(masks, evidence, seg_id, model)
-            encoded.append(_write(ctx, study_uid, seg, seg_id, model))
-            break  # one SEG per study: the analyzer segments the primary sagittal series
+    all_masks = load_masks(masks_file) if masks_file is not None else []
+    sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study, identity.sop_instance_uid),
+                           measurements=measurements_from_masks(findings, all_masks, evidence))
+    encoded = [_write(ctx, study_uid, sr, identity, model)]
+    for masks in all_masks:
+        seg_id = ResultIdentity(study_uid, ResultKind.SEG, model.name, model.version, digest)
+        seg = build_seg(masks, evidence, seg_id, model)
+        encoded.append(_write(ctx, study_uid, seg, seg_id, model))
+        break  # one SEG per study: the analyzer segments the primary sagittal series
     shown = {lf.level.sop_instance_uid for lf in findings.levels}
     if shown:
         sop = max(shown, key=lambda u: sum(lf.level.sop_instance_uid == u for lf in findings.levels))

@@ -9,6 +9,7 @@ declared in the SR's Coding Scheme Identification Sequence.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from highdicom.sr import CodedConcept
@@ -42,14 +43,53 @@ SPINAL_CANAL: Final = sct("61853006", "Spinal canal")
 LEFT: Final = sct("7771000", "Left")
 RIGHT: Final = sct("24028007", "Right")
 
-#: Concept names of the graded conditions (the name of each qualitative evaluation).
-CONDITIONS: Final[dict[str, CodedConcept]] = {
-    "spinal_canal_stenosis": private("SCS", "Spinal canal stenosis"),
-    "left_neural_foraminal_narrowing": private("LNFN", "Left neural foraminal narrowing"),
-    "right_neural_foraminal_narrowing": private("RNFN", "Right neural foraminal narrowing"),
-    "left_subarticular_stenosis": private("LSS", "Left subarticular stenosis"),
-    "right_subarticular_stenosis": private("RSS", "Right subarticular stenosis"),
-    "pfirrmann": private("PFIRRMANN", "Pfirrmann grade of disc degeneration"),
+# --- post-coordination (TID 1501 groups; codes verified in pydicom's PS3.16 tables) ----------
+FINDING: Final = CodedConcept("121071", "DCM", "Finding")
+FINDING_SITE: Final = sct("363698007", "Finding Site")
+LATERALITY: Final = sct("272741003", "Laterality")
+PROBABILITY: Final = CodedConcept("122157", "DCM", "Probability")
+COMMENT: Final = CodedConcept("121106", "DCM", "Comment")
+CERTAINTY: Final = CodedConcept("111012", "DCM", "Certainty of Finding")
+DIAMETER: Final = sct("81827009", "Diameter")
+HEIGHT: Final = CodedConcept("121207", "DCM", "Height")
+PERCENT: Final = CodedConcept("%", "UCUM", "Percent")
+MILLIMETRE: Final = CodedConcept("mm", "UCUM", "mm")
+#: No verified standard concept for these sites and this grade (toolchain.md): private.
+NEURAL_FORAMEN: Final = private("NEURAL_FORAMEN", "Neural foramen")
+LATERAL_RECESS: Final = private("LATERAL_RECESS", "Lateral recess (subarticular zone)")
+PFIRRMANN_GRADE: Final = private("PFIRRMANN", "Pfirrmann grade")
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionCodes:
+    """How one graded condition is written: a qualitative evaluation ``name = grade``
+    (``Stenosis = Severe``) with site and laterality post-coordinated, the concept the
+    probabilities are of (Severity, or Pfirrmann grade), and the labels people read."""
+
+    name: CodedConcept
+    site: CodedConcept | None
+    laterality: CodedConcept | None
+    grade_property: CodedConcept
+    #: e.g. "spinal canal stenosis", "left neural foraminal narrowing"
+    long: str
+    #: the group a short label joins ("canal", "foramina", "subarticular", "Pfirrmann")
+    short: str
+
+
+#: The one condition table (used by sr.py, keyimages.py and the summary lines).
+CONDITION_CODES: Final[dict[str, ConditionCodes]] = {
+    "spinal_canal_stenosis": ConditionCodes(STENOSIS, SPINAL_CANAL, None, SEVERITY,
+                                            "spinal canal stenosis", "canal"),
+    "left_neural_foraminal_narrowing": ConditionCodes(STENOSIS, NEURAL_FORAMEN, LEFT, SEVERITY,
+                                                      "left neural foraminal narrowing", "foramina"),
+    "right_neural_foraminal_narrowing": ConditionCodes(STENOSIS, NEURAL_FORAMEN, RIGHT, SEVERITY,
+                                                       "right neural foraminal narrowing", "foramina"),
+    "left_subarticular_stenosis": ConditionCodes(STENOSIS, LATERAL_RECESS, LEFT, SEVERITY,
+                                                 "left subarticular stenosis", "subarticular"),
+    "right_subarticular_stenosis": ConditionCodes(STENOSIS, LATERAL_RECESS, RIGHT, SEVERITY,
+                                                  "right subarticular stenosis", "subarticular"),
+    "pfirrmann": ConditionCodes(PFIRRMANN_GRADE, None, None, PFIRRMANN_GRADE,
+                                "Pfirrmann grade of disc degeneration", "Pfirrmann"),
 }
 
 #: Severity values (RSNA 2024 classes). Moderate and severe are SNOMED; the RSNA class
@@ -63,6 +103,12 @@ GRADES: Final[dict[str, CodedConcept]] = {
     "3": private("PFIRRMANN_3", "Pfirrmann grade 3"),
     "4": private("PFIRRMANN_4", "Pfirrmann grade 4"),
     "5": private("PFIRRMANN_5", "Pfirrmann grade 5"),
+}
+
+#: How a grade reads in a short label: moderate and severe in capitals, to stand out.
+GRADE_WORDS: Final[dict[str, str]] = {
+    "normal_mild": "normal/mild", "moderate": "MODERATE", "severe": "SEVERE",
+    "1": "1", "2": "2", "3": "3", "4": "4", "5": "5",
 }
 
 
@@ -87,7 +133,6 @@ VERTEBRA: Final = sct("51282000", "Vertebra")
 SPINAL_CANAL_STRUCTURE: Final = sct("61853006", "Spinal canal")
 
 # --- "not analysed" ------------------------------------------------------------------
-ANALYSIS_STATUS: Final = private("STATUS", "AI analysis status")
 NOT_ANALYSED: Final = private("NOT_ANALYSED", "AI analysis not performed")
 REASON: Final = private("REASON", "Reason")
 AI_DISCLAIMER: Final = private("DISCLAIMER", "AI result disclaimer")

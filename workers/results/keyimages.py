@@ -1,6 +1,6 @@
 """Key image for viewers that render neither SR nor SEG: a secondary capture of the
 source sagittal slice with boxes, level labels and grades drawn, and the AI
-disclaimer burned in."""
+disclaimer burned in below the image, centred (clear of viewer overlays)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ BANNER = "AI RESULT - NOT A DIAGNOSIS"
 #: Outline colour by the worst severity at a level.
 COLOURS = {"normal_mild": (80, 200, 80), "moderate": (240, 190, 40), "severe": (235, 60, 60)}
 MIN_SIDE = 768
+#: Body Part Examined (PS3.16 CID 4031 defined terms) by region, when the source lacks it.
+BODY_PARTS = {"lumbar": "LSPINE", "cervical": "CSPINE"}
+#: The caveat's text spans at most this fraction of the width (clear of corner overlays).
+BANNER_MAX_WIDTH = 0.6
+BANNER_MARGIN = 10
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -31,11 +36,20 @@ def _worst(lf: LevelFindings) -> str:
 
 
 def _label(lf: LevelFindings) -> str:
-    short = {"spinal_canal_stenosis": "canal", "left_neural_foraminal_narrowing": "L foramen",
-             "right_neural_foraminal_narrowing": "R foramen", "left_subarticular_stenosis": "L subart.",
-             "right_subarticular_stenosis": "R subart.", "pfirrmann": "Pfirrmann"}
-    parts = [f"{short.get(str(g.condition), str(g.condition))} {g.grade}"
-             for g in lf.grades if g.grade not in ("normal_mild", "1", "2")]
+    """'L4-L5: canal moderate, foramina severe' (moderate and worse only; a left/right pair
+    with the same grade said once)."""
+    by = {str(g.condition): g.grade for g in lf.grades}
+    parts = []
+    for name, key in (("canal", "spinal_canal_stenosis"), ("Pfirrmann", "pfirrmann")):
+        if by.get(key) not in (None, "normal_mild", "1", "2"):
+            parts.append(f"{name} {by[key]}")
+    for name, left, right in (("foramen", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"),
+                              ("subart.", "left_subarticular_stenosis", "right_subarticular_stenosis")):
+        gl, gr = by.get(left), by.get(right)
+        if gl == gr and gl not in (None, "normal_mild"):
+            parts.append(f"{name} L+R {gl}")
+            continue
+        parts += [f"{side} {name} {g}" for side, g in (("L", gl), ("R", gr)) if g not in (None, "normal_mild")]
     return f"{lf.level.name}: " + (", ".join(parts) if parts else "no moderate/severe finding")
 
 
@@ -61,15 +75,37 @@ def render(source: Dataset, findings: Findings) -> np.ndarray:
         b = lf.level.box
         colour = COLOURS[_worst(lf)]
         draw.rectangle([b.x0 * scale, b.y0 * scale, b.x1 * scale, b.y1 * scale], outline=colour, width=2)
-        draw.text((b.x1 * scale + 6, b.y0 * scale), _label(lf), fill=colour, font=font,
-                  stroke_width=2, stroke_fill=(0, 0, 0))
-    banner_font = ImageFont.load_default(size=max(14, img.width // 32))
+        label = _label(lf)
+        x, y = b.x1 * scale + 6, b.y0 * scale
+        if x + font.getlength(label) > img.width - 4:  # would run off the image: below the box instead
+            x, y = max(4.0, img.width - 4 - font.getlength(label)), b.y1 * scale + 4
+        draw.text((x, y), label, fill=colour, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     lines = [BANNER, f"{findings.model.name} {findings.model.version} - PRELIMINARY, UNVERIFIED"]
-    y = 6
-    for line in lines:
-        draw.text((8, y), line, fill=(255, 255, 0), font=banner_font, stroke_width=2, stroke_fill=(0, 0, 0))
-        y += banner_font.size + 6 if hasattr(banner_font, "size") else 20
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(_with_banner(img, lines), dtype=np.uint8)
+
+
+def _with_banner(img: Image.Image, lines: list[str]) -> Image.Image:
+    """``img`` above a black band holding ``lines``, centred and at most
+    :data:`BANNER_MAX_WIDTH` of the width: viewers put their overlays in the corners and
+    OHIF its cine control over the top centre of a secondary capture, so the caveat goes
+    bottom centre, below the anatomy."""
+    size = max(14, img.width // 32)
+    while True:
+        font = ImageFont.load_default(size=size)
+        widths = [font.getlength(line) for line in lines]
+        if max(widths) <= BANNER_MAX_WIDTH * img.width or size <= 10:
+            break
+        size -= 1
+    step = size + 8
+    band = len(lines) * step + 2 * BANNER_MARGIN
+    out = Image.new("RGB", (img.width, img.height + band), (0, 0, 0))
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = img.height + BANNER_MARGIN
+    for line, width in zip(lines, widths):
+        draw.text(((img.width - width) / 2, y), line, fill=(255, 255, 0), font=font)
+        y += step
+    return out
 
 
 def build_key_image(source: Dataset, findings: Findings, identity: ResultIdentity) -> hd.sc.SCImage:
@@ -90,9 +126,11 @@ def build_key_image(source: Dataset, findings: Findings, identity: ResultIdentit
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
     sc.SeriesDescription = identity.series_description
-    # Type 2C in General Series: the spine is not a paired structure, so empty (dciodvfy
-    # cannot evaluate the condition and asks for the element).
-    sc.Laterality = ""
+    # Laterality (Type 2C) is absent for an unpaired body part; dciodvfy can tell only when
+    # Body Part Examined says which part it is (without it: an error; empty: a warning).
+    sc.BodyPartExamined = str(source.get("BodyPartExamined") or "") or BODY_PARTS[str(findings.region)]
+    if "Laterality" in sc:
+        del sc.Laterality
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = f"{BANNER}. {findings.model.name} {findings.model.version}. PRELIMINARY, UNVERIFIED."
     sc.DerivationDescription = "AI findings drawn on the source sagittal image"

@@ -1,8 +1,11 @@
 """highdicom Segmentation from the model's masks: one segment per structure.
 
 Segments: each disc by level (SNOMED disc codes), the vertebral bodies
-(property type Vertebra) and the spinal canal; BINARY, empty frames omitted,
-referencing the source series, with the algorithm identification.
+(property type Vertebra) and the spinal canal; BINARY, one frame per sagittal slice a
+segment lies on (the analyzer spreads the masks over the slices, models/masks3d.py),
+empty frames omitted, referencing the source series, with the algorithm identification
+and a RecommendedDisplayCIELabValue per segment (OHIF warns and picks its own colours
+without one).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import highdicom as hd
 import numpy as np
@@ -18,6 +22,23 @@ from pydicom.dataset import Dataset
 from models.types import ModelId, SeriesMasks
 from workers.results import codes
 from workers.results.identity import MANUFACTURER, ResultIdentity
+
+
+#: Display colours (RGB): discs cycle through six hues by level, bone for the bodies,
+#: cyan for the canal.
+DISC_COLOURS: Final[tuple[tuple[int, int, int], ...]] = (
+    (230, 80, 80), (240, 170, 40), (240, 230, 60), (90, 200, 90), (60, 170, 230), (160, 110, 230))
+BODY_COLOUR: Final = (222, 205, 160)
+CANAL_COLOUR: Final = (40, 220, 220)
+
+
+def display_rgb(label: str) -> tuple[int, int, int]:
+    """The colour of a segment by its label ('disc L4-L5', 'vertebral bodies', 'spinal canal')."""
+    if label.startswith("disc "):
+        name = label.removeprefix("disc ")
+        order = [lv for lv in codes.DISCS]
+        return DISC_COLOURS[order.index(name) % len(DISC_COLOURS)] if name in order else DISC_COLOURS[0]
+    return BODY_COLOUR if label == "vertebral bodies" else CANAL_COLOUR
 
 
 def property_type(label: str) -> hd.sr.CodedConcept:
@@ -66,6 +87,7 @@ def build_seg(
             algorithm_identification=algorithm,
             tracking_uid=identity.sub_uid("segment", masks.segments[n]),
             tracking_id=masks.segments[n][:64],
+            display_color=hd.color.CIELabColor.from_rgb(*display_rgb(masks.segments[n])),
         )
         for n in numbers
     ]

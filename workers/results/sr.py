@@ -1,18 +1,39 @@
 """Comprehensive 3D SR holding a TID 1500 Measurement Report, PRELIMINARY and UNVERIFIED.
 
-One measurement group (TID 1410) per disc level: tracking identifier, finding site
-(disc code), a qualitative evaluation per condition (severity coded), the class
-probabilities as numbers, the detection box as a SCOORD polyline on the source
-sagittal image, and the algorithm identification (TID 4019). The report's
-"Qualitative Evaluations" container says in words that this is AI output and not
-a diagnosis. A study that cannot be analysed gets the same document with the
-reason instead of measurement groups.
+Designed for the viewer (OHIF 3.13, checked against its code and against
+``@cornerstonejs/adapters`` 5.6.8 in tests/test_viewer_sr.py). One measurement group
+(TID 1501) per disc level, in this order:
+
+1. Tracking Identifier and Tracking Unique Identifier. The identifier names the
+   cornerstone tool the level's first measurement is (``Cornerstone3DTools@^0.1.0:Length``
+   or ``...:RectangleROI``, then the level): OHIF offers to track, and imports, only
+   groups whose identifier names a tool it knows.
+2. Comment items (DCM 121106): the lines OHIF draws first, at most five in all:
+   the level with "AI, PRELIMINARY, not a diagnosis", then the graded findings
+   (moderate and severe in capitals). The first comment is also the label of the
+   measurement that tracking imports.
+3. Finding site: the disc (SNOMED CT).
+4. Numeric measurements in mm, each with its geometry as INFERRED FROM a 2-point
+   polyline on the source sagittal image (OHIF: Length). The first NUM carries the
+   geometry tracking imports. Without a measurement the level's first NUM is the
+   detection certainty (%) over the detection box (a 5-point polyline: RectangleROI).
+5. Finding (DCM 121071) = Stenosis (SCT) when the level has a stenosis grade, and one
+   qualitative evaluation per condition, post-coordinated: ``Stenosis = Severe`` with
+   Finding Site (spinal canal; neural foramen and lateral recess are private) and
+   Laterality (SCT) as concept modifiers, ``Pfirrmann grade = grade 3`` (private), and
+   the probability of every grade in % as properties, each naming its grade. OHIF
+   draws no CODE items, so these are out of its way, and complete for any other reader.
+6. Algorithm identification (TID 4019).
+
+The report's "Qualitative Evaluations" container says in words that this is AI
+output and not a diagnosis, with one summary line per level. A study that cannot
+be analysed gets the same document with the reason instead of measurement groups.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import highdicom as hd
 import numpy as np
@@ -20,11 +41,25 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
-from models.types import Findings, LevelFindings, ModelId
+from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement, measure_levels
+from models.types import Findings, Grade, LevelFindings, ModelId, SeriesMasks
 from workers.results import codes
 from workers.results.identity import DEVICE_NAME, MANUFACTURER, ResultIdentity
 
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+#: cornerstone's tracking identifier prefix (adapters ``CORNERSTONE_3D_TAG``).
+CORNERSTONE_TAG: Final = "Cornerstone3DTools@^0.1.0"
+REL = hd.sr.RelationshipTypeValues
+#: OHIF draws at most this many lines per measurement group.
+OHIF_LINES: Final = 5
+
+#: NUM concept per measurement kind: the standard Diameter (SCT) and Height (DCM),
+#: post-coordinated with a Finding Site (the spinal canal; the level's disc). The Code
+#: Meaning names the post-coordinated concept because OHIF draws it as the line's label.
+MEASUREMENT_NAMES: Final[dict[str, CodedConcept]] = {
+    CANAL_AP_DIAMETER: CodedConcept("81827009", "SCT", "Spinal canal AP diameter"),
+    DISC_HEIGHT: CodedConcept("121207", "DCM", "Disc height"),
+}
 
 
 def _algorithm(model: ModelId) -> hd.sr.AlgorithmIdentification:
@@ -47,70 +82,52 @@ def _observation_context(identity: ResultIdentity, model: ModelId) -> hd.sr.Obse
     )
 
 
-def _text(name: CodedConcept, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+def _text(name: CodedConcept, value: str, rel: hd.sr.RelationshipTypeValues = REL.CONTAINS) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=name, value=value, relationship_type=rel)
+
+
+def _code(name: CodedConcept, value: CodedConcept, rel: hd.sr.RelationshipTypeValues) -> hd.sr.CodeContentItem:
+    return hd.sr.CodeContentItem(name=name, value=value, relationship_type=rel)
 
 
 def _evaluations(texts: Sequence[tuple[CodedConcept, str]]) -> hd.sr.ContainerContentItem:
-    container = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=REL.CONTAINS)
     container.ContentSequence = [_text(n, v) for n, v in texts]
     return container
 
 
-_GRADE_TAGS = {"normal_mild": ("NM", "normal/mild"), "moderate": ("MOD", "moderate"), "severe": ("SEV", "severe")}
+# --- what people read --------------------------------------------------------------------
+def _word(g: Grade) -> str:
+    return codes.GRADE_WORDS[g.grade]
 
 
-def _probability_concept(condition: str, grade: str) -> CodedConcept:
-    """E.g. ``P_SCS_SEV`` "Probability severe, spinal canal stenosis"; ``P_PFIRRMANN_3``."""
-    cond = codes.CONDITIONS[condition]
-    if condition == "pfirrmann":
-        return codes.private(f"P_PFIRRMANN_{grade}", f"Probability Pfirrmann grade {grade}")
-    tag, label = _GRADE_TAGS[grade]
-    return codes.private(f"P_{cond.value}_{tag}", f"Probability {label}, {cond.meaning.lower()}")
-
-
-def _level_group(
-    lf: LevelFindings, identity: ResultIdentity, model: ModelId, sources: Mapping[str, Dataset]
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    level = lf.level
-    source = sources[level.sop_instance_uid]
-    b = level.box
-    polyline = np.array(
-        [[b.x0, b.y0], [b.x1, b.y0], [b.x1, b.y1], [b.x0, b.y1], [b.x0, b.y0]], dtype=np.float32
-    )
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=polyline,
-        source_image=hd.sr.SourceImageForRegion(
-            str(source.SOPClassUID), level.sop_instance_uid,
-            referenced_frame_numbers=[level.frame_number] if level.frame_number else None),
-    )
-    algorithm = _algorithm(model)
-    evaluations = [
-        hd.sr.QualitativeEvaluation(name=codes.CONDITIONS[str(g.condition)], value=codes.GRADES[g.grade])
-        for g in lf.grades
-    ]
-    measurements = [
-        hd.sr.Measurement(
-            name=_probability_concept(str(g.condition), grade),
-            value=round(float(p), 4),
-            unit=dcm_codes.UCUM.NoUnits,
-        )
-        for g in lf.grades
-        for grade, p in zip(g.condition.grades, g.probabilities)
-    ]
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=identity.sub_uid("level", level.name), identifier=f"disc level {level.name}"
-        ),
-        referenced_region=region,
-        finding_sites=[hd.sr.FindingSite(codes.DISCS[level.name])],
-        algorithm_id=algorithm,
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
-    )
+def level_lines(lf: LevelFindings) -> list[str]:
+    """The comment lines of a level: its name and the AI caveat, then the graded findings
+    grouped as a radiologist reads them (canal and Pfirrmann; foramina; subarticular)."""
+    lines = [f"{lf.level.name} disc - AI, PRELIMINARY, not a diagnosis"]
+    by = {str(g.condition): g for g in lf.grades}
+    first: list[str] = []
+    if (g := by.get("spinal_canal_stenosis")) is not None:
+        first.append(f"canal {_word(g)}")
+    if (g := by.get("pfirrmann")) is not None:
+        first.append(f"Pfirrmann {_word(g)}")
+    if first:
+        lines.append(", ".join(first))
+    sides: list[str] = []
+    for short, left, right in (("foramina", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"),
+                               ("subart.", "left_subarticular_stenosis", "right_subarticular_stenosis")):
+        gl, gr = by.get(left), by.get(right)
+        if gl is not None and gr is not None and gl.grade == gr.grade:
+            sides.append(f"{short} {_word(gl)}")  # both sides alike: said once, the line stays short
+            continue
+        parts = [f"{side} {_word(g)}" for side, g in (("L", gl), ("R", gr)) if g is not None]
+        if parts:
+            sides.append(f"{short} " + " ".join(parts))
+    if sides:
+        lines.append("; ".join(sides))
+    if len(lines) == 1:
+        lines.append("located, not graded")
+    return lines
 
 
 def summary_lines(findings: Findings) -> list[str]:
@@ -118,12 +135,146 @@ def summary_lines(findings: Findings) -> list[str]:
     lines = []
     for lf in findings.levels:
         parts = [
-            f"{codes.CONDITIONS[str(g.condition)].meaning.lower()} {g.grade.replace('_', '/')} "
+            f"{codes.CONDITION_CODES[str(g.condition)].long} {g.grade.replace('_', '/')} "
             f"(p={max(g.probabilities):.2f})"
             for g in lf.grades
         ]
         lines.append(f"{lf.level.name}: " + ("; ".join(parts) if parts else "located, not graded"))
     return lines
+
+
+# --- coded content -----------------------------------------------------------------------
+def _evaluation(g: Grade) -> hd.sr.QualitativeEvaluation:
+    """One graded condition: ``Stenosis = Severe`` with Finding Site and Laterality as
+    concept modifiers (``Pfirrmann grade = grade 3`` for the disc), and the probability
+    of every grade in % as properties, each naming its grade."""
+    cc = codes.CONDITION_CODES[str(g.condition)]
+    item = hd.sr.QualitativeEvaluation(name=cc.name, value=codes.GRADES[g.grade])
+    children: list[Dataset] = []
+    if cc.site is not None:
+        children.append(_code(codes.FINDING_SITE, cc.site, REL.HAS_CONCEPT_MOD))
+    if cc.laterality is not None:
+        children.append(_code(codes.LATERALITY, cc.laterality, REL.HAS_CONCEPT_MOD))
+    for grade, p in zip(g.condition.grades, g.probabilities):
+        num = hd.sr.NumContentItem(name=codes.PROBABILITY, value=round(100.0 * float(p), 2), unit=codes.PERCENT,
+                                   relationship_type=REL.HAS_PROPERTIES)
+        num.ContentSequence = [_code(cc.grade_property, codes.GRADES[grade], REL.HAS_CONCEPT_MOD)]
+        children.append(num)
+    item[0].ContentSequence = children
+    return item
+
+
+def _polyline(points: Sequence[tuple[float, float]], source: Dataset,
+              frame_number: int | None = None) -> hd.sr.CoordinatesForMeasurement:
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.asarray(points, dtype=np.float32),
+        source_image=hd.sr.SourceImageForRegion(
+            str(source.SOPClassUID), str(source.SOPInstanceUID),
+            referenced_frame_numbers=[frame_number] if frame_number else None),
+    )
+
+
+def _linear(m: LinearMeasurement, source: Dataset) -> hd.sr.Measurement:
+    site = codes.SPINAL_CANAL if m.kind == CANAL_AP_DIAMETER else codes.DISCS[m.level]
+    return hd.sr.Measurement(
+        name=MEASUREMENT_NAMES[m.kind], value=round(m.value_mm, 2), unit=codes.MILLIMETRE,
+        finding_sites=[hd.sr.FindingSite(site)],
+        referenced_coordinates=[_polyline([m.p0, m.p1], source, m.frame_number)],
+    )
+
+
+def _box_certainty(lf: LevelFindings, source: Dataset) -> hd.sr.Measurement:
+    b = lf.level.box
+    corners = [(b.x0, b.y0), (b.x1, b.y0), (b.x1, b.y1), (b.x0, b.y1), (b.x0, b.y0)]
+    return hd.sr.Measurement(
+        name=codes.CERTAINTY, value=round(100.0 * max(lf.level.confidence, 0.0), 1), unit=codes.PERCENT,
+        referenced_coordinates=[_polyline(corners, source, lf.level.frame_number)],
+    )
+
+
+def _level_group(
+    lf: LevelFindings, identity: ResultIdentity, model: ModelId, sources: Mapping[str, Dataset],
+    measurements: Sequence[LinearMeasurement],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    level = lf.level
+    source = sources[level.sop_instance_uid]
+    usable = [m for m in measurements if m.sop_instance_uid in sources]
+    nums = [_linear(m, sources[m.sop_instance_uid]) for m in usable]
+    tool = "Length" if nums else "RectangleROI"
+    if not nums:
+        nums = [_box_certainty(lf, source)]
+    stenosis = any(codes.CONDITION_CODES[str(g.condition)].name == codes.STENOSIS for g in lf.grades)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=identity.sub_uid("level", level.name), identifier=f"{CORNERSTONE_TAG}:{tool}:disc {level.name}"
+        ),
+        finding_type=codes.STENOSIS if stenosis else None,
+        finding_sites=[hd.sr.FindingSite(codes.DISCS[level.name])],
+        algorithm_id=_algorithm(model),
+        measurements=nums,
+        qualitative_evaluations=[_evaluation(g) for g in lf.grades] or None,
+    )
+    # tracking identifiers first, then the lines the viewer draws, then the rest
+    # (the Algorithm Family item highdicom adds is a CODE OHIF ignores)
+    comments = [_text(codes.COMMENT, line) for line in level_lines(lf)[: OHIF_LINES - min(len(nums), 2)]]
+    group[0].ContentSequence[2:2] = comments
+    return group
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) mm of a single-frame image, or of a multi-frame one's shared functional groups."""
+    if "PixelSpacing" in ds:
+        return float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])
+    try:
+        sp = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        return float(sp[0]), float(sp[1])
+    except (AttributeError, IndexError, KeyError):
+        return None
+
+
+def measurements_from_masks(findings: Findings, masks: Sequence[SeriesMasks],
+                            evidence: Sequence[Dataset]) -> dict[str, list[LinearMeasurement]]:
+    """Disc height and canal AP diameter per level (models.measure) from the analyzer's
+    masks, with the pixel spacing of each level's source image."""
+    spacing = {str(ds.SOPInstanceUID): sp for ds in evidence if (sp := _pixel_spacing(ds)) is not None}
+    out: dict[str, list[LinearMeasurement]] = {}
+    for m in masks:
+        for lf in findings.levels:
+            sp = spacing.get(lf.level.sop_instance_uid)
+            if lf.level.series_uid == m.series_uid and sp is not None and lf.level.name not in out:
+                out.update(measure_levels([lf.level], m, sp))
+    return out
+
+
+def build_findings_sr(
+    findings: Findings,
+    evidence: Sequence[Dataset],
+    identity: ResultIdentity,
+    predecessor: Dataset | None = None,
+    measurements: Mapping[str, Sequence[LinearMeasurement]] | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR for analysed findings. ``evidence`` holds the headers of the source
+    instances (at least those the levels point at); ``measurements`` the linear
+    measurements per level name (models.measure)."""
+    sources = {str(ds.SOPInstanceUID): ds for ds in evidence}
+    missing = [lf.level.sop_instance_uid for lf in findings.levels if lf.level.sop_instance_uid not in sources]
+    if missing:
+        raise ValueError(f"evidence lacks the source images of {len(missing)} level(s)")
+    measured = measurements or {}
+    groups = [_level_group(lf, identity, findings.model, sources, measured.get(lf.level.name, ()))
+              for lf in findings.levels]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(identity, findings.model),
+        procedure_reported=codes.PROCEDURE,
+        imaging_measurements=groups or None,
+        title=codes.REPORT_TITLE,
+    )
+    texts = [(codes.AI_DISCLAIMER, codes.DISCLAIMER_TEXT)]
+    texts += [(codes.private("SUMMARY", "Summary"), line) for line in summary_lines(findings)]
+    texts += [(codes.private("NOT_ASSESSED", "Not assessed"), m) for m in findings.missing]
+    _append(report, _evaluations(texts))
+    return _document(report, evidence, identity, findings.model, predecessor)
 
 
 def _document(
@@ -159,32 +310,6 @@ def _document(
     return sr
 
 
-def build_findings_sr(
-    findings: Findings,
-    evidence: Sequence[Dataset],
-    identity: ResultIdentity,
-    predecessor: Dataset | None = None,
-) -> hd.sr.Comprehensive3DSR:
-    """The SR for analysed findings. ``evidence`` holds the headers of the source
-    instances (at least those the levels point at)."""
-    sources = {str(ds.SOPInstanceUID): ds for ds in evidence}
-    missing = [lf.level.sop_instance_uid for lf in findings.levels if lf.level.sop_instance_uid not in sources]
-    if missing:
-        raise ValueError(f"evidence lacks the source images of {len(missing)} level(s)")
-    groups = [_level_group(lf, identity, findings.model, sources) for lf in findings.levels]
-    report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(identity, findings.model),
-        procedure_reported=codes.PROCEDURE,
-        imaging_measurements=groups or None,
-        title=codes.REPORT_TITLE,
-    )
-    texts = [(codes.AI_DISCLAIMER, codes.DISCLAIMER_TEXT)]
-    texts += [(codes.private("SUMMARY", "Summary"), line) for line in summary_lines(findings)]
-    texts += [(codes.private("NOT_ASSESSED", "Not assessed"), m) for m in findings.missing]
-    _append(report, _evaluations(texts))
-    return _document(report, evidence, identity, findings.model, predecessor)
-
-
 def build_not_analysed_sr(
     reason: str,
     evidence: Sequence[Dataset],
@@ -192,18 +317,24 @@ def build_not_analysed_sr(
     model: ModelId,
     predecessor: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """A short SR saying the AI did not analyse this study, and why."""
+    """A short SR saying the AI did not analyse this study, and why.
+
+    It has no measurement group (OHIF expects geometry in every group of the Imaging
+    Measurements container and fails on one without): the status and the reason are
+    text items of the report's Qualitative Evaluations container, which plain-text SR
+    renderers show; OHIF's measurement view of it is empty."""
     status = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.sub_uid("status"), identifier="analysis status"),
         algorithm_id=_algorithm(model),
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.ANALYSIS_STATUS, value=codes.NOT_ANALYSED)],
     )
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(identity, model),
         procedure_reported=codes.PROCEDURE,
-        imaging_measurements=[status],
+        imaging_measurements=[status],  # highdicom requires one; removed below
         title=codes.REPORT_TITLE,
     )
+    container = next(it for it in report[0].ContentSequence if it.ValueType == "CONTAINER")
+    del container.ContentSequence
     _append(report, _evaluations([
         (codes.AI_DISCLAIMER, codes.DISCLAIMER_TEXT),
         (codes.NOT_ANALYSED, "The AI did not analyse this study."),
@@ -215,3 +346,36 @@ def build_not_analysed_sr(
 def _append(report: hd.sr.MeasurementReport, item: Any) -> None:
     root = report[0]
     root.ContentSequence.append(item)
+
+
+def grades_from_sr(ds: Dataset) -> dict[tuple[str, str], str]:
+    """``{(condition, level): grade meaning}`` read back from a findings SR (tests, tools).
+
+    The condition is recovered from the post-coordinated evaluation (name, Finding Site,
+    Laterality) through :data:`codes.CONDITION_CODES`; the level from the group's disc.
+    """
+    def key(c: Any) -> tuple[str, str]:
+        return (str(c.CodeValue), str(c.CodingSchemeDesignator))
+
+    conditions = {
+        (key(cc.name), key(cc.site) if cc.site else None, key(cc.laterality) if cc.laterality else None): name
+        for name, cc in codes.CONDITION_CODES.items()
+    }
+    levels = {key(code): level for level, code in codes.DISCS.items()}
+    out: dict[tuple[str, str], str] = {}
+    for container in ds.ContentSequence:
+        if container.ValueType != "CONTAINER" or container.ConceptNameCodeSequence[0].CodeValue != "126010":
+            continue
+        for group in container.get("ContentSequence", []):
+            items = group.get("ContentSequence", [])
+            level = next((levels.get(key(it.ConceptCodeSequence[0])) for it in items
+                          if it.ValueType == "CODE" and it.ConceptNameCodeSequence[0].CodeValue == "363698007"), None)
+            for it in items:
+                if it.ValueType != "CODE" or it.RelationshipType != "CONTAINS" or level is None:
+                    continue
+                mods = {str(m.ConceptNameCodeSequence[0].CodeValue): key(m.ConceptCodeSequence[0])
+                        for m in it.get("ContentSequence", []) if m.RelationshipType == "HAS CONCEPT MOD"}
+                cond = conditions.get((key(it.ConceptNameCodeSequence[0]), mods.get("363698007"), mods.get("272741003")))
+                if cond is not None:
+                    out[(cond, level)] = str(it.ConceptCodeSequence[0].CodeMeaning)
+    return out

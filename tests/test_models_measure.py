@@ -1,0 +1,70 @@
+"""Linear measurements from masks: disc height along the disc's short axis, canal AP
+diameter behind the disc along its long axis, on straight and tilted discs; and the
+error summary spinenode evaluate reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, compare_to_truth, measure_level, measure_levels
+from models.metrics import absolute_error_summary
+from models.types import Box, Level, ModelId, SeriesMasks
+
+SPACING = (0.5, 0.5)  # mm per pixel (rows, columns)
+
+
+def _level(name: str = "L4-L5") -> Level:
+    return Level(name, "s", "u1", 1, Box(0, 0, 1, 1), 0.9, (0.0, 0.0, 0.0))
+
+
+def _rotated_rect(shape: tuple[int, int], centre: tuple[float, float], length_mm: float, height_mm: float,
+                  angle_deg: float) -> np.ndarray:
+    """A filled rectangle (long side along ``angle``) on a grid of SPACING, by pixel centres."""
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    x = cols * SPACING[1] - centre[0]
+    y = rows * SPACING[0] - centre[1]
+    a = np.deg2rad(angle_deg)
+    u = x * np.cos(a) + y * np.sin(a)
+    v = -x * np.sin(a) + y * np.cos(a)
+    return (np.abs(u) <= length_mm / 2) & (np.abs(v) <= height_mm / 2)
+
+
+@pytest.mark.parametrize("angle", [0.0, 15.0, -25.0])
+def test_disc_height_and_canal_diameter(angle: float) -> None:
+    shape = (200, 200)
+    centre = (40.0, 50.0)  # mm (x, y)
+    disc = _rotated_rect(shape, centre, 36.0, 9.0, angle)
+    a = np.deg2rad(angle)
+    # the canal: a band 12 mm deep starting 4 mm behind the disc's posterior edge (towards +x)
+    canal_centre = (centre[0] + (18 + 4 + 6) * np.cos(a), centre[1] + (18 + 4 + 6) * np.sin(a))
+    canal = _rotated_rect(shape, canal_centre, 12.0, 60.0, angle)
+    found = {m.kind: m for m in measure_level(_level(), disc, canal, SPACING)}
+    assert found[DISC_HEIGHT].value_mm == pytest.approx(9.0, abs=0.6)
+    assert found[CANAL_AP_DIAMETER].value_mm == pytest.approx(12.0, abs=0.6)
+    # the canal line starts behind the disc, on its long axis, in pixel coordinates
+    (x0, y0), (x1, y1) = found[CANAL_AP_DIAMETER].p0, found[CANAL_AP_DIAMETER].p1
+    assert np.hypot((x1 - x0) * SPACING[1], (y1 - y0) * SPACING[0]) == pytest.approx(
+        found[CANAL_AP_DIAMETER].value_mm, abs=1e-6)
+    assert x0 * SPACING[1] > centre[0] + 18 * np.cos(a) - 1
+
+
+def test_no_canal_gives_disc_height_only_and_levels_by_segment() -> None:
+    labels = np.zeros((3, 100, 100), dtype=np.uint8)
+    labels[1, 40:58, 20:80] = 1  # 18 px = 9 mm
+    masks = SeriesMasks("s", ("u0", "u1", "u2"), labels, {1: "disc L4-L5"}, ModelId("m", "1"))
+    out = measure_levels([_level("L4-L5"), _level("L5-S1")], masks, SPACING)
+    assert list(out) == ["L4-L5"] and [m.kind for m in out["L4-L5"]] == [DISC_HEIGHT]
+    assert out["L4-L5"][0].value_mm == pytest.approx(9.0, abs=0.3)
+
+
+def test_compare_to_truth_and_summary() -> None:
+    shape = (200, 200)
+    truth = _rotated_rect(shape, (40.0, 50.0), 36.0, 9.0, 0.0)
+    pred = _rotated_rect(shape, (40.0, 50.0), 36.0, 10.0, 0.0)
+    predicted = {"L4-L5": measure_level(_level(), pred, None, SPACING)}
+    (err,) = compare_to_truth([_level()], predicted, {"L4-L5": truth}, None, SPACING)
+    assert err.kind == DISC_HEIGHT and err.error_mm == pytest.approx(1.0, abs=0.6)
+    summary = absolute_error_summary([1.0, -2.0, 0.5, 3.0])
+    assert summary == {"n": 4, "median_abs_error": 1.5, "mean_abs_error": 1.625, "p90_abs_error": pytest.approx(2.7),
+                       "bias": 0.625}

@@ -1,0 +1,111 @@
+"""OHIF 3.13.2's built viewer (npm @ohif/app dist/, served from loopback, no CDN) against
+Orthanc with its DICOMweb plugin, in Debian's headless Chromium (puppeteer-core): the
+node's SR, SEG and key image for a phantom lumbar study analysed with the shipped weights.
+
+What a radiologist gets: the SR's text boxes start with the level and the AI caveat;
+"Track measurements? Yes" imports one Length per level, labelled with its level; the SEG
+opens with every structure listed; no page errors. Screenshots land in tmp_path, or in
+``$SPINENODE_SCREENSHOTS_DIR`` (docs/img for docs/results.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from models.analyzer import SpineAnalyzer, read_study_dir
+from models.phantom.config import PhantomConfig
+from models.phantom.generate import generate_dataset
+from peers import OrthancServer
+from viewer_node import VIEWER_DIR, node_binary
+from viewer_web import ViewerServer
+from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
+from workers.results.keyimages import build_key_image
+from workers.results.seg import build_seg
+from workers.results.sr import build_findings_sr, measurements_from_masks
+
+#: OHIF's own stack viewport, replaced when the SEG is opened over it, logs this once.
+KNOWN_PAGE_ERRORS = ("The stack viewport has been destroyed",)
+
+
+def _dicomweb_plugin() -> str:
+    listing = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=False)
+    files = listing.stdout.split()
+    plugin = next((f for f in files if f.endswith(".so")), None)
+    if plugin is None:
+        raise AssertionError("orthanc-dicomweb is not installed: run scripts/install-test-deps.sh")
+    return plugin
+
+
+@pytest.mark.timeout(900)
+def test_ohif_shows_sr_seg_and_key_image(tmp_path: Path) -> None:
+    node = node_binary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        generate_dataset(tmp_path / "phantom", 1, PhantomConfig.for_region("lumbar", "MR", matrix=256), seed=5151)
+    study_dir = next((tmp_path / "phantom" / "train_images").iterdir())
+    files = sorted(study_dir.rglob("*.dcm"))
+    headers = [dcmread(p, stop_before_pixels=True) for p in files]
+    result = SpineAnalyzer.from_registry(None, device="cpu").analyze(study_dir.name, read_study_dir(study_dir), "lumbar")
+    findings = result.findings
+    assert len(findings.levels) >= 4 and result.masks
+
+    # the objects, built by the functions the encode stage calls
+    study_uid = str(headers[0].StudyInstanceUID)
+    digest = inputs_digest(str(h.SOPInstanceUID) for h in headers)
+
+    def identity(kind: ResultKind) -> ResultIdentity:
+        return ResultIdentity(study_uid, kind, findings.model.name, findings.model.version, digest)
+
+    out = tmp_path / "results"
+    out.mkdir()
+    sr = build_findings_sr(findings, headers, identity(ResultKind.SR),
+                           measurements=measurements_from_masks(findings, list(result.masks), headers))
+    sr.save_as(out / "sr.dcm", enforce_file_format=True)
+    build_seg(result.masks[0], headers, identity(ResultKind.SEG), findings.model).save_as(out / "seg.dcm")
+    source = next(p for p, h in zip(files, headers) if h.SOPInstanceUID == findings.levels[0].level.sop_instance_uid)
+    build_key_image(dcmread(source), findings, identity(ResultKind.KEY_IMAGES)).save_as(out / "ki.dcm")
+
+    shots = Path(os.environ.get("SPINENODE_SCREENSHOTS_DIR") or tmp_path / "shots")
+    config = {"Plugins": [_dicomweb_plugin()], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    with OrthancServer(tmp_path / "orthanc", extra_config=config) as orthanc:
+        for p in [*files, out / "sr.dcm", out / "seg.dcm", out / "ki.dcm"]:
+            orthanc.upload(p)
+        with ViewerServer(orthanc.http_port) as web:
+            proc = subprocess.run([node, str(VIEWER_DIR / "ohif_shots.mjs"), web.url, study_uid, str(tmp_path / "shots")],
+                                  cwd=VIEWER_DIR, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = [e for e in seen["errors"] if not any(k in e for k in KNOWN_PAGE_ERRORS)]
+    assert errors == []
+    assert {"SR", "SEG", "OT", "MR"} <= {d["modality"] for d in seen["displaySets"]}
+
+    names = [lf.level.name for lf in findings.levels]
+    sr_view = seen["sr"]
+    assert sr_view["isRehydratable"] and len(sr_view["measurements"]) == len(names)
+    for m, name in zip(sorted(sr_view["measurements"], key=lambda m: m["labels"][0]["label"]), sorted(names)):
+        assert m["loaded"] and m["coords"] >= 1
+        assert m["labels"][0]["label"] == f"{name} disc - AI, PRELIMINARY, not a diagnosis"
+        assert m["labels"][1]["label"].startswith("canal ")
+        assert len(m["labels"]) <= 5
+    assert sr_view["trackPrompt"] is True
+    tracked = sr_view["tracked"]
+    assert sorted(t["label"].split(" ")[0] for t in tracked) == sorted(names)  # one measurement per level
+    assert all(t["toolName"] in ("Length", "RectangleROI") for t in tracked)
+    assert sum(t["toolName"] == "Length" for t in tracked) >= len(names) - 1
+
+    assert seen["segPrompt"] is True
+    (seg,) = seen["segmentation"]
+    assert sorted(seg["segments"]) == sorted(result.masks[0].segments.values())
+    assert len(seen["shots"]) == 5
+    if shots != tmp_path / "shots":
+        shots.mkdir(parents=True, exist_ok=True)
+        for f in seen["shots"]:
+            shutil.copy(f, shots / Path(f).name)
