@@ -123,6 +123,11 @@ def send_files(
     statuses: list[tuple[str, int]] = []
     try:
         for f, _, _ in headers:
+            if not assoc.is_established:
+                done = len(statuses)
+                raise DicomNetworkError(
+                    f"association with {dest} lost after {done} of {len(headers)} files (the last one had "
+                    f"no response within {timeout:g} s, or the peer aborted); none of the rest was sent")
             ds = dcmread(f)
             rsp = assoc.send_c_store(ds)
             code = int(rsp.Status) if rsp and "Status" in rsp else -1

@@ -33,6 +33,7 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.timeout(1200)  # phantom (300 s) + send (600 s) + files on disk
 def test_send_skips_the_side_files_of_a_phantom(tmp_path: Path) -> None:
     out = tmp_path / "phantom"
     r = _spinenode("phantom", str(out), "--studies", "1", "--seed", "7", "--matrix", "128", "--no-masks",
@@ -42,7 +43,7 @@ def test_send_skips_the_side_files_of_a_phantom(tmp_path: Path) -> None:
     others = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".dcm"]
     assert dicom and others  # the CSV ground truth lies beside the images
     with StorescpServer(tmp_path / "pacs") as pacs:
-        r = _spinenode("send", str(out), "--to", pacs.destination, timeout=300)
+        r = _spinenode("send", str(out), "--to", pacs.destination, "--timeout", "120", timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"sent {len(dicom)}, failed 0" in r.stdout
         assert f"skipped {len(others)} files that are not DICOM" in r.stdout
