@@ -140,10 +140,10 @@ def atomic_write(final: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         if new_dir:
-            _fsync_dir(directory.parent)
-            _fsync_dir(directory.parent.parent)
+            fsync_dir(directory.parent)
+            fsync_dir(directory.parent.parent)
     except OSError as exc:
         _unlink_quietly(tmp)
         name = errno.errorcode.get(exc.errno or 0, "OSError")
@@ -175,10 +175,10 @@ def atomic_move(source: Path, final: Path) -> None:
                 raise
             _copy_atomically(source, final)
             return
-        _fsync_dir(directory)
+        fsync_dir(directory)
         if new_dir:
-            _fsync_dir(directory.parent)
-            _fsync_dir(directory.parent.parent)
+            fsync_dir(directory.parent)
+            fsync_dir(directory.parent.parent)
     except OSError as exc:
         name = errno.errorcode.get(exc.errno or 0, "OSError")
         raise StorageError(f"cannot write {final.name} ({name}: {exc.strerror})") from exc
@@ -194,13 +194,14 @@ def _copy_atomically(source: Path, final: Path) -> None:
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except OSError:
         _unlink_quietly(tmp)
         raise
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that a rename into it survives a power cut."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

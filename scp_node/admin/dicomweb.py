@@ -35,7 +35,7 @@ from scp_node.db.models import Instance, Result, Series, Study
 from scp_node.dicomio import parse_header
 from scp_node.errors import SpinenodeError
 from scp_node.multipart import MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart, new_boundary
-from scp_node.storage import TMP_SUFFIX, check_uid
+from scp_node.storage import TMP_SUFFIX, check_uid, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,6 @@ class _Part:
             self.fh.flush()
             os.fsync(self.fh.fileno())
             self.fh.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_partials(results: Path) -> None:
@@ -209,7 +201,7 @@ def register_dicomweb(app: FastAPI, ctx: Any) -> None:
         final = data_dir / "results" / meta.study_uid / f"{meta.sop_instance_uid}.dcm"
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part.path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         log.info("STOW-RS: stored result %s of study %s", meta.sop_instance_uid, meta.study_uid)
         return item, True
 
@@ -283,7 +275,7 @@ def register_dicomweb(app: FastAPI, ctx: Any) -> None:
                 raise HTTPException(413, "masks larger than the node accepts")
             await run_in_threadpool(part.close)
             os.replace(part.path, final)
-            await run_in_threadpool(_fsync_dir, final.parent)
+            await run_in_threadpool(fsync_dir, final.parent)
         finally:
             part.fh.close()
             part.path.unlink(missing_ok=True)
