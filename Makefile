@@ -29,7 +29,7 @@ demo: install
 
 ## everything the tests need, then the whole suite
 test: test-deps install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 ## ingest benchmark (node vs DCMTK storescp vs Orthanc); prints a table
 bench: test-deps install

@@ -92,10 +92,30 @@ def iter_dicom_files(path: Path) -> Iterator[Path]:
             yield p
 
 
+#: How often ``send_files`` associates again after losing an association mid-way.
+MAX_RECONNECTS = 3
+
+
+def _store_until_lost(assoc: Association, pending: list[Path], statuses: list[tuple[str, int]]) -> None:
+    """C-STORE the files in ``pending`` in order, moving each one that got a response from
+    ``pending`` to ``statuses``; stop when the association is lost (no response within the
+    DIMSE timeout makes pynetdicom abort it, seen under load with stock pynetdicom 3.0.4)."""
+    while pending and assoc.is_established:
+        ds = dcmread(pending[0])
+        try:
+            rsp = assoc.send_c_store(ds)
+        except RuntimeError:  # lost between the check and the send
+            return
+        if not rsp or "Status" not in rsp:
+            return
+        statuses.append((pending.pop(0).name, int(rsp.Status)))
+
+
 def send_files(
     dest: Destination, path: Path | Iterable[Path], *, calling_ae: str = "SPINENODE", timeout: float = 30.0
 ) -> SendReport:
-    """C-STORE every DICOM file under ``path`` in one association.
+    """C-STORE every DICOM file under ``path`` in one association (associated again, at most
+    :data:`MAX_RECONNECTS` times, when it is lost mid-way).
 
     Files that are not DICOM (the CSV side files of ``spinenode phantom``, a README) are
     skipped and listed in the report's ``skipped``; they are not failures.
@@ -119,21 +139,24 @@ def send_files(
         raise DicomNetworkError("more than 128 SOP class / transfer syntax combinations")
     for sop_class, tsyntax in contexts:
         ae.add_requested_context(sop_class, [tsyntax])
-    assoc = _associate(ae, dest)
     statuses: list[tuple[str, int]] = []
-    try:
-        for f, _, _ in headers:
-            if not assoc.is_established:
-                done = len(statuses)
+    pending = [f for f, _, _ in headers]
+    reconnects = 0
+    while pending:
+        assoc = _associate(ae, dest)
+        try:
+            _store_until_lost(assoc, pending, statuses)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if pending:
+            # C-STORE is idempotent: the file whose response never came is sent again.
+            reconnects += 1
+            if reconnects > MAX_RECONNECTS:
                 raise DicomNetworkError(
-                    f"association with {dest} lost after {done} of {len(headers)} files (the last one had "
-                    f"no response within {timeout:g} s, or the peer aborted); none of the rest was sent")
-            ds = dcmread(f)
-            rsp = assoc.send_c_store(ds)
-            code = int(rsp.Status) if rsp and "Status" in rsp else -1
-            statuses.append((f.name, code))
-    finally:
-        if assoc.is_established:
-            assoc.release()
+                    f"association with {dest} lost {reconnects} times; {len(statuses)} of {len(headers)} "
+                    f"files stored, the last without a response within {timeout:g} s or aborted by the peer")
+            log.warning("association with %s lost after %d of %d files; associating again (%d of %d)",
+                        dest, len(statuses), len(headers), reconnects, MAX_RECONNECTS)
     failed = sum(1 for _, c in statuses if c not in (0x0000, 0xB000, 0xB007, 0xB006))
     return SendReport(len(statuses) - failed, failed, tuple(statuses), tuple(skipped))
