@@ -5,8 +5,6 @@ headers and logs no exception message."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +92,6 @@ def test_health_reports_database_broker_and_workers_truthfully(
         postgres_server.start()
     wait_health(node, 200, "health 200 with the database back")
     assert "admin HTTP GET /api/studies failed (OperationalError)" in node.log()
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_health_is_503_while_the_disk_is_under_the_watermark(node_factory: Any, small_disk: Path) -> None:
