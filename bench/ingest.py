@@ -46,7 +46,7 @@ import dicomgen
 from nodeproc import Node
 from peers import LOOPBACK, OrthancServer, StorescpServer, storescu, wait_until
 
-from scp_node.db.models import Instance
+from spinenode.core.db.models import Instance
 
 CALLING_AE = "BENCHSCU"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spinenode-bench"

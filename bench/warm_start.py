@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 def _one_mode(data: Path, studies: int, device: str, warm: bool) -> dict[str, object]:
     from pydicom import dcmread
 
-    from scp_node.settings import load_settings
+    from spinenode.core.settings import load_settings
     from workers.analysis import run_analysis
     from workers.warmup import warm_analyzer
 

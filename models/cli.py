@@ -1,5 +1,5 @@
 """``spinenode train detector|grader``, ``spinenode evaluate`` and the report commands
-(``models.reports.cli``), registered by scp_node.cli.
+(``models.reports.cli``), registered by spinenode.app.cli.
 
 Heavy imports (torch, ultralytics) happen inside the commands.
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from scp_node import status
+from spinenode.core import status
 
 STATUSES = (status.OUT_OF_RESOURCES, status.DATASET_DOES_NOT_MATCH_SOP_CLASS, status.CANNOT_UNDERSTAND,
             status.PROCESSING_FAILURE)

@@ -13,13 +13,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from scp_node.errors import InvalidDatasetError, SOPClassMismatchError, SpinenodeError
-from scp_node.storage import check_uid
-
-#: How the node's own result objects (SR, SEG, key images) are marked: this
-#: Manufacturer and one of these series numbers (``workers.results.identity`` uses both).
-RESULT_MANUFACTURER = "spinenode project"
-RESULT_SERIES_NUMBERS = frozenset({9901, 9902, 9903})
+from spinenode.core.errors import InvalidDatasetError, SOPClassMismatchError, SpinenodeError
+from spinenode.core.result_markers import RESULT_MANUFACTURER, RESULT_SERIES_NUMBERS
+from spinenode.core.storage import check_uid
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,12 +17,12 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from scp_node.db.models import Instance, Series, Study, StudyState, utcnow
-from scp_node.db.session import Database
+from spinenode.core.db.models import Instance, Series, Study, StudyState, utcnow
+from spinenode.core.db.session import Database
 from scp_node.dicomio import InstanceMeta
-from scp_node.errors import DatabaseError, StorageError
-from scp_node.states import record_event, transition
-from scp_node.storage import Spool
+from spinenode.core.errors import DatabaseError, StorageError
+from spinenode.core.states import record_event, transition
+from spinenode.core.storage import Spool
 
 log = logging.getLogger(__name__)
 

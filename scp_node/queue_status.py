@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from scp_node.db.models import Study, StudyState, WorkerHeartbeat, utcnow
-from scp_node.db.session import Database
-from scp_node.settings import Settings
+from spinenode.core.db.models import Study, StudyState, WorkerHeartbeat, utcnow
+from spinenode.core.db.session import Database
+from spinenode.core.settings import Settings
 
 #: A worker not seen for this long is listed as offline.
 WORKER_STALE_S = 30.0
@@ -46,7 +46,7 @@ def summary(db: Database, depths: dict[str, int | None]) -> dict[str, Any]:
 
 
 def queue_summary(settings: Settings) -> dict[str, Any]:
-    from scp_node.broker import make_celery, queue_depths
+    from spinenode.core.broker import make_celery, queue_depths
 
     db = Database(settings.database_url)
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from scp_node.errors import ConfigError
+from spinenode.core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,14 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from scp_node.logs import log_failure
+from spinenode.core.logs import log_failure
 from scp_node.assembly import complete_cutoff, is_stalled
-from scp_node.db.models import Export, ExportState, Instance, Series, Study, StudyState, utcnow
-from scp_node.db.session import Database
-from scp_node.errors import StudyNotFoundError
+from spinenode.core.db.models import Export, ExportState, Instance, Series, Study, StudyState, utcnow
+from spinenode.core.db.session import Database
+from spinenode.core.errors import StudyNotFoundError
 from scp_node.routing import EligibilityRules, StudyFacts, decide
-from scp_node.settings import Settings
-from scp_node.states import record_event, require_legal, transition
+from spinenode.core.settings import Settings
+from spinenode.core.states import record_event, transition
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def requeue_studies(
 
 def requeue(settings: Settings, *, study_uid: str | None, all_failed: bool) -> list[str]:
     """CLI entry: requeue using the configured database and broker."""
-    from scp_node.broker import TaskSender, make_celery
+    from spinenode.core.broker import TaskSender, make_celery
 
     db = Database(settings.database_url)
     db.migrate(settings.data_dir)
@@ -294,28 +294,3 @@ def requeue(settings: Settings, *, study_uid: str | None, all_failed: bool) -> l
         return requeue_studies(db, sender, study_uid=study_uid, all_failed=all_failed)
     finally:
         db.dispose()
-
-
-def claim(db: Database, study_uid: str, generation: int, *, from_state: StudyState, to_state: StudyState,
-          stage: str, now: dt.datetime | None = None) -> bool:
-    """Atomically move a study from ``from_state`` to ``to_state`` for this generation.
-
-    Returns False when another delivery already took it or new instances reopened it.
-    Raises IllegalTransitionError for a move the state machine does not allow.
-    """
-    require_legal(study_uid, from_state, to_state)
-    now = now or utcnow()
-    with db.session() as s:
-        claimed = s.execute(
-            update(Study)
-            .where(Study.study_uid == study_uid, Study.state == from_state, Study.generation == generation)
-            .values(state=to_state, state_changed_at=now)
-            .returning(Study.id)
-        ).scalar_one_or_none()
-        if claimed is None:
-            return False
-        study = s.get(Study, claimed)
-        assert study is not None
-        record_event(s, study, state=to_state, stage=stage, now=now)
-    log.info("study %s: %s -> %s (%s)", study_uid, from_state, to_state, stage)
-    return True

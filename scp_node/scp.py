@@ -21,11 +21,12 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from scp_node.logs import log_failure
-from scp_node import pynetdicom_tuning, status
+from spinenode.core.logs import log_failure
+from scp_node import pynetdicom_tuning
+from spinenode.core import status
 from scp_node.counters import ReceiverCounters
 from scp_node.dicomio import parse_header, parse_header_file
-from scp_node.errors import (
+from spinenode.core.errors import (
     DatabaseError,
     InvalidDatasetError,
     InvalidUIDError,
@@ -34,7 +35,8 @@ from scp_node.errors import (
 )
 from scp_node.ingest import Ingestor
 from scp_node.scp_pool import ScpPool
-from scp_node.settings import Settings
+from spinenode.core.settings import Settings
+from spinenode.core.tls import server_context
 from scp_node.slots import AssociationSlots
 
 log = logging.getLogger(__name__)
@@ -392,4 +394,21 @@ def start_scp(
     log.info(
         "DICOM receiver %s listening on %s:%d", settings.ae_title, *server.server_address[:2]
     )
+    return server
+
+
+def start_tls_scp(settings: Settings, ingestor: Any, counters: Any, admission: Any = None) -> Any:
+    """A second receiver on DICOM_TLS_PORT: same AE, same handlers, TLS transport.
+
+    Runs as threads of the node process (the TLS listener is for sites that need
+    encryption on the wire, typically at lower volume than the plain port).
+    """
+    ae = build_ae(settings)
+    server = ae.start_server(
+        (settings.dicom_host, settings.dicom_tls_port),
+        block=False,
+        evt_handlers=scp_handlers(settings, ingestor, counters, admission),
+        ssl_context=server_context(settings),
+    )
+    log.info("DICOM TLS receiver %s listening on %s:%d", settings.ae_title, *server.server_address[:2])
     return server

@@ -41,8 +41,8 @@ from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
-from scp_node.errors import DicomNetworkError
-from scp_node.settings import Settings
+from spinenode.core.errors import DicomNetworkError
+from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +251,12 @@ def worker_main(
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # likewise for Ctrl-C on a terminal
-    from scp_node.logs import configure_logging
+    from spinenode.core.logs import configure_logging
 
     configure_logging(settings)
-    from scp_node.db.session import Database
+    from spinenode.core.db.session import Database
     from scp_node.ingest import Ingestor
-    from scp_node.storage import Spool
+    from spinenode.core.storage import Spool
 
     db = Database(settings.database_url)
     ingestor = Ingestor(db, Spool(settings.data_dir))

@@ -13,8 +13,8 @@ from pynetdicom import AE, Association, evt
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
 from pynetdicom.sop_class import Verification
 
-from scp_node.errors import DicomNetworkError
-from scp_node.settings import Destination
+from spinenode.core.errors import DicomNetworkError
+from spinenode.core.settings import Destination
 
 log = logging.getLogger(__name__)
 

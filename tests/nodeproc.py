@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from peers import free_port, listens_on, wait_until
-from scp_node.db.session import Database
+from spinenode.core.db.session import Database
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ class SpinenodeProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scp_node.cli", *self.command],
+            [sys.executable, "-m", "spinenode.app.cli", *self.command],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

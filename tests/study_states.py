@@ -1,4 +1,4 @@
-"""Put a study into a state for a test by legal moves only (scp_node.states.LEGAL_TRANSITIONS).
+"""Put a study into a state for a test by legal moves only (spinenode.core.states.LEGAL_TRANSITIONS).
 
 Tests that need a study in, say, FAILED(export) used to jump there with one
 ``transition()``; the state machine refuses such jumps, so this walks the
@@ -12,9 +12,9 @@ from collections import deque
 
 from sqlalchemy.orm import Session
 
-from scp_node.db.models import Study
-from scp_node.enums import Stage, StudyState
-from scp_node.states import LEGAL_TRANSITIONS, transition
+from spinenode.core.db.models import Study
+from spinenode.core.enums import Stage, StudyState
+from spinenode.core.states import LEGAL_TRANSITIONS, transition
 
 #: The state a stage works in: FAILED(stage) is reached from it.
 STAGE_STATE = {Stage.ANALYZE: StudyState.ANALYZING, Stage.ENCODE: StudyState.ENCODING,

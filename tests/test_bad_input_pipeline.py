@@ -15,8 +15,8 @@ from sqlalchemy import select
 import dicomgen
 from nodeproc import Node, dataset_bytes
 from rawscu import send_raw, write_raw
-from scp_node import status
-from scp_node.db.models import Instance
+from spinenode.core import status
+from spinenode.core.db.models import Instance
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 

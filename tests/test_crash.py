@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 import dicomgen
 from nodeproc import Node, dataset_bytes
 from peers import storescu
-from scp_node.db.models import Instance
+from spinenode.core.db.models import Instance
 
 
 def _send_until_killed(port: int, files: list[Path], acked: list[str], progress: threading.Event,

@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from peers import free_port, wait_until
 from scp_node.admin.app import AdminContext, create_app
-from scp_node.broker import TaskSender, make_celery, queue_depths
-from scp_node.db.models import (
+from spinenode.core.broker import TaskSender, make_celery, queue_depths
+from spinenode.core.db.models import (
     Event,
     Export,
     ExportState,
@@ -41,9 +41,9 @@ from scp_node.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
-from scp_node.db.session import Database
-from scp_node.settings import Settings, load_settings
-from scp_node.states import record_event, transition
+from spinenode.core.db.session import Database
+from spinenode.core.settings import Settings, load_settings
+from spinenode.core.states import record_event, transition
 
 ADMIN_TOKEN = "s3cret-admin-token"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

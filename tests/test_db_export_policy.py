@@ -9,8 +9,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from scp_node import status
-from scp_node.db import Base, Database
+from spinenode.core import status
+from spinenode.core.db import Base, Database
 from workers.export import backoff_seconds, classify_status, next_attempt
 
 
@@ -81,7 +81,7 @@ def test_openapi_document_lists_the_contract(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from scp_node.admin.app import AdminContext, create_app
-    from scp_node.settings import load_settings
+    from spinenode.core.settings import load_settings
 
     settings = load_settings(data_dir=tmp_path)
     db = Database(settings.database_url)

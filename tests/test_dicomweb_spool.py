@@ -22,14 +22,14 @@ from sqlalchemy import select
 import dicomgen
 from peers import OrthancServer, free_port, wait_until
 from scp_node.admin.app import AdminContext, create_app
-from scp_node.db.models import Study, StudyState
-from scp_node.db.session import Database
+from spinenode.core.db.models import Study, StudyState
+from spinenode.core.db.session import Database
 from scp_node.dicomio import parse_header
 from scp_node.ingest import Ingestor
-from scp_node.multipart import MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart
-from scp_node.settings import Settings, load_settings
-from scp_node.states import transition
-from scp_node.storage import Spool
+from spinenode.core.multipart import MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart
+from spinenode.core.settings import Settings, load_settings
+from spinenode.core.states import transition
+from spinenode.core.storage import Spool
 from test_encode_export import Sent, _analysed, _orthanc_objects
 from workers.pipeline import StageContext, analyze_study, encode_study, export_study
 from workers.spool import SpoolAccess
@@ -251,11 +251,11 @@ def test_fetched_headers_and_series_and_the_cache_budget(node: Any, tmp_path: Pa
 
 
 def test_worker_fetches_over_https_verified_against_tls_ca(node: Any, tmp_path: Path) -> None:
-    """HTTP_TLS: the node's HTTP listener (scp_node.node._start_http) serves /dicom-web over
+    """HTTP_TLS: the node's HTTP listener (spinenode.app.node._start_http) serves /dicom-web over
     TLS; a worker with TLS_CA fetches; one without the CA is refused at the handshake and
     the error names the host."""
-    from scp_node.errors import NodeUnreachableError
-    from scp_node.node import _start_http
+    from spinenode.core.errors import NodeUnreachableError
+    from spinenode.app.node import _start_http
     from test_tls import _openssl
 
     settings, db, study, _http = node
@@ -294,7 +294,7 @@ def test_worker_fetches_over_https_verified_against_tls_ca(node: Any, tmp_path: 
 def test_unreachable_node_leaves_the_study_for_the_sweep_then_fails(node: Any, tmp_path: Path) -> None:
     """A node that does not answer (restarting) is transient: the stage records why and
     leaves the study for the sweep; after NODE_UNREACHABLE_LIMIT such times it fails."""
-    from scp_node.db.models import Event
+    from spinenode.core.db.models import Event
     from workers.pipeline import NODE_UNREACHABLE_LIMIT
 
     settings, db, study, http = node

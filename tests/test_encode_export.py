@@ -20,12 +20,12 @@ import dicomgen
 from study_states import walk_to
 from models.types import Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region, SeriesMasks
 from peers import OrthancServer, dciodvfy
-from scp_node.db.models import Result, Study, StudyState
-from scp_node.db.session import Database
+from spinenode.core.db.models import Result, Study, StudyState
+from spinenode.core.db.session import Database
 from scp_node.dicomio import parse_header
 from scp_node.ingest import Ingestor
-from scp_node.settings import load_settings
-from scp_node.storage import Spool
+from spinenode.core.settings import load_settings
+from spinenode.core.storage import Spool
 from workers.spool import SpoolAccess
 from workers.pipeline import MASKS_SAVED, StageContext, _masks_path, encode_study, export_study
 from workers.results.seg import save_masks
@@ -159,7 +159,7 @@ PresentationContexts = ScOnly
 def test_destination_refusing_sr_and_seg_gets_the_key_image(tmp_path: Path) -> None:
     """A viewer/PACS that accepts only secondary captures: SR and SEG fall back to the key image."""
     from peers import StorescpServer
-    from scp_node.db.models import Export, ExportState
+    from spinenode.core.db.models import Export, ExportState
 
     cfg = tmp_path / "sc-only.cfg"
     cfg.write_text(SC_ONLY_PROFILE)
@@ -188,7 +188,7 @@ def test_permanent_refusal_fails_the_export_with_its_status(tmp_path: Path) -> N
     from pynetdicom.sop_class import Verification
 
     from peers import free_port
-    from scp_node.db.models import Export, ExportState
+    from spinenode.core.db.models import Export, ExportState
 
     ae = AE(ae_title="REFUSER")
     ae.add_supported_context(Verification)
@@ -219,7 +219,7 @@ DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 def test_dicomweb_destination_gets_results_by_stow_rs(tmp_path: Path, orthanc_factory: Any) -> None:
     """A DESTINATIONS entry dicomweb+http://... goes through the STOW-RS exporter to Orthanc's
     DICOMweb plugin (no C-STORE: Orthanc's DICOM port is not the one named)."""
-    from scp_node.db.models import Export, ExportState
+    from spinenode.core.db.models import Export, ExportState
 
     orthanc: OrthancServer = orthanc_factory(extra_config={
         "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}})
@@ -241,7 +241,7 @@ def test_dicomweb_destination_gets_results_by_stow_rs(tmp_path: Path, orthanc_fa
 
 def test_unreachable_dicomweb_destination_is_retried(tmp_path: Path) -> None:
     from peers import free_port
-    from scp_node.db.models import Export, ExportState
+    from spinenode.core.db.models import Export, ExportState
 
     dest = f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web"
     ctx, study, gen = _encode_and_export(tmp_path, dest, seed=75)
@@ -258,7 +258,7 @@ def test_unreachable_dicomweb_destination_is_retried(tmp_path: Path) -> None:
 def test_exporter_registry_and_destination_settings(tmp_path: Path) -> None:
     import pytest
 
-    from scp_node.errors import ConfigError
+    from spinenode.core.errors import ConfigError
     from workers.export import EXPORTERS, DimseExporter, StowExporter, exporter_for
 
     assert isinstance(exporter_for("PACS@10.0.0.5:104;tls"), DimseExporter)
@@ -280,7 +280,7 @@ def test_missing_result_file_fails_the_export_at_once_naming_the_host(tmp_path: 
     network error for hours before)."""
     import socket
 
-    from scp_node.db.models import Export, ExportState
+    from spinenode.core.db.models import Export, ExportState
 
     settings = load_settings(data_dir=tmp_path / "data", destinations=[storescp_server.destination])
     db = Database(settings.database_url)

@@ -12,7 +12,7 @@ import pytest
 
 from nodeproc import Node, worker_process
 from peers import FlowerServer, StorescpServer, storescu, wait_until
-from scp_node.broker import QUEUES, TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT
+from spinenode.core.broker import QUEUES, TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT
 
 
 def _worker_queues(flower: FlowerServer) -> set[str] | None:

@@ -18,7 +18,7 @@ import dicomgen
 from nodeproc import Node, dataset_bytes
 from peers import echoscu
 from rawscu import send_raw, write_raw
-from scp_node import status
+from spinenode.core import status
 
 EXAMPLES = int(os.environ.get("SPINENODE_FUZZ_EXAMPLES", "60"))
 #: CI runs the same cases every time (a failure reproduces); SPINENODE_FUZZ_RANDOM=1 explores.

@@ -1,5 +1,5 @@
 """Imports run one way: ``models`` at the bottom imports neither ``scp_node`` nor ``workers``;
-``scp_node`` does not import ``workers`` (scp_node/broker.py); no module imports itself in a
+``scp_node`` does not import ``workers`` (spinenode/core/broker.py); no module imports itself in a
 circle. Read from the source with ``ast`` (function-level imports included), nothing imported."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ INDEX_COLUMNS = {("studies", "patient_id"), ("studies", "accession_number")}
 
 
 def _phantom_with_markers(out: Path) -> tuple[str, list[Path]]:
-    subprocess.run([sys.executable, "-m", "scp_node.cli", "phantom", str(out), "--studies", "1", "--region",
+    subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(out), "--studies", "1", "--region",
                     "lumbar", "--modality", "MR", "--seed", "7"], check=True, capture_output=True)
     files = sorted((out / "train_images").rglob("*.dcm"))
     for path in files:
@@ -180,8 +180,8 @@ def test_database_errors_carry_no_statement_parameters(postgres_url: str) -> Non
     from sqlalchemy import select
     from sqlalchemy.exc import DataError
 
-    from scp_node.db.models import Study
-    from scp_node.db.session import Database
+    from spinenode.core.db.models import Study
+    from spinenode.core.db.session import Database
 
     db = Database(postgres_url)
     try:
@@ -202,7 +202,7 @@ def test_library_warnings_and_dicom_library_logs_are_reduced_to_their_category(
 
     import highdicom.valuerep
 
-    from scp_node.logs import install_redaction
+    from spinenode.core.logs import install_redaction
 
     factory, formatwarning = logging.getLogRecordFactory(), warnings.formatwarning
     caplog.set_level(logging.INFO)

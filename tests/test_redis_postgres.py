@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from nodeproc import Node, worker_process
 from peers import storescu, wait_until
-from scp_node.db.models import Instance
+from spinenode.core.db.models import Instance
 
 
 @pytest.mark.redis

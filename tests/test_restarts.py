@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 import dicomgen
 from nodeproc import Node, worker_process
 from peers import storescu, wait_until
-from scp_node.db.models import Instance
+from spinenode.core.db.models import Instance
 
 
 def test_redis_restart_loses_queued_message_sweep_recovers(

@@ -10,14 +10,15 @@ from sqlalchemy import select
 
 import dicomgen
 from scp_node.assembly import is_complete
-from scp_node.db.models import Event, Study, StudyState
-from scp_node.db.session import Database
+from spinenode.core.db.models import Event, Study, StudyState
+from spinenode.core.db.session import Database
 from scp_node.dicomio import parse_header
 from scp_node.ingest import Ingestor
 from scp_node.routing import StudyFacts, decide, load_rules
-from scp_node.scheduler import Scheduler, claim, requeue_studies
-from scp_node.settings import load_settings
-from scp_node.storage import Spool
+from scp_node.scheduler import Scheduler, requeue_studies
+from spinenode.core.repository import claim
+from spinenode.core.settings import load_settings
+from spinenode.core.storage import Spool
 
 T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.UTC)
 
@@ -101,7 +102,7 @@ def test_resend_is_idempotent(env, tmp_path: Path) -> None:  # type: ignore[no-u
     _ingest(ingestor, study.paths)
     from sqlalchemy import func
 
-    from scp_node.db.models import Instance
+    from spinenode.core.db.models import Instance
 
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Instance)) == len(study.paths)
@@ -182,7 +183,7 @@ def test_requeue_failed(env, tmp_path: Path) -> None:  # type: ignore[no-untyped
 
 
 def test_retry_resumes_at_the_failed_export(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from scp_node.db.models import Export, ExportState, Result
+    from spinenode.core.db.models import Export, ExportState, Result
     from study_states import walk_to
 
     ingestor, sched, clock, enq, db = env
@@ -235,7 +236,7 @@ def test_rules_file_is_data(tmp_path: Path) -> None:
 
 
 def test_retention_purges_spool_of_done_studies(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from scp_node.db.models import Instance
+    from spinenode.core.db.models import Instance
     from scp_node.scheduler import purge_done_studies
 
     ingestor, sched, clock, enq, db = env

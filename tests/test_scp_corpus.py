@@ -21,10 +21,10 @@ from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import select
 
 from nodeproc import Node, dataset_bytes
-from scp_node import status
-from scp_node.db.models import Instance
+from spinenode.core import status
+from spinenode.core.db.models import Instance
 from scp_node.scp import NOT_ACCEPTED_SOP_CLASSES
-from scp_node.storage import check_uid
+from spinenode.core.storage import check_uid
 
 
 def corpus_files() -> list[Path]:

@@ -15,8 +15,8 @@ import dicomgen
 from nodeproc import Node, dataset_bytes
 from peers import echoscu, storescu
 from rawscu import send_raw, write_raw
-from scp_node import status
-from scp_node.db.models import Instance, Study
+from spinenode.core import status
+from spinenode.core.db.models import Instance, Study
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "manifest.json"
 

@@ -24,7 +24,8 @@ from pynetdicom.sop_class import Verification
 from nodeproc import Node
 from peers import wait_until
 from rawscu import raw_association, read_pdu, send_raw, write_raw
-from scp_node import pynetdicom_tuning, status
+from scp_node import pynetdicom_tuning
+from spinenode.core import status
 
 MiB = 1024 * 1024
 

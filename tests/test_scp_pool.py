@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 import dicomgen
 from nodeproc import Node, dataset_bytes
 from peers import storescu, wait_until
-from scp_node.db.models import Event, Instance, Series, Study
+from spinenode.core.db.models import Event, Instance, Series, Study
 
 
 def _scp_workers(node_pid: int) -> list[int]:
@@ -101,7 +101,7 @@ def test_four_associations_two_processes_then_kill9(node_factory: Any, tmp_path:
 
 def test_shared_counters_count_what_the_in_process_ones_count() -> None:
     """The pool's shared-memory counters have the same counters as ScpCounters and add the same way."""
-    from scp_node import status
+    from spinenode.core import status
     from scp_node.counters import SharedScpCounters
     from scp_node.scp import ScpCounters
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scp_node.errors import ConfigError
-from scp_node.settings import Destination, load_settings
+from spinenode.core.errors import ConfigError
+from spinenode.core.settings import Destination, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,7 @@ def test_misspelt_environment_variable_is_named_in_a_warning(
 ) -> None:
     monkeypatch.setenv("SPINENODE_STABLE_SECOND", "5")
     monkeypatch.setenv("SPINENODE_YOLO_DIR", "/tmp/yolo")  # read by models.offline, not a setting
-    with caplog.at_level("WARNING", logger="scp_node.settings"):
+    with caplog.at_level("WARNING", logger="spinenode.core.settings"):
         s = load_settings()
     assert s.stable_seconds == 60  # the misspelt value does not apply ...
     warnings = [r.getMessage() for r in caplog.records]
@@ -104,7 +104,7 @@ def test_device_and_log_level_are_case_insensitive(monkeypatch: pytest.MonkeyPat
 
 def test_serve_refuses_bad_setting_with_one_line(tmp_path: Path) -> None:
     env = {"SPINENODE_DICOM_PORT": "notaport", "SPINENODE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "scp_node.cli", "serve"], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "spinenode.app.cli", "serve"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -113,7 +113,7 @@ def test_serve_refuses_bad_setting_with_one_line(tmp_path: Path) -> None:
 
 def test_serve_refuses_public_http_without_token(tmp_path: Path) -> None:
     env = {"SPINENODE_HTTP_HOST": "0.0.0.0", "SPINENODE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "scp_node.cli", "serve"], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "spinenode.app.cli", "serve"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2
     assert "SPINENODE_ADMIN_TOKEN" in r.stderr

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from scp_node.db.models import Event, Export, Result, Study, utcnow
-from scp_node.db.session import Database
-from scp_node.enums import ExportState, ResultKind, Stage, StudyState
-from scp_node.errors import IllegalTransitionError, SpinenodeError
-from scp_node.scheduler import claim
-from scp_node.states import LEGAL_TRANSITIONS, is_legal, transition
+from spinenode.core.db.models import Event, Export, Result, Study, utcnow
+from spinenode.core.db.session import Database
+from spinenode.core.enums import ExportState, ResultKind, Stage, StudyState
+from spinenode.core.errors import IllegalTransitionError, SpinenodeError
+from spinenode.core.repository import claim
+from spinenode.core.states import LEGAL_TRANSITIONS, is_legal, transition
 
 S = StudyState
 ALL_PAIRS = list(itertools.product(StudyState, StudyState))
@@ -165,7 +165,7 @@ def _guard(url: str, tmp_path: Path) -> None:
         from alembic import command
         from alembic.config import Config
 
-        from scp_node.db.session import MIGRATIONS_DIR
+        from spinenode.core.db.session import MIGRATIONS_DIR
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -10,8 +10,8 @@ import pytest
 
 import dicomgen
 from scp_node.dicomio import parse_header
-from scp_node.errors import InvalidDatasetError, InvalidUIDError, SOPClassMismatchError, StorageError
-from scp_node.storage import Spool, check_uid
+from spinenode.core.errors import InvalidDatasetError, InvalidUIDError, SOPClassMismatchError, StorageError
+from spinenode.core.storage import Spool, check_uid
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,7 @@ def test_own_results_are_recognised(one_file: Path, tmp_path: Path) -> None:
     """The node's Manufacturer and a result series number mark its own objects; either alone does not."""
     from pydicom import dcmread
 
-    from scp_node.dicomio import RESULT_MANUFACTURER
+    from spinenode.core.result_markers import RESULT_MANUFACTURER
 
     out = tmp_path / "r.dcm"
     seen = {}
@@ -137,7 +137,7 @@ def test_parse_mismatch_with_request(one_file: Path) -> None:
 def test_log_failure_omits_the_exception_message(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from scp_node.logs import log_failure
+    from spinenode.core.logs import log_failure
 
     name = "".join(["PHAN", "TOM^SECRET^NAME"])  # a value from data, not from source code
     try:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 import dicomgen
 from nodeproc import Node
 from peers import dcmtk_env, free_port, listens_on, storescu, wait_until
-from scp_node.db.models import Instance
+from spinenode.core.db.models import Instance
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -77,8 +77,8 @@ def test_storescu_over_tls_and_export_over_tls(node_factory: Any, pki: Path, tmp
 
 
 def test_tls_port_needs_certificates(tmp_path: Path) -> None:
-    from scp_node.errors import ConfigError
-    from scp_node.settings import load_settings
+    from spinenode.core.errors import ConfigError
+    from spinenode.core.settings import load_settings
 
     with pytest.raises(ConfigError, match="TLS_CERT"):
         load_settings(data_dir=tmp_path, dicom_tls_port=2762)

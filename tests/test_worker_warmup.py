@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scp_node.settings import load_settings
+from spinenode.core.settings import load_settings
 from workers import analysis
 from workers.warmup import warm_analyzer
 
@@ -25,7 +25,7 @@ def test_warm_analyzer_loads_and_runs_the_models_once(tmp_path: Path) -> None:
 
 def test_warm_up_without_weights_is_logged_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    from scp_node.errors import AnalyzerUnavailableError
+    from spinenode.core.errors import AnalyzerUnavailableError
 
     def unavailable(settings: object, weights_dir: object = None) -> object:
         raise AnalyzerUnavailableError("analyzer weights unavailable: no manifest")

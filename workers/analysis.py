@@ -17,9 +17,9 @@ from typing import Any
 
 from pydicom import dcmread
 
-from scp_node.logs import log_failure
-from scp_node.errors import AnalyzerUnavailableError
-from scp_node.settings import Settings
+from spinenode.core.logs import log_failure
+from spinenode.core.errors import AnalyzerUnavailableError
+from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

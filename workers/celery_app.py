@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from scp_node.broker import QUEUES, make_celery
-from scp_node.db.session import Database
-from scp_node.errors import ConfigError
-from scp_node.settings import Settings
+from spinenode.core.broker import QUEUES, make_celery
+from spinenode.core.db.session import Database
+from spinenode.core.errors import ConfigError
+from spinenode.core.settings import Settings
 from workers.spool import SpoolAccess
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from scp_node.multipart import DICOM, MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart, new_boundary
+from spinenode.core.multipart import DICOM, MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart, new_boundary
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from scp_node import status
-from scp_node.errors import ConfigError
-from scp_node.settings import Destination, Settings
+from spinenode.core import status
+from spinenode.core.errors import ConfigError
+from spinenode.core.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class DimseExporter:
         target = Destination.parse(destination)
         tls = None
         if target.tls:
-            from scp_node.tls import client_context
+            from spinenode.core.tls import client_context
 
             tls = client_context(settings)
         return send_objects(target, objects, calling_ae=calling_ae, timeout=settings.export_timeout, tls=tls)

@@ -9,8 +9,8 @@ import threading
 from sqlalchemy import delete, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from scp_node.db.models import WorkerHeartbeat, utcnow
-from scp_node.db.session import Database
+from spinenode.core.db.models import WorkerHeartbeat, utcnow
+from spinenode.core.db.session import Database
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
 
-from scp_node.logs import log_failure
-from scp_node.broker import TaskSender
-from scp_node.db.models import Event, Export, ExportState, Instance, Result, Series, Study, StudyState, utcnow
-from scp_node.db.session import Database
-from scp_node.errors import NodeUnreachableError, SpinenodeError
-from scp_node.scheduler import claim
-from scp_node.settings import Settings
-from scp_node.states import record_event, transition
+from spinenode.core.logs import log_failure
+from spinenode.core.broker import TaskSender
+from spinenode.core.db.models import Event, Export, ExportState, Instance, Result, Series, Study, StudyState, utcnow
+from spinenode.core.db.session import Database
+from spinenode.core.errors import NodeUnreachableError, SpinenodeError
+from spinenode.core.repository import claim
+from spinenode.core.settings import Settings
+from spinenode.core.states import record_event, transition
 from workers.analysis import NotAnalysed, model_identity, run_analysis
 from workers.export import ObjectToSend, SendOutcome, exporter_for, next_attempt
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest

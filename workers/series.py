@@ -9,9 +9,9 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from models.series import SeriesClass, SeriesSelection, classify_series, header_from_datasets, select_series
-from scp_node.db.models import Instance, Series, Study, utcnow
-from scp_node.db.session import Database
-from scp_node.storage import Spool
+from spinenode.core.db.models import Instance, Series, Study, utcnow
+from spinenode.core.db.session import Database
+from spinenode.core.storage import Spool
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ bounded cache under ``DATA_DIR/cache``: the headers of a study (WADO-RS metadata
 full instances of the series it analyses (WADO-RS series retrieve), a result object or
 the masks. Results go back to the node by STOW-RS and masks by PUT, before the stage
 commits, so the next stage finds them whatever host it runs on. A file that cannot be
-had raises :class:`~scp_node.errors.InstanceUnavailableError` naming it and this host.
+had raises :class:`~spinenode.core.errors.InstanceUnavailableError` naming it and this host.
 
 The cache is least-recently-used by bytes (WORKER_CACHE_MB): entries are series
 directories, touched on use, evicted oldest first but never while a stage is using them.
@@ -32,11 +32,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select
 
-from scp_node.db.models import Instance, Series, Study
-from scp_node.db.session import Database
-from scp_node.errors import InstanceUnavailableError, NodeUnreachableError
-from scp_node.settings import Settings
-from scp_node.storage import atomic_write, check_uid
+from spinenode.core.db.models import Instance, Series, Study
+from spinenode.core.db.session import Database
+from spinenode.core.errors import InstanceUnavailableError, NodeUnreachableError
+from spinenode.core.settings import Settings
+from spinenode.core.storage import atomic_write, check_uid
 from workers.dicomweb import DicomWebClient, DicomWebError
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from scp_node.broker import TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT, TaskSender
+from spinenode.core.broker import TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT, TaskSender
 
 log = logging.getLogger(__name__)
 

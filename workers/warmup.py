@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scp_node.errors import SpinenodeError
-from scp_node.logs import log_failure
-from scp_node.settings import Settings
+from spinenode.core.errors import SpinenodeError
+from spinenode.core.logs import log_failure
+from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

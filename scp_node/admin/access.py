@@ -33,7 +33,7 @@ from enum import StrEnum
 
 from starlette.requests import HTTPConnection
 
-from scp_node.settings import Settings
+from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from scp_node.admin.dashboard import register_dashboard
 from scp_node.admin.dicomweb import register_dicomweb
 from scp_node.admin.health import health_report
 from scp_node.admin.security import SecurityMiddleware
-from scp_node.db.models import Export, Instance, Result, Series, Study, StudyState
-from scp_node.errors import StudyNotFoundError
+from spinenode.core.db.models import Export, Instance, Result, Series, Study, StudyState
+from spinenode.core.errors import StudyNotFoundError
 from scp_node.queue_status import summary
 from scp_node.scheduler import requeue_studies
 

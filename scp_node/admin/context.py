@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scp_node.admin.access import Access
-from scp_node.db.session import Database
+from spinenode.core.db.session import Database
 from scp_node.scheduler import Enqueue
-from scp_node.settings import Settings
+from spinenode.core.settings import Settings
 
 
 @dataclass

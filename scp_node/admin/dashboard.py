@@ -27,8 +27,8 @@ from scp_node.admin.context import AdminContext
 from scp_node.admin.dashboard_auth import DashboardError, check_same_origin, require_admin, safe_next, token_role
 from scp_node.admin.dashboard_charts import latency_chart, throughput_chart
 from scp_node.admin.dashboard_queries import list_studies, overview, studies_in_state, study_detail
-from scp_node.db.models import StudyState, utcnow
-from scp_node.errors import StudyNotFoundError
+from spinenode.core.db.models import StudyState, utcnow
+from spinenode.core.errors import StudyNotFoundError
 from scp_node.queue_status import state_counts
 from scp_node.scheduler import requeue_studies
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from scp_node.status import NAMES as STATUS_NAMES
+from spinenode.core.status import NAMES as STATUS_NAMES
 
 #: One line per state, shown as a tooltip and in the legend.
 STATE_HELP: dict[str, str] = {

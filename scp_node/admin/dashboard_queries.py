@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select
 
 from scp_node.admin.metrics import STAGES, stage_durations
-from scp_node.db.models import Event, Export, Instance, Result, Series, Study, StudyState, WorkerHeartbeat
-from scp_node.db.session import Database
+from spinenode.core.db.models import Event, Export, Instance, Result, Series, Study, StudyState, WorkerHeartbeat
+from spinenode.core.db.session import Database
 from scp_node.queue_status import WORKER_STALE_S, state_counts
 
 #: Hours shown in the per-hour statistics and charts.

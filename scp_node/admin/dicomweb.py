@@ -31,11 +31,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from scp_node.db.models import Instance, Result, Series, Study
+from spinenode.core.db.models import Instance, Result, Series, Study
 from scp_node.dicomio import parse_header
-from scp_node.errors import SpinenodeError
-from scp_node.multipart import MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart, new_boundary
-from scp_node.storage import TMP_SUFFIX, check_uid, fsync_dir
+from spinenode.core.errors import SpinenodeError
+from spinenode.core.multipart import MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart, new_boundary
+from spinenode.core.storage import TMP_SUFFIX, check_uid, fsync_dir
 
 log = logging.getLogger(__name__)
 

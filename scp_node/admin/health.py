@@ -24,10 +24,10 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from scp_node.db.models import WorkerHeartbeat
-from scp_node.db.session import Database
+from spinenode.core.db.models import WorkerHeartbeat
+from spinenode.core.db.session import Database
 from scp_node.queue_status import workers_seen
-from scp_node.settings import Settings
+from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import func, select
 
-from scp_node.db.models import Event, Export, ExportState, Study, StudyState, WorkerHeartbeat, utcnow
-from scp_node.db.session import Database
+from spinenode.core.db.models import Event, Export, ExportState, Study, StudyState, WorkerHeartbeat, utcnow
+from spinenode.core.db.session import Database
 from scp_node.queue_status import WORKER_STALE_S
 
 #: Seconds; covers a quiet period of minutes and analyses of seconds.

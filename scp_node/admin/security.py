@@ -8,7 +8,7 @@
 3. The read policy of :mod:`scp_node.admin.access`: a page without a session redirects
    to ``/login``, an API call gets 401, an address over the wrong-token limit 429.
 4. An unhandled exception: a plain 500 with the headers, logged with its type and stack
-   frames only (:func:`scp_node.logs.log_failure`), never its message.
+   frames only (:func:`spinenode.core.logs.log_failure`), never its message.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scp_node.admin.access import READ_METHODS, Access, Decision
-from scp_node.logs import log_failure
+from spinenode.core.logs import log_failure
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from scp_node.dicomio import RESULT_MANUFACTURER, RESULT_SERIES_NUMBERS
-from scp_node.enums import ResultKind as ResultKind  # results.kind: defined with the stored enums
+from spinenode.core.result_markers import RESULT_MANUFACTURER, RESULT_SERIES_NUMBERS
+from spinenode.core.enums import ResultKind as ResultKind  # results.kind: defined with the stored enums
 
 UID_ROOT: Final = "2.25."
 MANUFACTURER: Final = RESULT_MANUFACTURER  # the receiver recognises its own results by it

@@ -114,7 +114,7 @@ def build_seg(
 
 def save_masks(masks: Sequence[SeriesMasks], path: Path) -> None:
     """Persist the analyzer's masks for the encode stage (npz: labels, UIDs, segment names)."""
-    from scp_node.storage import atomic_write
+    from spinenode.core.storage import atomic_write
 
     arrays: dict[str, np.ndarray] = {}
     for i, m in enumerate(masks):

@@ -14,19 +14,19 @@ import time
 
 from sqlalchemy import select
 
-from scp_node.broker import TaskSender, make_celery, queue_depths
-from scp_node.db.models import Instance
-from scp_node.data_dir import prepare_data_dir
-from scp_node.db.session import Database
+from spinenode.core.broker import TaskSender, make_celery, queue_depths
+from spinenode.core.db.models import Instance
+from spinenode.app.data_dir import prepare_data_dir
+from spinenode.core.db.session import Database
 from scp_node.dicomio import parse_header
 from scp_node.disk import DiskGuard
-from scp_node.errors import ConfigError, SpinenodeError
+from spinenode.core.errors import ConfigError, SpinenodeError
 from scp_node.ingest import Ingestor
 from scp_node.routing import load_rules
 from scp_node.scheduler import Scheduler
 from scp_node.scp import ScpCounters, start_scp
-from scp_node.settings import Settings
-from scp_node.storage import Spool
+from spinenode.core.settings import Settings
+from spinenode.core.storage import Spool
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class EmbeddedWorker:
 
     def start(self) -> None:
         env = {**os.environ, **self.settings.to_env()}
-        cmd = [sys.executable, "-m", "scp_node.cli", "worker", "--queues", "gpu,cpu,export"]
+        cmd = [sys.executable, "-m", "spinenode.app.cli", "worker", "--queues", "gpu,cpu,export"]
         self.proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
         self._last_start = time.monotonic()
         log.info("embedded worker started (pid %d)", self.proc.pid)
@@ -167,7 +167,7 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
     scp = start_scp(settings, ingestor, counters, guard)
     tls_scp = None
     if settings.dicom_tls_port:
-        from scp_node.tls import start_tls_scp
+        from scp_node.scp import start_tls_scp
 
         tls_scp = start_tls_scp(settings, ingestor, counters, guard)
     sched_thread = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True)

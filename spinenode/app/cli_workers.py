@@ -1,4 +1,4 @@
-"""Commands that live with the workers (registered by scp_node.cli): ``worker`` and ``demo``."""
+"""Commands that live with the workers (registered by spinenode.app.cli): ``worker`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from scp_node.cli_options import ConfigOpt, config_exit, settings_or_exit
-from scp_node.errors import ConfigError, SpinenodeError
-from scp_node.logs import configure_logging
+from spinenode.app.cli_options import ConfigOpt, config_exit, settings_or_exit
+from spinenode.core.errors import ConfigError, SpinenodeError
+from spinenode.core.logs import configure_logging
 
 
 def worker(
@@ -21,7 +21,7 @@ def worker(
     """Run a Celery worker for the given queues."""
     settings = settings_or_exit(config)
     configure_logging(settings)
-    from scp_node.data_dir import prepare_data_dir
+    from spinenode.app.data_dir import prepare_data_dir
     from workers.celery_app import run_worker
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
@@ -41,7 +41,7 @@ def demo(
 ) -> None:
     """The whole path on this machine: node, a built-in PACS, a phantom lumbar MR study; prints
     the findings per level and where the SR, SEG and key images landed."""
-    from workers.demo import run_demo
+    from spinenode.app.demo import run_demo
 
     raise typer.Exit(run_demo(keep, timeout))
 

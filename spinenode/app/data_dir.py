@@ -1,5 +1,5 @@
 """Checks of ``DATA_DIR`` before a command uses it, each failing with one line that names
-the setting (:class:`~scp_node.errors.ConfigError`, exit code 2 in the CLI)."""
+the setting (:class:`~spinenode.core.errors.ConfigError`, exit code 2 in the CLI)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from scp_node.errors import ConfigError
-from scp_node.settings import ENV_PREFIX, Settings
+from spinenode.core.errors import ConfigError
+from spinenode.core.settings import ENV_PREFIX, Settings
 
 _NAME = f"{ENV_PREFIX}DATA_DIR"
 

@@ -1,6 +1,6 @@
 """The node's index database (SQLAlchemy 2): studies, series, instances, events, workers."""
 
-from scp_node.db.models import (
+from spinenode.core.db.models import (
     Base,
     Event,
     Export,
@@ -12,7 +12,7 @@ from scp_node.db.models import (
     StudyState,
     WorkerHeartbeat,
 )
-from scp_node.db.session import Database
+from spinenode.core.db.session import Database
 
 __all__ = [
     "Base", "Database", "Event", "Export", "ExportState", "Instance", "Result", "Series", "Study", "StudyState",

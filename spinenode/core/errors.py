@@ -62,7 +62,7 @@ class DicomNetworkError(SpinenodeError):
 
 class IllegalTransitionError(SpinenodeError):
     """A study was asked to move between two states that the state machine does not link
-    (:data:`scp_node.states.LEGAL_TRANSITIONS`): a bug or a lost race, never retried."""
+    (:data:`spinenode.core.states.LEGAL_TRANSITIONS`): a bug or a lost race, never retried."""
 
     def __init__(self, study_uid: str, previous: str, wanted: str) -> None:
         super().__init__(f"study {study_uid}: {previous} -> {wanted} is not a legal transition")

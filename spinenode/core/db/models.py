@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from scp_node.enums import ExportState, ResultKind, Stage, StudyState
+from spinenode.core.enums import ExportState, ResultKind, Stage, StudyState
 
 __all__ = [
     "ACTIVE_STATES", "FINAL_STATES", "Base", "Event", "Export", "ExportState", "Instance", "Result",

@@ -3,9 +3,9 @@
 They are ``StrEnum``: a member equals its stored string (``StudyState.QUEUED ==
 "QUEUED"``, ``Stage.EXPORT == "export"``), so comparisons with plain strings, JSON,
 f-strings and the values already in the database keep working. The columns that
-hold them are typed with these enums (:mod:`scp_node.db.models`) and guarded by a
+hold them are typed with these enums (:mod:`spinenode.core.db.models`) and guarded by a
 CHECK constraint (migration 0003). The legal moves between study states are in
-:mod:`scp_node.states`.
+:mod:`spinenode.core.states`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class StudyState(StrEnum):
 
 
 class Stage(StrEnum):
-    """A pipeline stage: the Celery task that runs it (``scp_node.broker.STAGES``) and the
+    """A pipeline stage: the Celery task that runs it (``spinenode.core.broker.STAGES``) and the
     ``stage`` of FAILED(stage, error)."""
 
     ANALYZE = "analyze"

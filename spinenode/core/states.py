@@ -1,9 +1,9 @@
 """The study state machine: the one table of legal moves, and the moves themselves.
 
 Every change of ``studies.state`` goes through :func:`transition` (or, for the
-atomic claim of a stage, :func:`scp_node.scheduler.claim`, which checks the same
+atomic claim of a stage, :func:`spinenode.core.repository.claim`, which checks the same
 table) and is a row in ``events`` with a timestamp. A move that is not in
-:data:`LEGAL_TRANSITIONS` raises :class:`~scp_node.errors.IllegalTransitionError`
+:data:`LEGAL_TRANSITIONS` raises :class:`~spinenode.core.errors.IllegalTransitionError`
 and changes nothing. ``docs/architecture.md`` shows the table; a test holds the
 two together.
 """
@@ -17,9 +17,9 @@ from types import MappingProxyType
 
 from sqlalchemy.orm import Session
 
-from scp_node.db.models import Event, Study, utcnow
-from scp_node.enums import Stage, StudyState
-from scp_node.errors import IllegalTransitionError
+from spinenode.core.db.models import Event, Study, utcnow
+from spinenode.core.enums import Stage, StudyState
+from spinenode.core.errors import IllegalTransitionError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _table() -> dict[tuple[StudyState, StudyState], str]:
         (S.RECEIVING, S.COMPLETE): "scheduler: no new instance for STABLE_SECONDS",
         (S.COMPLETE, S.QUEUED): "scheduler: eligible (routing rules), enqueued for analysis",
         (S.COMPLETE, S.SKIPPED): "scheduler: not eligible; the reason is kept",
-        (S.QUEUED, S.ANALYZING): "analyze stage claims the study (scheduler.claim)",
+        (S.QUEUED, S.ANALYZING): "analyze stage claims the study (repository.claim)",
         (S.ANALYZING, S.ENCODING): "analyze: findings stored, or the reason it was not analysed",
         (S.ANALYZING, S.FAILED): "analyze failed (FAILED(analyze))",
         (S.ANALYZING, S.QUEUED): "sweep: ANALYZING for over REQUEUE_AFTER (worker died); or admin retry",

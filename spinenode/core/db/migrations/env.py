@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from scp_node.db.models import Base
+from spinenode.core.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,5 +1,5 @@
 """What every ``spinenode`` command shares, for the commands defined in other packages too
-(``workers.cli``, ``models.cli``): the ``--config`` option, loading the settings once, and
+(``spinenode.app.cli_workers``, ``models.cli``): the ``--config`` option, loading the settings once, and
 how a bad setting ends a command."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from scp_node.errors import ConfigError
-from scp_node.settings import Settings, load_settings
+from spinenode.core.errors import ConfigError
+from spinenode.core.settings import Settings, load_settings
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="TOML settings file", exists=False)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any
 
-from scp_node.errors import ConfigError
-from scp_node.settings import Settings
+from spinenode.core.errors import ConfigError
+from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +35,3 @@ def client_context(settings: Settings) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"invalid setting SPINENODE_TLS_CERT/TLS_KEY/TLS_CA: {exc}") from exc
     return ctx
-
-
-def start_tls_scp(settings: Settings, ingestor: Any, counters: Any, admission: Any = None) -> Any:
-    """A second receiver on DICOM_TLS_PORT: same AE, same handlers, TLS transport.
-
-    Runs as threads of the node process (the TLS listener is for sites that need
-    encryption on the wire, typically at lower volume than the plain port).
-    """
-    from scp_node.scp import build_ae, scp_handlers
-
-    ae = build_ae(settings)
-    server = ae.start_server(
-        (settings.dicom_host, settings.dicom_tls_port),
-        block=False,
-        evt_handlers=scp_handlers(settings, ingestor, counters, admission),
-        ssl_context=server_context(settings),
-    )
-    log.info("DICOM TLS receiver %s listening on %s:%d", settings.ae_title, *server.server_address[:2])
-    return server

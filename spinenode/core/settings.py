@@ -1,7 +1,7 @@
 """The node's one settings object (environment ``SPINENODE_*`` or a TOML file).
 
 Built once in the entry point and passed down; nothing reads the environment
-elsewhere. A bad value raises :class:`~scp_node.errors.ConfigError` with one
+elsewhere. A bad value raises :class:`~spinenode.core.errors.ConfigError` with one
 line that names the setting, which the CLI prints before exiting.
 """
 
@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from scp_node.errors import ConfigError
+from spinenode.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

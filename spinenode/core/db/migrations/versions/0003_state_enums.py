@@ -4,7 +4,7 @@ PostgreSQL gets CHECK constraints (validated against the rows already there). SQ
 cannot add a CHECK constraint without rebuilding the table, and a rebuild drops
 ``studies`` under ``ON DELETE CASCADE`` foreign keys; it gets BEFORE INSERT / BEFORE
 UPDATE triggers with the same condition instead, which touch no row. The values are
-frozen here as they are today (``scp_node.enums``): a later change of an enum comes
+frozen here as they are today (``spinenode.core.enums``): a later change of an enum comes
 with a migration of its own.
 
 Revision ID: 0003

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from scp_node.errors import InvalidUIDError, StorageError
+from spinenode.core.errors import InvalidUIDError, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from scp_node.settings import Settings
+from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import sys
 import warnings
 from typing import Any
 
-from scp_node.settings import Settings
+from spinenode.core.settings import Settings
 
 #: Loggers whose messages may quote DICOM element values; their text is withheld.
 VALUE_QUOTING_LOGGERS = ("pydicom", "highdicom")

@@ -13,10 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from scp_node.cli_options import ConfigOpt, config_exit, settings_or_exit
-from scp_node.errors import ConfigError, SpinenodeError
-from scp_node.logs import configure_logging
-from scp_node.settings import Settings
+from spinenode.app.cli_options import ConfigOpt, config_exit, settings_or_exit
+from spinenode.core.errors import ConfigError, SpinenodeError
+from spinenode.core.logs import configure_logging
+from spinenode.core.settings import Settings
 
 app = typer.Typer(
     name="spinenode",
@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 def _existing_node(settings: Settings) -> None:
-    from scp_node.data_dir import existing_node
+    from spinenode.app.data_dir import existing_node
 
     try:
         existing_node(settings)
@@ -41,7 +41,7 @@ def serve(config: ConfigOpt = None) -> None:
     embedded broker, a worker for every queue as a child process)."""
     settings = settings_or_exit(config)
     configure_logging(settings)
-    from scp_node.node import run_node
+    from spinenode.app.node import run_node
 
     try:
         run_node(settings)
@@ -103,7 +103,7 @@ def echo(
 ) -> None:
     """C-ECHO a DICOM peer."""
     from scp_node.scu import echo as do_echo
-    from scp_node.settings import Destination
+    from spinenode.core.settings import Destination
 
     try:
         dest = Destination.parse(peer)
@@ -124,7 +124,7 @@ def send(
 ) -> None:
     """C-STORE files to a DICOM peer."""
     from scp_node.scu import send_files
-    from scp_node.settings import Destination
+    from spinenode.core.settings import Destination
 
     try:
         dest = Destination.parse(to)
@@ -144,7 +144,7 @@ def _register_optional() -> None:
     ``scp_node`` with the shared core (docs/architecture.md)."""
     import importlib
 
-    for module in ("models.phantom.cli", "models.cli", "workers.cli"):
+    for module in ("models.phantom.cli", "models.cli", "spinenode.app.cli_workers"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
