@@ -1,6 +1,13 @@
-"""Imports run one way: ``models`` at the bottom imports neither ``scp_node`` nor ``workers``;
-``scp_node`` does not import ``workers`` (spinenode/core/broker.py); no module imports itself in a
-circle. Read from the source with ``ast`` (function-level imports included), nothing imported."""
+"""Imports run one way, floor by floor (docs/architecture.md), read from the source with ``ast``
+(function-level imports included, nothing imported):
+
+3. ``spinenode.app`` (cli, node supervisor, demo) may import every floor below;
+2. ``scp_node`` (the receiver) and ``workers`` (the stages) stand beside each other, neither
+   imports the other;
+1. ``spinenode.core`` (and the ``spinenode`` package face), the shared core;
+0. ``models``, the ground floor, imports nothing of the project.
+
+Nothing imports a floor above its own, and no module imports itself in a circle."""
 
 from __future__ import annotations
 
@@ -8,13 +15,32 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("scp_node", "workers", "models")
+PACKAGES = ("spinenode", "scp_node", "workers", "models")
 
-#: Circles that other work of issue 13 removes; each entry goes when its circle does.
-KNOWN_CIRCLES: set[frozenset[str]] = {
-    frozenset({"scp_node.scp", "scp_node.scp_pool"}),
-    frozenset({"scp_node.admin.app", "scp_node.admin.dashboard"}),
-}
+
+def floor(module: str) -> tuple[int, str]:
+    """The floor of a project module and its room on that floor (floor 2 has two rooms)."""
+    if module == "spinenode.app" or module.startswith("spinenode.app."):
+        return 3, "app"
+    top = module.split(".")[0]
+    if top in ("scp_node", "workers"):
+        return 2, top
+    if top == "spinenode":
+        return 1, "core"
+    assert top == "models", module
+    return 0, "models"
+
+
+def wrong_way(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Imports that run up a floor, or sideways between the receiver and the stages."""
+    out: set[tuple[str, str]] = set()
+    for a, deps in graph.items():
+        fa, ra = floor(a)
+        for b in deps:
+            fb, rb = floor(b)
+            if fb > fa or (fb == fa and rb != ra):
+                out.add((a, b))
+    return out
 
 
 def _modules() -> dict[str, Path]:
@@ -95,19 +121,40 @@ def _circles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
     return found
 
 
-def test_models_is_the_ground_floor() -> None:
-    wrong = {(a, b) for a, deps in _graph().items() if a.startswith("models")
-             for b in deps if b.split(".")[0] in ("scp_node", "workers")}
-    assert not wrong
+def test_floors_are_recognised() -> None:
+    assert floor("spinenode.app.cli") == (3, "app")
+    assert floor("scp_node.scp") == (2, "scp_node") and floor("workers.pipeline") == (2, "workers")
+    assert floor("spinenode.core.settings") == (1, "core") and floor("spinenode") == (1, "core")
+    assert floor("models.types") == (0, "models")
 
 
-def test_receiver_does_not_import_the_stages() -> None:
-    wrong = {(a, b) for a, deps in _graph().items() if a.startswith("scp_node")
-             for b in deps if b.startswith("workers")}
-    assert not wrong
+def test_the_check_sees_each_kind_of_wrong_import() -> None:
+    graph = {
+        "spinenode.core.settings": {"scp_node.scp", "models.types"},
+        "workers.pipeline": {"scp_node.scheduler", "spinenode.core.db"},
+        "scp_node.scp": {"workers.tasks", "spinenode.core.status"},
+        "models.types": {"spinenode.core.errors"},
+        "scp_node.ingest": {"spinenode.app.node"},
+        "spinenode.app.cli": {"scp_node.scp", "workers.celery_app", "models.cli", "spinenode.core.logs"},
+    }
+    assert wrong_way(graph) == {
+        ("spinenode.core.settings", "scp_node.scp"),
+        ("workers.pipeline", "scp_node.scheduler"),
+        ("scp_node.scp", "workers.tasks"),
+        ("models.types", "spinenode.core.errors"),
+        ("scp_node.ingest", "spinenode.app.node"),
+    }
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
 
 
-def test_no_new_import_circle() -> None:
+def test_nothing_imports_upward_or_sideways() -> None:
     graph = _graph()
-    assert "models.train_data" in graph["models.train_grader"]  # the graph is read at all
-    assert set(_circles(graph)) <= KNOWN_CIRCLES
+    # the graph is read at all, on every floor
+    assert "spinenode.core.settings" in graph["workers.celery_app"]
+    assert "scp_node.scheduler" in graph["spinenode.app.node"]
+    assert "models.train_data" in graph["models.train_grader"]
+    assert not wrong_way(graph)
+
+
+def test_no_import_circle() -> None:
+    assert not _circles(_graph())

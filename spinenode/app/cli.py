@@ -13,6 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
+import models.cli as models_cli
+import models.phantom.cli as phantom_cli
+from spinenode.app import cli_workers
 from spinenode.app.cli_options import ConfigOpt, config_exit, settings_or_exit
 from spinenode.core.errors import ConfigError, SpinenodeError
 from spinenode.core.logs import configure_logging
@@ -137,24 +140,11 @@ def send(
     raise typer.Exit(0 if report.failed == 0 else 1)
 
 
-def _register_optional() -> None:
-    """Commands that live with their packages: phantom, train, evaluate (``models``); worker
-    and demo (``workers``). They are loaded by name, so that the receiver package does not
-    import the stages it sends work to; the CLI is application code, and moves out of
-    ``scp_node`` with the shared core (docs/architecture.md)."""
-    import importlib
-
-    for module in ("models.phantom.cli", "models.cli", "spinenode.app.cli_workers"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue
-            raise
-        mod.register(app)
-
-
-_register_optional()
+# Commands defined beside their code: phantom, train, evaluate, reports (``models``); worker and
+# demo (this package). The application is the floor that may import every other one.
+phantom_cli.register(app)
+models_cli.register(app)
+cli_workers.register(app)
 
 
 def main() -> None:

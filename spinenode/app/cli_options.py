@@ -1,6 +1,6 @@
-"""What every ``spinenode`` command shares, for the commands defined in other packages too
-(``spinenode.app.cli_workers``, ``models.cli``): the ``--config`` option, loading the settings once, and
-how a bad setting ends a command."""
+"""What the ``spinenode`` commands that load settings share (``spinenode.app.cli`` and
+``spinenode.app.cli_workers``): the ``--config`` option, loading the settings once, and how a
+bad setting ends a command."""
 
 from __future__ import annotations
 

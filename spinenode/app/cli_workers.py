@@ -1,4 +1,5 @@
-"""Commands that live with the workers (registered by spinenode.app.cli): ``worker`` and ``demo``."""
+"""The ``worker`` and ``demo`` commands (registered by :mod:`spinenode.app.cli`): a Celery worker
+of the stages, and the whole path on one machine."""
 
 from __future__ import annotations
 
