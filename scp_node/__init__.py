@@ -1,3 +1,3 @@
-"""spinenode PACS-facing node: DICOM receiver, durable spool, study assembly, queueing, admin."""
+"""spinenode's DICOM receiver: C-STORE SCP, ingest, study assembly, routing, the scheduler, admin HTTP."""
 
 __version__ = "0.1.0"

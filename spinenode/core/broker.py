@@ -1,8 +1,8 @@
-"""The Celery app as the node sees it: configuration, queues, task names, sending.
+"""The task contract: the Celery configuration, queues, task names, sending.
 
-The node only *sends* tasks by name; ``workers.celery_app`` builds on the same
-configuration and registers the task functions. ``scp_node`` never imports
-``workers``.
+The receiver only *sends* tasks by name; ``workers.celery_app`` builds on the same
+configuration and registers the task functions. Both import this module; neither
+imports the other.
 """
 
 from __future__ import annotations
