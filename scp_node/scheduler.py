@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session
 
 from spinenode.core.logs import log_failure
 from scp_node.assembly import complete_cutoff, is_stalled
-from spinenode.core.db.models import Export, ExportState, Instance, Series, Study, StudyState, utcnow
+from spinenode.core.db.models import Export, ExportState, Instance, Series, Study, StudyState, WorkerHeartbeat, utcnow
 from spinenode.core.db.session import Database
 from spinenode.core.errors import StudyNotFoundError
+from scp_node.queue_status import WORKER_STALE_S
 from scp_node.routing import EligibilityRules, StudyFacts, decide
 from spinenode.core.settings import Settings
 from spinenode.core.states import record_event, transition
@@ -144,6 +145,13 @@ class Scheduler:
         timeout = self.settings.requeue_after
         with self.db.session() as s:
             studies = s.scalars(select(Study).where(Study.state.in_(list(RECOVERABLE)))).all()
+            # A study a live worker is working on is slow, not lost: requeueing it would start
+            # a second analysis that the first one's settle then cancels, round after round
+            # whenever one analysis takes longer than REQUEUE_AFTER.
+            busy = set(s.scalars(select(WorkerHeartbeat.current_study).where(
+                WorkerHeartbeat.current_study.is_not(None),
+                WorkerHeartbeat.last_seen > now - dt.timedelta(seconds=WORKER_STALE_S),
+            )).all())
             for study in studies:
                 state = StudyState(study.state)
                 if state == StudyState.EXPORTING:
@@ -151,7 +159,7 @@ class Scheduler:
                         again[study.study_uid] = ("export", study.generation)
                         report.requeued.append(study.study_uid)
                     continue
-                if not is_stalled(study.state_changed_at, now, timeout):
+                if not is_stalled(study.state_changed_at, now, timeout) or study.study_uid in busy:
                     continue
                 study.enqueue_count += 1
                 detail = f"requeued by the sweep: {state} for over {timeout:.0f} s"

@@ -80,6 +80,10 @@ class Node(SpinenodeProcess):
             "SPINENODE_LOG_LEVEL": "INFO",
             # CI machines have been seen with little free disk; the watermark test sets its own
             "SPINENODE_DISK_MIN_FREE_MB": "16",
+            # The warm-up (a phantom analysed when the worker starts) costs 5 to 15 s of CPU per
+            # node start on a loaded 2-core machine, and most tests never analyse a study. The
+            # tests about the first study turn it back on (test_e2e_findings); the default is on.
+            "SPINENODE_WORKER_WARMUP": "false",
         }
         env.update({f"SPINENODE_{k.upper()}": str(v) for k, v in settings.items()})
         workdir.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,9 @@ def _truth(root: Path) -> dict[tuple[str, str], str]:
 def test_phantom_study_round_trip_with_findings(node_factory: Any, orthanc_factory: Any, tmp_path: Path) -> None:
     node_port = free_port()
     orthanc: OrthancServer = orthanc_factory(modalities={"SPINENODE": ("SPINENODE", "127.0.0.1", node_port)})
-    node: Node = node_factory(dicom_port=node_port, destinations=orthanc.destination, stable_seconds=2)
+    # the production default: the worker warms the models up before it takes the first task
+    node: Node = node_factory(dicom_port=node_port, destinations=orthanc.destination, stable_seconds=2,
+                              worker_warmup=True)
     root = _phantom(tmp_path / "phantom")
     files = sorted((root / "train_images").rglob("*.dcm"))
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -55,6 +57,7 @@ def test_phantom_study_round_trip_with_findings(node_factory: Any, orthanc_facto
     kinds = sorted(r["kind"] for r in final["results"])
     assert kinds == ["key-images", "seg", "sr"], kinds
     assert all(e["state"] == "SENT" for e in final["exports"])
+    assert "analyzer warmed up" in node.log()
 
     wait_until(lambda: len(orthanc.study_instances(study_uid)) == len(files) + 3, 30, what="3 results in Orthanc")
     objs: dict[str, Any] = {}

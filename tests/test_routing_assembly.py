@@ -167,6 +167,34 @@ def test_sweep_requeues_stalled_work(env, tmp_path: Path) -> None:  # type: igno
     assert _state(db, study.study_uid).state == StudyState.QUEUED
 
 
+def test_sweep_leaves_a_study_a_live_worker_is_analysing(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An analysis slower than REQUEUE_AFTER is not requeued while its worker's heartbeat
+    names it; once the heartbeat is stale (the worker died) it is."""
+    from spinenode.core.db.models import WorkerHeartbeat
+
+    ingestor, sched, clock, enq, db = env
+    study = dicomgen.write_study(tmp_path / "st", seed=10)
+    _ingest(ingestor, study.paths)
+    clock.advance(61)
+    sched.sweep()
+    claim(db, study.study_uid, 0, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING, stage="analyze",
+          now=clock())
+    with db.session() as s:
+        s.add(WorkerHeartbeat(hostname="gpu-1", queues="gpu", pid=1, device="cpu", current_study=study.study_uid,
+                              started_at=clock(), last_seen=clock()))
+    for _ in range(3):  # 3 x REQUEUE_AFTER, the heartbeat kept fresh
+        clock.advance(601)
+        with db.session() as s:
+            row = s.get(WorkerHeartbeat, "gpu-1")
+            assert row is not None
+            row.last_seen = clock()
+        assert sched.sweep().requeued == []
+    assert _state(db, study.study_uid).state == StudyState.ANALYZING
+    clock.advance(31)  # the worker stopped beating
+    assert sched.sweep().requeued == [study.study_uid]
+    assert _state(db, study.study_uid).state == StudyState.QUEUED
+
+
 def test_requeue_failed(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ingestor, sched, clock, enq, db = env
     study = dicomgen.write_study(tmp_path / "st", seed=9)

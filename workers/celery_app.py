@@ -56,7 +56,7 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, h
     app = create_app(settings, name)
     ctx: WorkerContext = app.spinenode  # type: ignore[attr-defined]
     ctx.db.migrate(settings.data_dir)
-    if "gpu" in queues:
+    if "gpu" in queues and settings.worker_warmup:
         # Tasks run in this process (solo or threads pool): warm the models before the
         # first message is taken, not inside the first study's task.
         from workers.warmup import warm_analyzer

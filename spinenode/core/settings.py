@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     disk_min_free_mb: float = Field(1024.0, ge=0)
     retention_days: float = Field(7.0, ge=0)
 
+    # workers: a gpu-queue worker loads the models and analyses one phantom study at start,
+    # so the first real study is not the slow one (workers/warmup.py)
+    worker_warmup: bool = True
+
     # scheduler
     sweep_interval: float = Field(1.0, gt=0)
     requeue_after: float = Field(900.0, gt=0)
