@@ -17,6 +17,11 @@ from typing import Any
 
 import numpy as np
 
+# defined with the condition table, re-exported here where the types have always been
+from models.conditions import PFIRRMANN_GRADES as PFIRRMANN_GRADES
+from models.conditions import SEVERITY_GRADES as SEVERITY_GRADES
+from models.conditions import Condition as Condition
+
 
 class ModelsError(Exception):
     """Base class of errors raised by the ``models`` package on purpose."""
@@ -30,38 +35,6 @@ class Region(StrEnum):
 LUMBAR_LEVELS: tuple[str, ...] = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
 CERVICAL_LEVELS: tuple[str, ...] = ("C2-C3", "C3-C4", "C4-C5", "C5-C6", "C6-C7", "C7-T1")
 ALL_LEVELS: tuple[str, ...] = LUMBAR_LEVELS + CERVICAL_LEVELS
-
-#: RSNA 2024 severity classes, in order (the order of every probability vector).
-SEVERITY_GRADES: tuple[str, ...] = ("normal_mild", "moderate", "severe")
-#: Pfirrmann disc degeneration grades 1-5, as labels.
-PFIRRMANN_GRADES: tuple[str, ...] = ("1", "2", "3", "4", "5")
-
-
-class Condition(StrEnum):
-    """A graded condition; the value is the key in the Findings JSON."""
-
-    SPINAL_CANAL_STENOSIS = "spinal_canal_stenosis"
-    LEFT_NEURAL_FORAMINAL_NARROWING = "left_neural_foraminal_narrowing"
-    RIGHT_NEURAL_FORAMINAL_NARROWING = "right_neural_foraminal_narrowing"
-    LEFT_SUBARTICULAR_STENOSIS = "left_subarticular_stenosis"
-    RIGHT_SUBARTICULAR_STENOSIS = "right_subarticular_stenosis"
-    PFIRRMANN = "pfirrmann"
-
-    @property
-    def grades(self) -> tuple[str, ...]:
-        return PFIRRMANN_GRADES if self is Condition.PFIRRMANN else SEVERITY_GRADES
-
-    @property
-    def rsna_group(self) -> str | None:
-        """``spinal``/``foraminal``/``subarticular`` for the RSNA score; None for Pfirrmann."""
-        if self is Condition.SPINAL_CANAL_STENOSIS:
-            return "spinal"
-        if "foraminal" in self.value:
-            return "foraminal"
-        if "subarticular" in self.value:
-            return "subarticular"
-        return None
-
 
 LUMBAR_CONDITIONS: tuple[Condition, ...] = tuple(Condition)
 CERVICAL_CONDITIONS: tuple[Condition, ...] = (Condition.SPINAL_CANAL_STENOSIS,)

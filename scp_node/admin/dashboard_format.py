@@ -8,6 +8,7 @@ from typing import Any
 
 from pydicom.uid import UID
 
+from models.conditions import CONDITIONS, GRADES, grade_label, spec_of
 from spinenode.core.status import NAMES as STATUS_NAMES
 
 #: One line per state, shown as a tooltip and in the legend.
@@ -21,16 +22,6 @@ STATE_HELP: dict[str, str] = {
     "DONE": "results stored at every destination",
     "SKIPPED": "not a spine study the node analyses",
     "FAILED": "a stage failed; see the reason, then retry",
-}
-
-#: Condition key -> (column heading, full name).
-CONDITION_LABELS: dict[str, tuple[str, str]] = {
-    "spinal_canal_stenosis": ("Canal", "spinal canal stenosis"),
-    "left_neural_foraminal_narrowing": ("L foramen", "left neural foraminal narrowing"),
-    "right_neural_foraminal_narrowing": ("R foramen", "right neural foraminal narrowing"),
-    "left_subarticular_stenosis": ("L subarticular", "left subarticular stenosis"),
-    "right_subarticular_stenosis": ("R subarticular", "right subarticular stenosis"),
-    "pfirrmann": ("Pfirrmann", "Pfirrmann disc degeneration grade (1-5)"),
 }
 
 ROLE_LABELS: dict[str, str] = {
@@ -110,16 +101,25 @@ def sop_class_name(uid: str) -> str:
     return name.removesuffix(" Storage") if name and name != uid else uid
 
 
-def grade_label(grade: Any) -> str:
-    text = str(grade)
-    return {"normal_mild": "normal/mild"}.get(text, text)
-
-
 def grade_class(condition: str, grade: Any) -> str:
-    text = str(grade)
-    if condition == "pfirrmann":
-        return {"1": "g-ok", "2": "g-ok", "3": "g-mid", "4": "g-bad", "5": "g-bad"}.get(text, "g-none")
-    return {"normal_mild": "g-ok", "moderate": "g-mid", "severe": "g-bad"}.get(text, "g-none")
+    """The cell's colour class by the grade's concern (the condition table's grades)."""
+    spec = GRADES.get(str(grade))
+    try:
+        scale = spec_of(condition).grades
+    except ValueError:  # a condition this node does not know: judged by the grade alone
+        scale = tuple(GRADES)
+    if spec is None or str(grade) not in scale:
+        return "g-none"
+    return ("g-ok", "g-mid", "g-bad")[spec.concern]
+
+
+def column(key: str) -> tuple[str, str]:
+    """(heading, full name) of a condition's column; an unknown key in its own words."""
+    try:
+        spec = spec_of(key)
+    except ValueError:
+        return key.replace("_", " "), key
+    return spec.short, spec.long
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +147,7 @@ def findings_grid(findings: dict[str, Any] | None) -> FindingsGrid | None:
         for key in level.get("findings") or {}:
             if key not in seen:
                 seen.append(key)
-    order = list(CONDITION_LABELS)
+    order = [str(c) for c in CONDITIONS]
     keys = sorted(seen, key=lambda k: (order.index(k) if k in order else len(order), k))
     rows: list[tuple[str, list[FindingCell | None]]] = []
     for level in findings["levels"]:
@@ -165,4 +165,4 @@ def findings_grid(findings: dict[str, Any] | None) -> FindingsGrid | None:
         rows.append((str(level.get("level", "?")), cells))
     model = findings.get("model") or {}
     return FindingsGrid(f"{model.get('name', '?')} {model.get('version', '')}".strip(),
-                        [CONDITION_LABELS.get(k, (k.replace("_", " "), k)) for k in keys], rows)
+                        [column(k) for k in keys], rows)

@@ -28,6 +28,7 @@ from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
+from models.conditions import CONDITIONS, GRADES
 from spinenode.core.settings import Destination
 
 PACS_AE = "DEMOPACS"
@@ -146,26 +147,26 @@ def _print_findings(findings: dict[str, Any], truth: dict[tuple[str, str], str])
     from rich.markup import escape
     from rich.table import Table
 
-    conditions = ["spinal_canal_stenosis", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing",
-                  "left_subarticular_stenosis", "right_subarticular_stenosis", "pfirrmann"]
-    short = ["canal", "L foramen", "R foramen", "L subart.", "R subart.", "Pfirrmann"]
-    abbr = {"normal_mild": "n/m", "moderate": "mod", "severe": "SEV"}
+    def abbr(grade: str) -> str:
+        spec = GRADES.get(grade)
+        return spec.abbr if spec is not None else grade
+
     table = Table(title=f"{findings['model']['name']} {findings['model']['version']}: PRELIMINARY, NOT A "
                         "DIAGNOSIS\n(grade and probability; \\[truth] where the phantom's answer differs)")
     table.add_column("level")
-    for s in short:
-        table.add_column(s)
+    for spec in CONDITIONS.values():
+        table.add_column(spec.short)
     for lv in findings["levels"]:
         cells = []
-        for c in conditions:
+        for c in CONDITIONS:
             f = lv["findings"].get(c)
             if not f:
                 cells.append("-")
                 continue
-            cell = f"{abbr.get(f['grade'], f['grade'])} {max(f['p'].values()):.2f}"
+            cell = f"{abbr(f['grade'])} {max(f['p'].values()):.2f}"
             want = truth.get((c, lv["level"]))
             if want and want != f["grade"]:
-                cell += f" [{abbr.get(want, want)}]"
+                cell += f" [{abbr(want)}]"
             cells.append(cell)
         table.add_row(lv["level"], *(escape(c) for c in cells))
     Console().print(table)

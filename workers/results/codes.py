@@ -1,10 +1,11 @@
-"""Every coded concept the node writes, once.
+"""Every coded concept the node writes, once, as highdicom ``CodedConcept``.
 
-Standard codes are SNOMED CT (SCT) and DICOM (DCM) concepts verified against the
-PS3.16 tables bundled with pydicom (toolchain.md). Where no standard concept
-exists (neural foraminal and subarticular stenosis, the Pfirrmann grade, the
-RSNA "normal/mild" class), the private scheme ``99SPINENODE`` is used and
-declared in the SR's Coding Scheme Identification Sequence.
+The codes of the conditions and grades are defined with the condition table
+(``models/conditions.py``) and only turned into ``CodedConcept`` here; the rest
+(document, measurements, levels, segments) are defined here. Standard codes are
+SNOMED CT (SCT) and DICOM (DCM) concepts verified against the PS3.16 tables bundled
+with pydicom (toolchain.md). Where no standard concept exists, the private scheme
+``99SPINENODE`` is used and declared in the SR's Coding Scheme Identification Sequence.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-PRIVATE_SCHEME: Final = "99SPINENODE"
+from models import conditions
+from models.conditions import PRIVATE_SCHEME, Code, Condition, ConditionSpec
+
 PRIVATE_SCHEME_NAME: Final = "spinenode private concepts"
 PRIVATE_SCHEME_VERSION: Final = "1"
 
@@ -29,6 +32,10 @@ def sct(value: str, meaning: str) -> CodedConcept:
     return CodedConcept(value, "SCT", meaning)
 
 
+def concept(code: Code) -> CodedConcept:
+    return CodedConcept(code.value, code.scheme, code.meaning)
+
+
 # --- document ---------------------------------------------------------------------
 #: CID 100 has no spine-specific procedure: "Imaging procedure".
 PROCEDURE: Final = sct("363679005", "Imaging procedure")
@@ -36,12 +43,9 @@ ALGORITHM_FAMILY: Final = codes.cid7162.ArtificialIntelligence
 REPORT_TITLE: Final = codes.cid7021.ImagingMeasurementReport
 
 # --- findings ------------------------------------------------------------------------
-#: Display form of the Severity concept (codes.SCT.Severity.meaning is "Severity (attribute)").
-SEVERITY: Final = sct("246112005", "Severity")
-STENOSIS: Final = sct("415582006", "Stenosis")
-SPINAL_CANAL: Final = sct("61853006", "Spinal canal")
-LEFT: Final = sct("7771000", "Left")
-RIGHT: Final = sct("24028007", "Right")
+SEVERITY: Final = concept(conditions.SEVERITY)
+STENOSIS: Final = concept(conditions.STENOSIS)
+SPINAL_CANAL: Final = concept(conditions.SPINAL_CANAL)
 
 # --- post-coordination (TID 1501 groups; codes verified in pydicom's PS3.16 tables) ----------
 FINDING: Final = CodedConcept("121071", "DCM", "Finding")
@@ -54,62 +58,28 @@ DIAMETER: Final = sct("81827009", "Diameter")
 HEIGHT: Final = CodedConcept("121207", "DCM", "Height")
 PERCENT: Final = CodedConcept("%", "UCUM", "Percent")
 MILLIMETRE: Final = CodedConcept("mm", "UCUM", "mm")
-#: No verified standard concept for these sites and this grade (toolchain.md): private.
-NEURAL_FORAMEN: Final = private("NEURAL_FORAMEN", "Neural foramen")
-LATERAL_RECESS: Final = private("LATERAL_RECESS", "Lateral recess (subarticular zone)")
-PFIRRMANN_GRADE: Final = private("PFIRRMANN", "Pfirrmann grade")
 
 
 @dataclass(frozen=True, slots=True)
 class ConditionCodes:
-    """How one graded condition is written: a qualitative evaluation ``name = grade``
-    (``Stenosis = Severe``) with site and laterality post-coordinated, the concept the
-    probabilities are of (Severity, or Pfirrmann grade), and the labels people read."""
+    """The codes of one row of the condition table (``models.conditions``) as CodedConcepts."""
 
     name: CodedConcept
     site: CodedConcept | None
     laterality: CodedConcept | None
     grade_property: CodedConcept
-    #: e.g. "spinal canal stenosis", "left neural foraminal narrowing"
-    long: str
-    #: the group a short label joins ("canal", "foramina", "subarticular", "Pfirrmann")
-    short: str
+
+    @classmethod
+    def of(cls, spec: ConditionSpec) -> ConditionCodes:
+        return cls(concept(spec.evaluation), concept(spec.site) if spec.site is not None else None,
+                   concept(spec.laterality.code) if spec.laterality is not None else None,
+                   concept(spec.grade_property))
 
 
-#: The one condition table (used by sr.py, keyimages.py and the summary lines).
-CONDITION_CODES: Final[dict[str, ConditionCodes]] = {
-    "spinal_canal_stenosis": ConditionCodes(STENOSIS, SPINAL_CANAL, None, SEVERITY,
-                                            "spinal canal stenosis", "canal"),
-    "left_neural_foraminal_narrowing": ConditionCodes(STENOSIS, NEURAL_FORAMEN, LEFT, SEVERITY,
-                                                      "left neural foraminal narrowing", "foramina"),
-    "right_neural_foraminal_narrowing": ConditionCodes(STENOSIS, NEURAL_FORAMEN, RIGHT, SEVERITY,
-                                                       "right neural foraminal narrowing", "foramina"),
-    "left_subarticular_stenosis": ConditionCodes(STENOSIS, LATERAL_RECESS, LEFT, SEVERITY,
-                                                 "left subarticular stenosis", "subarticular"),
-    "right_subarticular_stenosis": ConditionCodes(STENOSIS, LATERAL_RECESS, RIGHT, SEVERITY,
-                                                  "right subarticular stenosis", "subarticular"),
-    "pfirrmann": ConditionCodes(PFIRRMANN_GRADE, None, None, PFIRRMANN_GRADE,
-                                "Pfirrmann grade of disc degeneration", "Pfirrmann"),
-}
-
-#: Severity values (RSNA 2024 classes). Moderate and severe are SNOMED; the RSNA class
-#: "normal/mild" has no single standard concept.
-GRADES: Final[dict[str, CodedConcept]] = {
-    "normal_mild": private("NORMAL_MILD", "Normal or mild"),
-    "moderate": sct("6736007", "Moderate"),
-    "severe": sct("24484000", "Severe"),
-    "1": private("PFIRRMANN_1", "Pfirrmann grade 1"),
-    "2": private("PFIRRMANN_2", "Pfirrmann grade 2"),
-    "3": private("PFIRRMANN_3", "Pfirrmann grade 3"),
-    "4": private("PFIRRMANN_4", "Pfirrmann grade 4"),
-    "5": private("PFIRRMANN_5", "Pfirrmann grade 5"),
-}
-
-#: How a grade reads in a short label: moderate and severe in capitals, to stand out.
-GRADE_WORDS: Final[dict[str, str]] = {
-    "normal_mild": "normal/mild", "moderate": "MODERATE", "severe": "SEVERE",
-    "1": "1", "2": "2", "3": "3", "4": "4", "5": "5",
-}
+#: The coded form of each row of the condition table.
+CONDITION_CODES: Final[dict[Condition, ConditionCodes]] = {c: ConditionCodes.of(spec) for c, spec in conditions.CONDITIONS.items()}
+#: The coded form of every grade.
+GRADES: Final[dict[str, CodedConcept]] = {g: concept(spec.code) for g, spec in conditions.GRADES.items()}
 
 
 #: Finding sites: the intervertebral disc of each level (PS3.16 meanings; SEG segment property too).
@@ -130,7 +100,8 @@ DISCS: Final[dict[str, CodedConcept]] = {
 # --- segmentation -------------------------------------------------------------------
 ANATOMICAL_STRUCTURE: Final = sct("91723000", "Anatomical Structure")
 VERTEBRA: Final = sct("51282000", "Vertebra")
-SPINAL_CANAL_STRUCTURE: Final = sct("61853006", "Spinal canal")
+#: The canal segment is the same concept as the canal stenosis' finding site (the condition table).
+SPINAL_CANAL_STRUCTURE: Final = SPINAL_CANAL
 
 # --- "not analysed" ------------------------------------------------------------------
 NOT_ANALYSED: Final = private("NOT_ANALYSED", "AI analysis not performed")

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
+from models import conditions
 from models.types import Findings, LevelFindings
 from workers.results.identity import MANUFACTURER, ResultIdentity
 
@@ -36,20 +37,21 @@ def _worst(lf: LevelFindings) -> str:
 
 
 def _label(lf: LevelFindings) -> str:
-    """'L4-L5: canal moderate, foramina severe' (moderate and worse only; a left/right pair
-    with the same grade said once)."""
-    by = {str(g.condition): g.grade for g in lf.grades}
-    parts = []
-    for name, key in (("canal", "spinal_canal_stenosis"), ("Pfirrmann", "pfirrmann")):
-        if by.get(key) not in (None, "normal_mild", "1", "2"):
-            parts.append(f"{name} {by[key]}")
-    for name, left, right in (("foramen", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"),
-                              ("subart.", "left_subarticular_stenosis", "right_subarticular_stenosis")):
-        gl, gr = by.get(left), by.get(right)
-        if gl == gr and gl not in (None, "normal_mild"):
-            parts.append(f"{name} L+R {gl}")
+    """'L4-L5: canal moderate, L foramen severe' (moderate and worse only, in the words of
+    the condition table; a left/right pair with the same grade said once)."""
+    by = {g.condition: g.grade for g in lf.grades}
+
+    def shown(grade: str | None) -> bool:
+        return grade is not None and conditions.GRADES[grade].concern > 0
+
+    parts = [f"{spec.short} {conditions.grade_label(by[c])}" for c, spec in conditions.CONDITIONS.items()
+             if spec.laterality is None and shown(by.get(c))]
+    for left, right in conditions.pairs():
+        gl, gr = by.get(left.condition), by.get(right.condition)
+        if gl == gr and shown(gl):
+            parts.append(f"{left.group} L+R {conditions.grade_label(gl)}")
             continue
-        parts += [f"{side} {name} {g}" for side, g in (("L", gl), ("R", gr)) if g not in (None, "normal_mild")]
+        parts += [f"{spec.short} {conditions.grade_label(g)}" for spec, g in ((left, gl), (right, gr)) if shown(g)]
     return f"{lf.level.name}: " + (", ".join(parts) if parts else "no moderate/severe finding")
 
 

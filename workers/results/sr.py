@@ -41,6 +41,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
+from models import conditions
 from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement, measure_levels
 from models.types import Findings, Grade, LevelFindings, ModelId, SeriesMasks
 from workers.results import codes
@@ -98,31 +99,29 @@ def _evaluations(texts: Sequence[tuple[CodedConcept, str]]) -> hd.sr.ContainerCo
 
 # --- what people read --------------------------------------------------------------------
 def _word(g: Grade) -> str:
-    return codes.GRADE_WORDS[g.grade]
+    return conditions.GRADES[g.grade].word
 
 
 def level_lines(lf: LevelFindings) -> list[str]:
     """The comment lines of a level: its name and the AI caveat, then the graded findings
-    grouped as a radiologist reads them (canal and Pfirrmann; foramina; subarticular)."""
+    grouped as a radiologist reads them (canal and Pfirrmann; foramina; subarticular),
+    in the words of the condition table (``models.conditions``)."""
     lines = [f"{lf.level.name} disc - AI, PRELIMINARY, not a diagnosis"]
-    by = {str(g.condition): g for g in lf.grades}
-    first: list[str] = []
-    if (g := by.get("spinal_canal_stenosis")) is not None:
-        first.append(f"canal {_word(g)}")
-    if (g := by.get("pfirrmann")) is not None:
-        first.append(f"Pfirrmann {_word(g)}")
+    by = {g.condition: g for g in lf.grades}
+    first = [f"{spec.short} {_word(g)}" for c, spec in conditions.CONDITIONS.items()
+             if spec.laterality is None and (g := by.get(c)) is not None]
     if first:
         lines.append(", ".join(first))
     sides: list[str] = []
-    for short, left, right in (("foramina", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"),
-                               ("subart.", "left_subarticular_stenosis", "right_subarticular_stenosis")):
-        gl, gr = by.get(left), by.get(right)
+    for left, right in conditions.pairs():
+        gl, gr = by.get(left.condition), by.get(right.condition)
         if gl is not None and gr is not None and gl.grade == gr.grade:
-            sides.append(f"{short} {_word(gl)}")  # both sides alike: said once, the line stays short
+            sides.append(f"{left.group} {_word(gl)}")  # both sides alike: said once, the line stays short
             continue
-        parts = [f"{side} {_word(g)}" for side, g in (("L", gl), ("R", gr)) if g is not None]
+        parts = [f"{spec.laterality.initial} {_word(g)}" for spec, g in ((left, gl), (right, gr))
+                 if g is not None and spec.laterality is not None]
         if parts:
-            sides.append(f"{short} " + " ".join(parts))
+            sides.append(f"{left.group} " + " ".join(parts))
     if sides:
         lines.append("; ".join(sides))
     if len(lines) == 1:
@@ -135,8 +134,7 @@ def summary_lines(findings: Findings) -> list[str]:
     lines = []
     for lf in findings.levels:
         parts = [
-            f"{codes.CONDITION_CODES[str(g.condition)].long} {g.grade.replace('_', '/')} "
-            f"(p={max(g.probabilities):.2f})"
+            f"{g.condition.spec.long} {conditions.grade_label(g.grade)} (p={max(g.probabilities):.2f})"
             for g in lf.grades
         ]
         lines.append(f"{lf.level.name}: " + ("; ".join(parts) if parts else "located, not graded"))
@@ -148,7 +146,7 @@ def _evaluation(g: Grade) -> hd.sr.QualitativeEvaluation:
     """One graded condition: ``Stenosis = Severe`` with Finding Site and Laterality as
     concept modifiers (``Pfirrmann grade = grade 3`` for the disc), and the probability
     of every grade in % as properties, each naming its grade."""
-    cc = codes.CONDITION_CODES[str(g.condition)]
+    cc = codes.CONDITION_CODES[g.condition]
     item = hd.sr.QualitativeEvaluation(name=cc.name, value=codes.GRADES[g.grade])
     children: list[Dataset] = []
     if cc.site is not None:
@@ -204,7 +202,7 @@ def _level_group(
     tool = "Length" if nums else "RectangleROI"
     if not nums:
         nums = [_box_certainty(lf, source)]
-    stenosis = any(codes.CONDITION_CODES[str(g.condition)].name == codes.STENOSIS for g in lf.grades)
+    stenosis = any(g.condition.spec.evaluation == conditions.STENOSIS for g in lf.grades)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=identity.sub_uid("level", level.name), identifier=f"{CORNERSTONE_TAG}:{tool}:disc {level.name}"
@@ -352,13 +350,13 @@ def grades_from_sr(ds: Dataset) -> dict[tuple[str, str], str]:
     """``{(condition, level): grade meaning}`` read back from a findings SR (tests, tools).
 
     The condition is recovered from the post-coordinated evaluation (name, Finding Site,
-    Laterality) through :data:`codes.CONDITION_CODES`; the level from the group's disc.
+    Laterality) through the condition table (:data:`codes.CONDITION_CODES`); the level from the group's disc.
     """
     def key(c: Any) -> tuple[str, str]:
         return (str(c.CodeValue), str(c.CodingSchemeDesignator))
 
-    conditions = {
-        (key(cc.name), key(cc.site) if cc.site else None, key(cc.laterality) if cc.laterality else None): name
+    by_codes = {
+        (key(cc.name), key(cc.site) if cc.site else None, key(cc.laterality) if cc.laterality else None): str(name)
         for name, cc in codes.CONDITION_CODES.items()
     }
     levels = {key(code): level for level, code in codes.DISCS.items()}
@@ -375,7 +373,7 @@ def grades_from_sr(ds: Dataset) -> dict[tuple[str, str], str]:
                     continue
                 mods = {str(m.ConceptNameCodeSequence[0].CodeValue): key(m.ConceptCodeSequence[0])
                         for m in it.get("ContentSequence", []) if m.RelationshipType == "HAS CONCEPT MOD"}
-                cond = conditions.get((key(it.ConceptNameCodeSequence[0]), mods.get("363698007"), mods.get("272741003")))
+                cond = by_codes.get((key(it.ConceptNameCodeSequence[0]), mods.get("363698007"), mods.get("272741003")))
                 if cond is not None:
                     out[(cond, level)] = str(it.ConceptCodeSequence[0].CodeMeaning)
     return out
