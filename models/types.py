@@ -36,6 +36,25 @@ LUMBAR_LEVELS: tuple[str, ...] = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
 CERVICAL_LEVELS: tuple[str, ...] = ("C2-C3", "C3-C4", "C4-C5", "C5-C6", "C6-C7", "C7-T1")
 ALL_LEVELS: tuple[str, ...] = LUMBAR_LEVELS + CERVICAL_LEVELS
 
+#: Decimals the Findings JSON keeps: pixel coordinates and mm, detection confidence,
+#: probabilities. :meth:`Findings.reported` rounds to them, so that what is stored
+#: reads back equal (``Findings.from_json(f.to_json()) == f.reported()``).
+PIXEL_DECIMALS = 2
+CONFIDENCE_DECIMALS = 3
+PROBABILITY_DECIMALS = 4
+
+
+class FindingsJsonError(ValueError):
+    """Stored Findings JSON that lacks a field or holds a value of the wrong kind."""
+
+
+def _field(data: Mapping[str, Any], key: str, where: str) -> Any:
+    try:
+        return data[key]
+    except (KeyError, TypeError):
+        raise FindingsJsonError(f"{where}: no {key!r}") from None
+
+
 LUMBAR_CONDITIONS: tuple[Condition, ...] = tuple(Condition)
 CERVICAL_CONDITIONS: tuple[Condition, ...] = (Condition.SPINAL_CANAL_STENOSIS,)
 
@@ -58,6 +77,10 @@ class ModelId:
     def to_json(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelId:
+        return cls(str(_field(data, "name", "model")), str(_field(data, "version", "model")))
+
 
 @dataclass(frozen=True, slots=True)
 class Box:
@@ -77,7 +100,13 @@ class Box:
         return ((self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0)
 
     def as_list(self) -> list[float]:
-        return [round(float(v), 2) for v in (self.x0, self.y0, self.x1, self.y1)]
+        return [round(float(v), PIXEL_DECIMALS) for v in (self.x0, self.y0, self.x1, self.y1)]
+
+    @classmethod
+    def from_list(cls, values: Sequence[float]) -> Box:
+        if len(values) != 4:
+            raise FindingsJsonError(f"a box has 4 numbers, not {len(values)}")
+        return cls(*(float(v) for v in values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +138,19 @@ class Level:
     center_patient: tuple[float, float, float]
     frame_number: int | None = None
 
+    def reported(self) -> Level:
+        """This level at the precision of the Findings JSON."""
+        return Level(self.name, self.series_uid, self.sop_instance_uid, int(self.slice_index),
+                     Box.from_list(self.box.as_list()), round(float(self.confidence), CONFIDENCE_DECIMALS),
+                     _centre(self.center_patient), self.frame_number)
+
+
+def _centre(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) != 3:
+        raise FindingsJsonError(f"a centre has 3 coordinates, not {len(values)}")
+    x, y, z = (round(float(v), PIXEL_DECIMALS) for v in values)
+    return (x, y, z)
+
 
 @dataclass(frozen=True, slots=True)
 class Grade:
@@ -134,8 +176,18 @@ class Grade:
     def to_json(self) -> dict[str, Any]:
         return {
             "grade": self.grade,
-            "p": {g: round(float(p), 4) for g, p in zip(self.condition.grades, self.probabilities)},
+            "p": {g: round(float(p), PROBABILITY_DECIMALS) for g, p in zip(self.condition.grades, self.probabilities)},
         }
+
+    @classmethod
+    def from_json(cls, condition: Condition | str, data: Mapping[str, Any]) -> Grade:
+        """The probabilities as stored (not renormalised: they are what was reported)."""
+        c = Condition(condition)
+        p = _field(data, "p", str(c))
+        return cls(c, tuple(float(_field(p, g, f"{c} p")) for g in c.grades))
+
+    def reported(self) -> Grade:
+        return Grade(self.condition, tuple(round(float(p), PROBABILITY_DECIMALS) for p in self.probabilities))
 
 
 #: The name used in the brief; one finding is one graded condition.
@@ -165,9 +217,32 @@ class LevelFindings:
         if self.level.frame_number is not None:
             out["frame_number"] = self.level.frame_number  # additive: only for multi-frame sources
         out["box"] = self.level.box.as_list()
-        out["confidence"] = round(float(self.level.confidence), 3)  # additive: the detection's
+        out["confidence"] = round(float(self.level.confidence), CONFIDENCE_DECIMALS)  # additive: the detection's
+        # additive (issue 13): where the level lies, so that the record reads back whole
+        out["slice_index"] = int(self.level.slice_index)
+        out["center_patient"] = list(_centre(self.level.center_patient))
         out["findings"] = {str(g.condition): g.to_json() for g in self.grades}
         return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LevelFindings:
+        where = f"level {data.get('level', '?') if isinstance(data, Mapping) else '?'}"
+        frame = data.get("frame_number") if isinstance(data, Mapping) else None
+        level = Level(
+            name=str(_field(data, "level", where)),
+            series_uid=str(_field(data, "series_uid", where)),
+            sop_instance_uid=str(_field(data, "sop_instance_uid", where)),
+            slice_index=int(_field(data, "slice_index", where)),
+            box=Box.from_list(_field(data, "box", where)),
+            confidence=float(_field(data, "confidence", where)),
+            center_patient=_centre(_field(data, "center_patient", where)),
+            frame_number=int(frame) if frame is not None else None,
+        )
+        grades = tuple(Grade.from_json(c, f) for c, f in dict(_field(data, "findings", where)).items())
+        return cls(level, grades)
+
+    def reported(self) -> LevelFindings:
+        return LevelFindings(self.level.reported(), tuple(g.reported() for g in self.grades))
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +273,25 @@ class Findings:
             "levels": [lf.to_json() for lf in self.levels],
             "missing": list(self.missing),
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Findings:
+        """The inverse of :meth:`to_json`: ``from_json(f.to_json()) == f.reported()``.
+
+        Raises :class:`FindingsJsonError` when a field is missing (JSON written before a
+        field was added is refused, never filled with a stand-in value)."""
+        return cls(
+            study_uid=str(_field(data, "study_uid", "findings")),
+            region=Region(_field(data, "region", "findings")),
+            model=ModelId.from_json(_field(data, "model", "findings")),
+            levels=tuple(LevelFindings.from_json(lv) for lv in _field(data, "levels", "findings")),
+            missing=tuple(str(m) for m in data.get("missing", ())),
+        )
+
+    def reported(self) -> Findings:
+        """These findings at the precision of the Findings JSON (what the record carries)."""
+        return Findings(self.study_uid, self.region, self.model, tuple(lf.reported() for lf in self.levels),
+                        self.missing)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -27,7 +27,8 @@ from scp_node.ingest import Ingestor
 from spinenode.core.settings import load_settings
 from spinenode.core.storage import Spool
 from workers.spool import SpoolAccess
-from workers.pipeline import MASKS_SAVED, StageContext, _masks_path, encode_study, export_study
+from workers.pipeline import StageContext, _masks_path, encode_study, export_study
+from workers.record import AnalysisRecord, MaskSet, MasksRef, SeriesUse
 from workers.results.seg import save_masks
 
 MODEL = ModelId("spinenode-test-model", "0.0.1")
@@ -58,10 +59,15 @@ def _analysed(ctx: StageContext, study_uid: str, paths: list[Path]) -> int:
         sag, key=lambda d: int(d.InstanceNumber))), labels, {1: "disc L4-L5", 2: "disc L5-S1"}, MODEL)
     with ctx.db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
-        st.findings = findings.to_json()
-        walk_to(s, st, StudyState.ENCODING, stage="analyze", detail=f"test; {MASKS_SAVED}")
         generation = st.generation
-    save_masks([masks], _masks_path(ctx, study_uid, generation))
+    sha256 = save_masks([masks], _masks_path(ctx, study_uid, generation))
+    record = AnalysisRecord.of(
+        findings, (SeriesUse("sagittal_t2", str(mid.SeriesInstanceUID), len(sag)),),
+        MasksRef(ctx.spool.masks_rel(study_uid, generation).as_posix(), sha256, (MaskSet.of(masks),)), 1.0)
+    with ctx.db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+        st.findings = record.to_json()
+        walk_to(s, st, StudyState.ENCODING, stage="analyze", detail="test")
     return generation
 
 

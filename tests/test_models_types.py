@@ -25,6 +25,7 @@ def test_findings_json_matches_contract() -> None:
         "study_uid": "9.8.7", "region": "lumbar", "model": {"name": "spinenode", "version": "0.1.0"},
         "levels": [{"level": "L4-L5", "series_uid": "1.2.3", "sop_instance_uid": "1.2.3.4",
                     "box": [10.0, 20.0, 30.0, 40.0], "confidence": 0.9,  # additive (design-notes)
+                    "slice_index": 7, "center_patient": [0.0, 1.0, 2.0],  # additive (issue 13)
                     "findings": {"spinal_canal_stenosis": {
                         "grade": "severe", "p": {"normal_mild": 0.05, "moderate": 0.15, "severe": 0.8}}}}],
         "missing": ["no usable axial T2 series"],

@@ -68,6 +68,31 @@ def _conditions(result: Any) -> set[Condition]:
     return {g.condition for lf in result.findings.levels for g in lf.grades}
 
 
+def _assert_record_reads_back(result: Any, files: dict[str, list[Path]], sel: Any, tmp_path: Path) -> None:
+    """The analysis record of a real analyzer output reads back equal from its JSON, and
+    holds the analyzer's values (at the stored precision), no stand-ins (issue 13)."""
+    import json
+
+    from workers.record import AnalysisRecord, MaskSet, MasksRef, SeriesUse
+    from workers.results.seg import save_masks
+
+    used = [SeriesUse(role, uid, len(files[uid])) for role, uid in sel.as_dict().items()
+            if role != "missing" and uid]
+    masks = None
+    if result.masks:
+        sha256 = save_masks(result.masks, tmp_path / "masks.npz")
+        masks = MasksRef("results/x/masks-g1.npz", sha256, tuple(MaskSet.of(m) for m in result.masks))
+    record = AnalysisRecord.of(result.findings, used, masks, result.seconds)
+    back = AnalysisRecord.from_json(json.loads(json.dumps(record.to_json())))
+    assert back == record
+    for got, lf in zip(back.findings.levels, result.findings.levels, strict=True):
+        assert (got.level.slice_index, got.level.frame_number) == (lf.level.slice_index, lf.level.frame_number)
+        assert max(abs(a - b) for a, b in zip(got.level.center_patient, lf.level.center_patient)) <= 0.005
+        assert max(abs(a - b) for a, b in zip(got.level.box.as_list(), lf.level.box.as_list())) == 0
+        assert [g.grade for g in got.grades] == [g.grade for g in lf.grades]
+    assert back.findings.missing == result.findings.missing
+
+
 def _truncate_pixels(files: list[Path]) -> None:
     for f in files:
         ds = dcmread(f)
@@ -96,6 +121,8 @@ def test_undecodable_series_cost_only_their_conditions(study: Path, tmp_path: Pa
     files, sel = _files(study)
     full = _run(files, None)
     assert _conditions(full) == SAGITTAL | FORAMINAL | SUBARTICULAR and not full.findings.missing
+    assert full.masks
+    _assert_record_reads_back(full, files, sel, tmp_path)
     copy = tmp_path / "study"
     shutil.copytree(study, copy)
     files, sel = _files(copy)
@@ -107,6 +134,7 @@ def test_undecodable_series_cost_only_their_conditions(study: Path, tmp_path: Pa
     assert [m for m in res.findings.missing if "not assessed" in m] == [
         m for m in res.findings.missing if m.startswith("sagittal T1 series could not be read")]
     assert any("neural foraminal narrowing not assessed" in m for m in res.findings.missing)
+    _assert_record_reads_back(res, files, sel, tmp_path)  # a partial failure reads back whole too
     # the axial unreadable as well: the sagittal T2's conditions are still reported
     _truncate_pixels(files[sel.axial_t2])
     res = _run(files, sel.series_uids())

@@ -2,8 +2,11 @@
 
 ``models`` raises its own errors; here they become the node's: a missing or
 altered weights file is an operational failure (``AnalyzerUnavailableError`` ->
-FAILED(analyze)), a study the models cannot read is a clinical outcome (a
-"not analysed" SR with the reason).
+FAILED(analyze)); a study the models say they cannot read (``AnalyzerError``,
+``VolumeError``) is a clinical outcome (a "not analysed" SR with the reason); any
+other exception from the analyzer is a bug (``AnalyzerFailedError`` ->
+FAILED(analyze) with the exception's type and where it was raised, retryable), never a
+"not analysed" SR sent to the PACS.
 """
 
 from __future__ import annotations
@@ -15,16 +18,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydicom import dcmread
 
+from spinenode.core.errors import AnalysisError, AnalyzerUnavailableError
 from spinenode.core.logs import log_failure
-from spinenode.core.errors import AnalyzerUnavailableError
 from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str], Any] = {}
+
+
+class AnalyzerFailedError(AnalysisError):
+    """The analyzer raised something it does not raise on purpose: a bug, not the study."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRead:
+    """The study's series as the analyzer gets them, and how many files each lost."""
+
+    datasets: dict[str, list[Any]]
+    #: series UID -> files that could not be read (left out of the analysis)
+    unreadable: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,44 +71,79 @@ def load_analyzer(settings: Settings, weights_dir: Path | None = None) -> Any:
         return analyzer
 
 
-def run_analysis(
-    settings: Settings, study_uid: str, series_files: Mapping[str, Sequence[Path]], region: str | None,
-    selected: Collection[str] | None = None,
-) -> Any:
-    """AnalysisResult, or NotAnalysed(reason) when the models cannot read this study.
-
-    Pixels are read for the ``selected`` series only (all when None); the others are
-    read as headers, so that the analyzer's own classification (and what it reports
-    missing) sees the whole study without loading localisers and unused sequences.
-    A series the analyzer cannot read costs only the conditions it serves (the
-    findings' ``missing`` lines say which and why); the study is "not analysed" only
-    when no level can be located at all.
-    """
-    from models.analyzer import AnalyzerError
-
-    analyzer = load_analyzer(settings)
+def read_series(series_files: Mapping[str, Sequence[Path]], selected: Collection[str] | None = None) -> SeriesRead:
+    """Pixels for the ``selected`` series only (all when None); the others as headers, so
+    that the analyzer's own classification (and what it reports missing) sees the whole
+    study without loading localisers and unused sequences."""
     series: dict[str, list[Any]] = {}
+    unreadable: dict[str, int] = {}
     for uid, files in series_files.items():
         headers_only = selected is not None and uid not in selected
         datasets = []
         for f in files:
             try:
                 datasets.append(dcmread(f, stop_before_pixels=headers_only))
+            except SoftTimeLimitExceeded:
+                raise
             except Exception as exc:  # one unreadable file costs that image, not the series
                 log.warning("series %s: a file is unreadable (%s): left out of the analysis", uid,
                             type(exc).__name__)
+                unreadable[uid] = unreadable.get(uid, 0) + 1
         if datasets:
             series[uid] = datasets
+    return SeriesRead(series, unreadable)
+
+
+def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[Any]], region: str | None) -> Any:
+    """AnalysisResult, or NotAnalysed(reason) when the models say they cannot read this study.
+
+    A series the analyzer cannot read costs only the conditions it serves (the findings'
+    ``missing`` lines say which and why; models/analyzer.py); the study is "not analysed"
+    only when no level can be located at all (the analyze stage decides) or the models
+    refuse it (``AnalyzerError``, ``VolumeError``). Anything else raised inside the
+    analyzer is a bug: :class:`AnalyzerFailedError`, and the stage fails.
+    """
+    from models.analyzer import AnalyzerError
+    from models.volume import VolumeError
+
+    analyzer = load_analyzer(settings)
     try:
         return analyzer.analyze(study_uid, series, region)
-    except AnalyzerError as exc:
+    except (AnalyzerError, VolumeError) as exc:
         return NotAnalysed(str(exc))
+    except SoftTimeLimitExceeded:
+        raise  # the stage's time is up (workers/timelimit.py): not the analyzer's fault
     except Exception as exc:
-        # Undecodable or missing pixels, a transfer syntax that lies about its data, absurd
-        # geometry: the study is not analysable as sent, and the radiologist is told so.
-        # The traceback goes to the log (no patient data in it) in case it is our bug.
-        log_failure(log, "study %s: the analyzer could not read the images", study_uid, exc=exc)
-        return NotAnalysed(f"images could not be read ({type(exc).__name__})")
+        # The traceback goes to the log (frames only: no patient data); the stage records
+        # the type and the place, and the study can be retried once the bug is fixed.
+        log_failure(log, "study %s: the analyzer failed unexpectedly", study_uid, exc=exc)
+        raise AnalyzerFailedError(
+            f"the analyzer failed unexpectedly: {type(exc).__name__}{_raised_at(exc)} "
+            "(a bug, not the study; details in the worker log)"
+        ) from exc
+
+
+def _raised_at(exc: BaseException) -> str:
+    """' at models/x.py:12', the innermost frame in the project's packages ('' if none)."""
+    import traceback
+
+    where = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        parts = Path(frame.filename).parts
+        for pkg in ("models", "workers", "scp_node", "spinenode"):
+            if pkg in parts:
+                rel = "/".join(parts[len(parts) - 1 - parts[::-1].index(pkg):])
+                where = f" at {rel}:{frame.lineno}"
+                break
+    return where
+
+
+def run_analysis(
+    settings: Settings, study_uid: str, series_files: Mapping[str, Sequence[Path]], region: str | None,
+    selected: Collection[str] | None = None,
+) -> Any:
+    """:func:`read_series` then :func:`analyse`: AnalysisResult or NotAnalysed."""
+    return analyse(settings, study_uid, read_series(series_files, selected).datasets, region)
 
 
 def model_identity() -> tuple[str, str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
@@ -26,11 +27,13 @@ from spinenode.core.errors import NodeUnreachableError, SpinenodeError
 from spinenode.core.repository import claim
 from spinenode.core.settings import Settings
 from spinenode.core.states import record_event, transition
-from workers.analysis import NotAnalysed, model_identity, run_analysis
+from workers.analysis import NotAnalysed, analyse, model_identity, read_series
 from workers.export import ObjectToSend, SendOutcome, exporter_for, next_attempt
+from workers.record import AnalysisRecord, AnalysisRecordError, MaskSet, MasksRef, SeriesUse
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
 from workers.series import classify_study
 from workers.spool import SpoolAccess
+from workers.timelimit import soft_time_limit
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,13 @@ def _wait_for_node(ctx: StageContext, study_uid: str, generation: int, stage: st
                      detail=f"{exc}; {_LEFT_FOR_SWEEP} after {ctx.settings.requeue_after:.0f} s")
 
 
+def _over_time(ctx: StageContext, stage: str) -> str:
+    """The failure detail of a stage stopped by its soft time limit."""
+    log.warning("%s stage stopped: soft time limit of %g s exceeded", stage, ctx.settings.task_soft_time_limit)
+    return (f"SoftTimeLimitExceeded: the {stage} stage worked longer than TASK_SOFT_TIME_LIMIT "
+            f"({ctx.settings.task_soft_time_limit:g} s) and was stopped")
+
+
 # --- analyze -------------------------------------------------------------------------
 def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
     """QUEUED -> ANALYZING -> ENCODING: classify and select series, run the analyzer."""
@@ -110,8 +120,11 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         log.info("study %s generation %d: not QUEUED any more, delivery dropped", study_uid, generation)
         return
     try:
-        with ctx.spool.study(study_uid):
+        with ctx.spool.study(study_uid), soft_time_limit(ctx.settings.task_soft_time_limit):
             outcome = _analyze(ctx, study_uid, generation)
+    except SoftTimeLimitExceeded:
+        fail(ctx.db, study_uid, generation, "analyze", _over_time(ctx, "analyze"))
+        return
     except NodeUnreachableError as exc:
         _wait_for_node(ctx, study_uid, generation, "analyze", exc)
         return
@@ -132,21 +145,23 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
             row.not_analysed_reason = outcome.reason
             detail = f"not analysed: {outcome.reason}"
         else:
-            row.findings = outcome.findings.to_json()
+            row.findings = outcome.to_json()
             row.not_analysed_reason = None
             detail = f"{len(outcome.findings.levels)} levels graded in {outcome.seconds:.1f} s"
-            if outcome.masks:
-                detail += f"; {MASKS_SAVED}"
+            if outcome.masks is not None:
+                detail += "; masks saved for the SEG"
         transition(s, row, StudyState.ENCODING, stage="analyze", detail=detail)
     ctx.send("encode", study_uid, generation)
 
 
-def _analyze(ctx: StageContext, study_uid: str, generation: int) -> Any:
+def _analyze(ctx: StageContext, study_uid: str, generation: int) -> AnalysisRecord | NotAnalysed:
     """Classify, select, analyse; the masks (if any) are on the node when this returns.
 
     Every instance's header must be readable here (or fetched from the node): a file
     that cannot be had raises InstanceUnavailableError, never a silent "not analysed".
     """
+    from models.series import ROLE_CONDITIONS
+
     ctx.spool.require_headers(study_uid)
     classes, selection = classify_study(ctx.db, ctx.spool, study_uid)  # type: ignore[arg-type]
     study = _study(ctx, study_uid)
@@ -164,33 +179,28 @@ def _analyze(ctx: StageContext, study_uid: str, generation: int) -> Any:
     if not (selection.sagittal_t2 or selection.sagittal_t1 or selection.ct_sagittal):
         return NotAnalysed("no usable sagittal MR or CT series in the study")
     ctx.spool.require_series(study_uid, selection.series_uids())
-    outcome = run_analysis(ctx.settings, study_uid, _series_files(ctx, study_uid), study.region,
-                           selection.series_uids())
+    read = read_series(_series_files(ctx, study_uid), selection.series_uids())
+    outcome = analyse(ctx.settings, study_uid, read.datasets, study.region)
     if isinstance(outcome, NotAnalysed):
         return outcome
     if not outcome.findings.levels:
         why = "; ".join(outcome.findings.missing) or "no disc level was found on the sagittal series"
         return NotAnalysed(f"no disc level could be located ({why})")
+    used = tuple(SeriesUse(role, uid, len(read.datasets.get(uid, ())), read.unreadable.get(uid, 0))
+                 for role in ROLE_CONDITIONS if (uid := getattr(selection, role)))
+    masks: MasksRef | None = None
     if outcome.masks:
         from workers.results.seg import save_masks
 
         path = _masks_path(ctx, study_uid, generation)
-        save_masks(outcome.masks, path)
+        sha256 = save_masks(outcome.masks, path)
         ctx.spool.publish_masks(study_uid, generation, path)
-    return outcome
+        masks = MasksRef(ctx.spool.masks_rel(study_uid, generation).as_posix(), sha256,
+                         tuple(MaskSet.of(m) for m in outcome.masks))
+    return AnalysisRecord.of(outcome.findings, used, masks, outcome.seconds)
 
 
 # --- encode --------------------------------------------------------------------------
-#: In the analyze stage's event when it saved masks: encode then needs them for the SEG.
-MASKS_SAVED = "masks saved for the SEG"
-
-
-def _masks_expected(ctx: StageContext, study_id: int, generation: int) -> bool:
-    with ctx.db.session() as s:
-        return s.scalar(select(func.count()).select_from(Event).where(
-            Event.study_id == study_id, Event.generation == generation, Event.stage == "analyze",
-            Event.detail.contains(MASKS_SAVED))) > 0
-
 def _masks_path(ctx: StageContext, study_uid: str, generation: int) -> Path:
     """Where the analyze stage writes the masks on this host (sent on to the node when remote)."""
     root = ctx.spool.cache / "full" if ctx.spool.remote else ctx.settings.data_dir
@@ -236,13 +246,42 @@ def _write(ctx: StageContext, study_uid: str, ds: Dataset, identity: ResultIdent
     return _Encoded(identity, str(ds.SOPClassUID), rel, model)
 
 
+def _masks(ctx: StageContext, study_uid: str, generation: int, record: AnalysisRecord) -> list[Any]:
+    """The masks the record references, checked against it (none when it has none)."""
+    from workers.results.seg import load_masks
+
+    ref = record.masks
+    if ref is None:
+        return []
+    path = ctx.spool.masks_path(study_uid, generation)
+    if path is None:
+        # written on another host that shares neither DATA_DIR nor NODE_URL with this one:
+        # fail rather than send findings without their SEG
+        raise ctx.spool.unavailable(f"the masks of study {study_uid} (generation {generation}) for the SEG")
+    if _sha256(path) != ref.sha256:
+        raise AnalysisRecordError(f"the masks file of study {study_uid} is not the one the analysis recorded "
+                                  "(written again since): analyse the study again")
+    loaded = load_masks(path)
+    if len(loaded) != len(ref.sets) or not all(m.matches(x) for m, x in zip(ref.sets, loaded)):
+        raise AnalysisRecordError(f"the masks of study {study_uid} do not lie where the analysis recorded")
+    return loaded
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _encode_objects(ctx: StageContext, study: Study, generation: int) -> tuple[list[_Encoded], str]:
-    """Build and write the study's result objects; returns them and the inputs digest."""
-    from models.types import ModelId
-    from workers.results.findings_json import findings_from_json
-    from workers.results.keyimages import build_key_image
-    from workers.results.seg import build_seg, load_masks
-    from workers.results.sr import build_findings_sr, build_not_analysed_sr, measurements_from_masks
+    """Build and write the study's result objects; returns them and the inputs digest.
+
+    An analysed study gets one object from each builder of ``BUILDERS`` that has
+    something to show; a study that was not analysed gets the "not analysed" SR."""
+    from models.types import FindingsJsonError, ModelId
+    from workers.results.builder import EncodeInputs
+    from workers.results.builders import BUILDERS
+    from workers.results.sr import build_not_analysed_sr
 
     study_uid = study.study_uid
     evidence = _evidence(ctx, study_uid)
@@ -253,30 +292,21 @@ def _encode_objects(ctx: StageContext, study: Study, generation: int) -> tuple[l
         sr = build_not_analysed_sr(study.not_analysed_reason or "not analysed", evidence, identity, model,
                                    _predecessor(ctx, study, identity.sop_instance_uid))
         return [_write(ctx, study_uid, sr, identity, model)], digest
-    findings = findings_from_json(study.findings)
-    model = findings.model
-    identity = ResultIdentity(study_uid, ResultKind.SR, model.name, model.version, digest)
-    masks_file = ctx.spool.masks_path(study_uid, generation)
-    if masks_file is None and _masks_expected(ctx, study.id, generation):
-        # written on another host that shares neither DATA_DIR nor NODE_URL with this one:
-        # fail rather than send findings without their SEG
-        raise ctx.spool.unavailable(f"the masks of study {study_uid} (generation {generation}) for the SEG")
-    all_masks = load_masks(masks_file) if masks_file is not None else []
-    sr = build_findings_sr(findings, evidence, identity, _predecessor(ctx, study, identity.sop_instance_uid),
-                           measurements=measurements_from_masks(findings, all_masks, evidence))
-    encoded = [_write(ctx, study_uid, sr, identity, model)]
-    for masks in all_masks:
-        seg_id = ResultIdentity(study_uid, ResultKind.SEG, model.name, model.version, digest)
-        seg = build_seg(masks, evidence, seg_id, model)
-        encoded.append(_write(ctx, study_uid, seg, seg_id, model))
-        break  # one SEG per study: the analyzer segments the primary sagittal series
-    shown = {lf.level.sop_instance_uid for lf in findings.levels}
-    if shown:
-        sop = max(shown, key=lambda u: sum(lf.level.sop_instance_uid == u for lf in findings.levels))
-        series_uid = next(lf.level.series_uid for lf in findings.levels if lf.level.sop_instance_uid == sop)
-        path = ctx.spool.instance_path(study_uid, series_uid, sop)
-        ki_id = ResultIdentity(study_uid, ResultKind.KEY_IMAGES, model.name, model.version, digest)
-        encoded.append(_write(ctx, study_uid, build_key_image(dcmread(path), findings, ki_id), ki_id, model))
+    try:
+        record = AnalysisRecord.from_json(study.findings)
+    except FindingsJsonError as exc:
+        raise AnalysisRecordError(f"the stored analysis cannot be read ({exc})") from exc
+    inputs = EncodeInputs(
+        record, evidence, _masks(ctx, study_uid, generation, record), digest,
+        source_image=lambda series_uid, sop: dcmread(ctx.spool.instance_path(study_uid, series_uid, sop)),
+        predecessor=lambda identity: _predecessor(ctx, study, identity.sop_instance_uid),
+    )
+    encoded = []
+    for builder in BUILDERS:
+        identity = inputs.identity(builder.kind)
+        ds = builder.build(inputs, identity)
+        if ds is not None:
+            encoded.append(_write(ctx, study_uid, ds, identity, record.findings.model))
     return encoded, digest
 
 
@@ -287,8 +317,11 @@ def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         log.info("study %s generation %d: not ENCODING, delivery dropped", study_uid, generation)
         return
     try:
-        with ctx.spool.study(study_uid):
+        with ctx.spool.study(study_uid), soft_time_limit(ctx.settings.task_soft_time_limit):
             encoded, digest = _encode_objects(ctx, study, generation)
+    except SoftTimeLimitExceeded:
+        fail(ctx.db, study_uid, generation, "encode", _over_time(ctx, "encode"))
+        return
     except NodeUnreachableError as exc:
         _wait_for_node(ctx, study_uid, generation, "encode", exc)
         return
@@ -352,25 +385,33 @@ def export_study(ctx: StageContext, study_uid: str, generation: int, calling_ae:
         ).all()
     claimed: dict[str, list[ObjectToSend]] = defaultdict(list)
     unavailable: list[SendOutcome] = []
-    with ctx.spool.study(study_uid):
-        for export_id, dest, rel, sop_class, sop_uid, series_uid in due:
-            with ctx.db.session() as s:
-                got = s.execute(
-                    update(Export).where(Export.id == export_id, Export.state == ExportState.PENDING)
-                    .values(state=ExportState.SENDING, updated_at=now).returning(Export.id)
-                ).scalar_one_or_none()
-            if got is None:
-                continue
-            try:
-                path = ctx.spool.result_path(study_uid, series_uid, rel)
-            except SpinenodeError as exc:  # gone for good, or the node is unreachable (transient)
-                unavailable.append(SendOutcome(export_id, False, exc.transient, None, str(exc)))
-                continue
-            claimed[dest].append(ObjectToSend(export_id, path, sop_class, sop_uid))
-        _record_outcomes(ctx, unavailable)
-        for dest, objects in claimed.items():
-            outcomes = exporter_for(dest).send(dest, objects, ctx.settings, calling_ae or ctx.settings.ae_title)
-            _record_outcomes(ctx, outcomes)
+    taken: list[int] = []
+    try:
+        with ctx.spool.study(study_uid), soft_time_limit(ctx.settings.task_soft_time_limit):
+            for export_id, dest, rel, sop_class, sop_uid, series_uid in due:
+                with ctx.db.session() as s:
+                    got = s.execute(
+                        update(Export).where(Export.id == export_id, Export.state == ExportState.PENDING)
+                        .values(state=ExportState.SENDING, updated_at=now).returning(Export.id)
+                    ).scalar_one_or_none()
+                if got is None:
+                    continue
+                taken.append(export_id)
+                try:
+                    path = ctx.spool.result_path(study_uid, series_uid, rel)
+                except SpinenodeError as exc:  # gone for good, or the node is unreachable (transient)
+                    unavailable.append(SendOutcome(export_id, False, exc.transient, None, str(exc)))
+                    continue
+                claimed[dest].append(ObjectToSend(export_id, path, sop_class, sop_uid))
+            _record_outcomes(ctx, unavailable)
+            for dest, objects in claimed.items():
+                outcomes = exporter_for(dest).send(dest, objects, ctx.settings, calling_ae or ctx.settings.ae_title)
+                _record_outcomes(ctx, outcomes)
+    except SoftTimeLimitExceeded:
+        # what this task claimed and did not settle fails; a retry of FAILED(export) sends it again
+        with ctx.db.session() as s:
+            s.execute(update(Export).where(Export.id.in_(taken), Export.state == ExportState.SENDING)
+                      .values(state=ExportState.FAILED, last_error=_over_time(ctx, "export"), updated_at=utcnow()))
     _settle(ctx, study_uid, generation)
 
 

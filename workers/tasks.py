@@ -1,4 +1,10 @@
-"""Celery tasks: thin, named, idempotent. Take a study id, refetch state, call the pipeline."""
+"""Celery tasks: thin, named, idempotent. Take a study id, refetch state, call the pipeline.
+
+Time limits: each stage stops its own work after ``TASK_SOFT_TIME_LIMIT`` in any pool
+(workers/timelimit.py) and records ``FAILED(stage)``. The tasks also carry Celery's
+``soft_time_limit``, :data:`CELERY_LIMIT_MARGIN` later: Celery enforces it only in the
+prefork pool, where it is a backstop should the stage's own limit not be reached.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,14 @@ from celery import Celery
 from spinenode.core.broker import TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT, TaskSender
 
 log = logging.getLogger(__name__)
+
+#: Seconds after TASK_SOFT_TIME_LIMIT at which Celery's own soft limit (prefork only) fires.
+CELERY_LIMIT_MARGIN = 10.0
+
+
+def celery_soft_time_limit(stage_limit: float) -> float | None:
+    """The tasks' Celery ``soft_time_limit`` for a TASK_SOFT_TIME_LIMIT (None: no limit)."""
+    return stage_limit + CELERY_LIMIT_MARGIN if stage_limit else None
 
 
 def register_tasks(app: Celery) -> None:
@@ -29,14 +43,16 @@ def register_tasks(app: Celery) -> None:
         finally:
             set_current_study(ctx.db, ctx.hostname, None)
 
-    @app.task(name=TASK_ANALYZE, acks_late=True, reject_on_worker_lost=True)
+    limit = celery_soft_time_limit(app.spinenode.settings.task_soft_time_limit)  # type: ignore[attr-defined]
+
+    @app.task(name=TASK_ANALYZE, acks_late=True, reject_on_worker_lost=True, soft_time_limit=limit)
     def analyze(study_uid: str, generation: int) -> None:
         run(analyze_study, study_uid, generation)
 
-    @app.task(name=TASK_ENCODE, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=TASK_ENCODE, acks_late=True, reject_on_worker_lost=True, soft_time_limit=limit)
     def encode(study_uid: str, generation: int) -> None:
         run(encode_study, study_uid, generation)
 
-    @app.task(name=TASK_EXPORT, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=TASK_EXPORT, acks_late=True, reject_on_worker_lost=True, soft_time_limit=limit)
     def export(study_uid: str, generation: int) -> None:
         run(export_study, study_uid, generation)

@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(1.0, gt=0)
     requeue_after: float = Field(900.0, gt=0)
     eligibility_rules: Path | None = None
+    #: Seconds one stage task (analyze, encode, export) may work before it stops and the
+    #: study is FAILED(stage) (0 = no limit); below REQUEUE_AFTER (workers/timelimit.py).
+    task_soft_time_limit: float = Field(600.0, ge=0)
 
     @field_validator("ae_title")
     @classmethod
@@ -232,6 +235,13 @@ class Settings(BaseSettings):
             raise ValueError("DICOM_TLS_PORT needs TLS_CERT and TLS_KEY")
         if self.http_tls and not (self.tls_cert and self.tls_key):
             raise ValueError("HTTP_TLS needs TLS_CERT and TLS_KEY")
+        return self
+
+    @model_validator(mode="after")
+    def _soft_limit(self) -> Settings:
+        if "task_soft_time_limit" in self.model_fields_set and self.task_soft_time_limit >= self.requeue_after:
+            raise ValueError(f"TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit:g} s) must be below REQUEUE_AFTER "
+                             f"({self.requeue_after:g} s): the sweep would requeue a task still at work")
         return self
 
     @model_validator(mode="after")

@@ -4,6 +4,8 @@ disclaimer burned in below the image, centred (clear of viewer overlays)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -11,6 +13,7 @@ from pydicom.dataset import Dataset
 
 from models import conditions
 from models.types import Findings, LevelFindings
+from workers.results.builder import EncodeInputs
 from workers.results.identity import MANUFACTURER, ResultIdentity
 
 BANNER = "AI RESULT - NOT A DIAGNOSIS"
@@ -137,3 +140,15 @@ def build_key_image(source: Dataset, findings: Findings, identity: ResultIdentit
     sc.ImageComments = f"{BANNER}. {findings.model.name} {findings.model.version}. PRELIMINARY, UNVERIFIED."
     sc.DerivationDescription = "AI findings drawn on the source sagittal image"
     return sc
+
+
+def build_result(inputs: EncodeInputs, identity: ResultIdentity) -> Dataset | None:
+    """The key image (builders.BUILDERS): the source image most levels lie on (the first
+    of them on a tie), with every level on it drawn; none without levels."""
+    levels = [lf.level for lf in inputs.record.findings.levels]
+    if not levels:
+        return None
+    counts = Counter(lv.sop_instance_uid for lv in levels)
+    sop = max(counts, key=lambda uid: counts[uid])
+    series_uid = next(lv.series_uid for lv in levels if lv.sop_instance_uid == sop)
+    return build_key_image(inputs.source_image(series_uid, sop), inputs.record.findings, identity)

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from models.types import ModelId, SeriesMasks
 from workers.results import codes
+from workers.results.builder import EncodeInputs
 from workers.results.identity import MANUFACTURER, ResultIdentity
 
 
@@ -112,8 +113,19 @@ def build_seg(
     return seg
 
 
-def save_masks(masks: Sequence[SeriesMasks], path: Path) -> None:
-    """Persist the analyzer's masks for the encode stage (npz: labels, UIDs, segment names)."""
+def build_result(inputs: EncodeInputs, identity: ResultIdentity) -> Dataset | None:
+    """The SEG of the record's masks (builders.BUILDERS); none without masks. One SEG per
+    study: the analyzer segments the primary sagittal series, the first mask set."""
+    if not inputs.masks:
+        return None
+    return build_seg(inputs.masks[0], inputs.evidence, identity, inputs.record.findings.model)
+
+
+def save_masks(masks: Sequence[SeriesMasks], path: Path) -> str:
+    """Persist the analyzer's masks for the encode stage (npz: labels, UIDs, segment names);
+    returns the file's sha256 (hex), which the analysis record carries."""
+    import hashlib
+
     from spinenode.core.storage import atomic_write
 
     arrays: dict[str, np.ndarray] = {}
@@ -125,7 +137,9 @@ def save_masks(masks: Sequence[SeriesMasks], path: Path) -> None:
         arrays[f"frames_{i}"] = np.array(m.frame_numbers, dtype=np.int64)
     buf = io.BytesIO()
     np.savez_compressed(buf, count=np.array([len(masks)]), **arrays)  # type: ignore[arg-type]
-    atomic_write(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_masks(path: Path) -> list[SeriesMasks]:

@@ -45,6 +45,7 @@ from models import conditions
 from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement, measure_levels
 from models.types import Findings, Grade, LevelFindings, ModelId, SeriesMasks
 from workers.results import codes
+from workers.results.builder import EncodeInputs
 from workers.results.identity import DEVICE_NAME, MANUFACTURER, ResultIdentity
 
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
@@ -273,6 +274,14 @@ def build_findings_sr(
     texts += [(codes.private("NOT_ASSESSED", "Not assessed"), m) for m in findings.missing]
     _append(report, _evaluations(texts))
     return _document(report, evidence, identity, findings.model, predecessor)
+
+
+def build_result(inputs: EncodeInputs, identity: ResultIdentity) -> Dataset:
+    """The findings SR of the analysis record (builders.BUILDERS), with the measurements
+    taken from its masks."""
+    findings = inputs.record.findings
+    return build_findings_sr(findings, inputs.evidence, identity, inputs.predecessor(identity),
+                             measurements=measurements_from_masks(findings, inputs.masks, inputs.evidence))
 
 
 def _document(
