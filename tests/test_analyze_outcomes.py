@@ -165,7 +165,7 @@ def test_the_soft_limit_is_not_swallowed_and_not_raised_late() -> None:
         time.sleep(0.01)
 
 
-def test_tasks_carry_the_limit_and_settings_refuse_one_above_requeue(tmp_path: Path) -> None:
+def test_tasks_carry_the_limit_and_settings_take_any_requeue_after(tmp_path: Path) -> None:
     from spinenode.core.broker import TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT
     from workers.celery_app import create_app
     from workers.tasks import CELERY_LIMIT_MARGIN
@@ -175,5 +175,7 @@ def test_tasks_carry_the_limit_and_settings_refuse_one_above_requeue(tmp_path: P
     for name in (TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT):
         assert app.tasks[name].soft_time_limit == 120 + CELERY_LIMIT_MARGIN
     assert load_settings(data_dir=tmp_path / "data").task_soft_time_limit == 600
-    with pytest.raises(Exception, match="TASK_SOFT_TIME_LIMIT"):
-        load_settings(data_dir=tmp_path / "data", task_soft_time_limit=900, requeue_after=900)
+    # a short REQUEUE_AFTER (a test's, or an impatient site's) with the default limit: both
+    # the node and its embedded worker start (the worker once refused to, in a restart loop)
+    assert load_settings(data_dir=tmp_path / "data", requeue_after=6).task_soft_time_limit == 600
+    assert load_settings(data_dir=tmp_path / "data", task_soft_time_limit=900, requeue_after=6).requeue_after == 6

@@ -238,13 +238,6 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _soft_limit(self) -> Settings:
-        if "task_soft_time_limit" in self.model_fields_set and self.task_soft_time_limit >= self.requeue_after:
-            raise ValueError(f"TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit:g} s) must be below REQUEUE_AFTER "
-                             f"({self.requeue_after:g} s): the sweep would requeue a task still at work")
-        return self
-
-    @model_validator(mode="after")
     def _defaults(self) -> Settings:
         data_dir = self.data_dir.expanduser().resolve()
         object.__setattr__(self, "data_dir", data_dir)
