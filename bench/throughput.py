@@ -1,18 +1,26 @@
-"""Studies per minute with workers on "other hosts": one analysis (gpu-queue) worker and
-1 or 2 cpu/export workers, each with its own DATA_DIR, reaching the node only through
-Redis, PostgreSQL and NODE_URL (WADO-RS / STOW-RS), Orthanc as the PACS.
+"""Studies per minute and CPU per study with workers on "other hosts": one analysis
+(gpu-queue) worker and 1 or 2 cpu/export workers, each with its own DATA_DIR, reaching the
+node only through Redis, PostgreSQL and NODE_URL (WADO-RS / STOW-RS), Orthanc as the PACS.
 
 1. **Latency**: workers started, then ``--studies`` phantom lumbar MR studies sent one
    after another with DCMTK storescu; the clock runs from storescu's return (last
    instance stored) until Orthanc holds the SR, SEG and key image. The first study is
    the cold one (the analysis worker warms its models at start, before it takes work).
-2. **Throughput**: ``--burst`` studies sent back to back, with 1 and then 2 cpu/export
-   workers beside the one analysis worker: studies per minute from the first send to
-   the last study DONE.
+2. **Throughput and CPU**: for each ``--analyze-batch`` value (the analysis worker's
+   ANALYZE_BATCH, worker restarted), ``--burst`` studies sent back to back with 1 and
+   then 2 cpu/export workers: studies per minute from the first send to the last study
+   DONE, and the CPU time (user + system, from /proc) each process tree used during the
+   burst, per study. The analyzer's own CPU comes from the analyze events
+   ("... s CPU; batch of N"); "outside inference" is the workers' CPU less that: series
+   classification, fetching, reading, masks, encoding, export, broker and database
+   hand-offs. The node's CPU (receiving the C-STOREs, serving WADO-RS, taking STOW-RS,
+   scheduling) is shown apart.
 
-Prints a table (``--json`` for JSON); asserts nothing. From the repository root::
+Every figure is printed with the 1-minute load average at its start and end: on a shared
+machine, compare CPU columns rather than seconds. Prints tables (``--json`` for JSON);
+asserts nothing. From the repository root::
 
-    .venv/bin/python bench/throughput.py --studies 4 --burst 6
+    .venv/bin/python bench/throughput.py --studies 4 --burst 6 --analyze-batch 1,4
 
 All traffic goes to 127.0.0.1; every process started here is stopped at the end.
 """
@@ -23,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -39,6 +48,8 @@ from peers import OrthancServer, PostgresServer, RedisServer, storescu, wait_unt
 from pydicom import dcmread  # noqa: E402
 
 TOKEN = "bench-worker-token"
+_TICK = os.sysconf("SC_CLK_TCK")
+_ANALYZER_CPU = re.compile(r"graded in [0-9.]+ s \(([0-9.]+) s CPU; batch of (\d+)\)")
 
 
 def _phantoms(out: Path, n: int, seed: int) -> list[tuple[str, list[Path]]]:
@@ -51,11 +62,12 @@ def _phantoms(out: Path, n: int, seed: int) -> list[tuple[str, list[Path]]]:
     return studies
 
 
-def _worker(work: Path, node: Node, queues: str, name: str) -> SpinenodeProcess:
+def _worker(work: Path, node: Node, queues: str, name: str, **extra: str) -> SpinenodeProcess:
     env = {k: v for k, v in node.env.items() if k in (
         "SPINENODE_BROKER_URL", "SPINENODE_DATABASE_URL", "SPINENODE_DESTINATIONS", "SPINENODE_WORKER_TOKEN")}
     env.update({"SPINENODE_DATA_DIR": str(work / name / "data"), "SPINENODE_NODE_URL": node.url(""),
                 "SPINENODE_DEVICE": "cpu", "SPINENODE_LOG_LEVEL": "WARNING"})
+    env.update({f"SPINENODE_{k.upper()}": v for k, v in extra.items()})
     (work / name).mkdir(parents=True, exist_ok=True)
     proc = SpinenodeProcess(work / name, ["worker", "--queues", queues], env, name)
     proc.start()
@@ -70,68 +82,150 @@ def _results_in(pacs: OrthancServer, uid: str) -> bool:
     return len(pacs.study_instances(uid)) >= 3
 
 
-def run(n_latency: int, n_burst: int) -> dict[str, Any]:
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (and their reaped children)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        f = stats.get(p)
+        if f is None:
+            continue
+        total += sum(int(x) for x in f[11:15]) / _TICK  # utime stime cutime cstime
+        todo += children.get(p, [])
+    return total
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _burst(node: Node, pacs: OrthancServer, procs: dict[str, list[SpinenodeProcess]], studies: list[Any]
+           ) -> dict[str, Any]:
+    """Send the studies back to back; rate, and CPU per study of each process group."""
+    def cpu() -> dict[str, float]:
+        out = {"node": _tree_cpu(node.proc.pid)}  # type: ignore[union-attr]
+        for group, ps in procs.items():
+            out[group] = sum(_tree_cpu(p.proc.pid) for p in ps if p.proc is not None)  # type: ignore[union-attr]
+        return out
+
+    load0, before, t0 = _load(), cpu(), time.monotonic()
+    for _, files in studies:
+        storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE", check=True)
+    wait_until(lambda: all((node.study(u) or {}).get("state") in ("DONE", "FAILED") for u, _ in studies),
+               1800, interval=0.5, what="the burst")
+    seconds = time.monotonic() - t0
+    after, load1 = cpu(), _load()
+    rows = [node.study(u) or {} for u, _ in studies]
+    done = sum(r.get("state") == "DONE" for r in rows)
+    analyzer_cpu, batches = 0.0, []
+    for r in rows:
+        for e in r.get("events", []):
+            m = _ANALYZER_CPU.search(e.get("detail") or "")
+            if m:
+                analyzer_cpu += float(m.group(1))
+                batches.append(int(m.group(2)))
+    n = max(1, len(studies))
+    per = {k: (after[k] - before[k]) / n for k in after}
+    workers = sum(v for k, v in per.items() if k != "node")
+    return {
+        "studies": len(studies), "done": done, "seconds": seconds, "studies_per_min": 60.0 * done / seconds,
+        "load": [load0, load1], "cpu_per_study_s": per, "analyzer_cpu_per_study_s": analyzer_cpu / n,
+        "workers_cpu_outside_inference_per_study_s": workers - analyzer_cpu / n,
+        "mean_batch": statistics.mean(batches) if batches else float("nan"),
+    }
+
+
+def run(n_latency: int, n_burst: int, batch_sizes: list[int]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="spinenode-bench-throughput-"))
-    out: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} CPU", "load_avg_start": os.getloadavg()[0]}
+    out: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} CPU", "bursts": []}
     with RedisServer(work / "redis") as redis, PostgresServer() as pg, OrthancServer(work / "orthanc") as pacs:
         node = Node(work / "node", broker_url=redis.url, database_url=pg.url_for(pg.unique_database()),
                     destinations=pacs.destination, stable_seconds=2, sweep_interval=0.2, worker_token=TOKEN)
         node.start()
-        workers: list[SpinenodeProcess] = []
+        analysis: SpinenodeProcess | None = None
+        cpus: list[SpinenodeProcess] = []
         try:
-            workers.append(_worker(work, node, "gpu", "analysis"))
-            workers.append(_worker(work, node, "cpu,export", "cpu-1"))
+            analysis = _worker(work, node, "gpu", "analysis-b1", analyze_batch=str(batch_sizes[0]))
+            cpus.append(_worker(work, node, "cpu,export", "cpu-1"))
             _wait_workers(node, 2)
             latency: list[float] = []
+            load0 = _load()
             for uid, files in _phantoms(work / "lat", n_latency, 5001):
                 storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE", check=True)
                 t0 = time.monotonic()
                 wait_until(lambda uid=uid: _results_in(pacs, uid), 600, interval=0.1, what="results in Orthanc")
                 latency.append(time.monotonic() - t0)
-            out["latency_s"] = latency
-            out["first_study_s"] = latency[0]
-            out["warm_median_s"] = statistics.median(latency[1:]) if len(latency) > 1 else float("nan")
-            for n_cpu, seed in ((1, 5002), (2, 5003)):
-                if n_cpu == 2:
-                    workers.append(_worker(work, node, "cpu,export", "cpu-2"))
-                    _wait_workers(node, 3)
-                burst = _phantoms(work / f"burst-{n_cpu}", n_burst, seed)
-                t0 = time.monotonic()
-                for _, files in burst:
-                    storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE", check=True)
-                wait_until(lambda burst=burst: all((node.study(u) or {}).get("state") in ("DONE", "FAILED")
-                                                   for u, _ in burst), 1800, interval=0.5, what="the burst")
-                seconds = time.monotonic() - t0
-                done = sum((node.study(u) or {}).get("state") == "DONE" for u, _ in burst)
-                out[f"studies_per_min_{n_cpu}cpu"] = 60.0 * done / seconds
-                out[f"burst_done_{n_cpu}cpu"] = f"{done}/{len(burst)}"
-            out["load_avg_end"] = os.getloadavg()[0]
+            out["latency"] = {"seconds": latency, "first_s": latency[0], "load": [load0, _load()],
+                              "warm_median_s": statistics.median(latency[1:]) if len(latency) > 1 else float("nan")}
+            seed, current = 5100, batch_sizes[0]
+            for b in batch_sizes:
+                if b != current:
+                    analysis.stop()
+                    analysis, current = _worker(work, node, "gpu", f"analysis-b{b}", analyze_batch=str(b)), b
+                for n_cpu in (1, 2):
+                    while len(cpus) < n_cpu:
+                        cpus.append(_worker(work, node, "cpu,export", f"cpu-{len(cpus) + 1}"))
+                    while len(cpus) > n_cpu:
+                        cpus.pop().stop()
+                    _wait_for_warm(analysis)
+                    seed += 1
+                    burst = _phantoms(work / f"burst-{seed}", n_burst, seed)
+                    r = _burst(node, pacs, {"analysis": [analysis], "cpu/export": cpus[:n_cpu]}, burst)
+                    r.update({"analyze_batch": b, "cpu_workers": n_cpu})
+                    out["bursts"].append(r)
             return out
         finally:
-            for w in workers:
+            if analysis is not None:
+                analysis.stop()
+            for w in cpus:
                 w.stop()
             node.close()
+
+
+def _wait_for_warm(worker: SpinenodeProcess) -> None:
+    """The analysis worker has warmed its models (it takes no message before that)."""
+    wait_until(lambda: "analyzer warmed up" in worker.log() or not worker.alive(), 600, interval=0.5,
+               what="the analysis worker warm")
+    if not worker.alive():
+        raise RuntimeError(f"analysis worker exited:\n{worker.log()[-3000:]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", type=int, default=4, help="studies for the latency series")
     ap.add_argument("--burst", type=int, default=6, help="studies per throughput burst")
+    ap.add_argument("--analyze-batch", default="1,4", help="ANALYZE_BATCH values of the analysis worker")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    r = run(args.studies, args.burst)
+    r = run(args.studies, args.burst, [int(x) for x in args.analyze_batch.split(",")])
     if args.json:
         print(json.dumps(r, indent=2))
         return
-    print(f"spinenode, workers without shared storage ({r['machine']}, load {r['load_avg_start']:.1f}"
-          f" -> {r['load_avg_end']:.1f}), STABLE_SECONDS=2, Redis + PostgreSQL, Orthanc")
-    print(f"{'measure':<62}{'value':>10}")
-    print(f"{'last instance stored -> results in Orthanc, first study s':<62}{r['first_study_s']:>10.1f}")
-    print(f"{'  the same, later studies (median) s':<62}{r['warm_median_s']:>10.1f}")
-    print(f"{'  every run s':<40}{' '.join(f'{x:.1f}' for x in r['latency_s']):>32}")
-    for n in (1, 2):
-        label = f"studies/min, 1 analysis + {n} cpu/export worker(s) ({r[f'burst_done_{n}cpu']} DONE)"
-        print(f"{label:<62}{r[f'studies_per_min_{n}cpu']:>10.1f}")
+    lat = r["latency"]
+    print(f"spinenode, workers without shared storage ({r['machine']}), STABLE_SECONDS=2, Redis + PostgreSQL, Orthanc")
+    print(f"latency, last instance stored -> results in Orthanc (load {lat['load'][0]:.1f} -> {lat['load'][1]:.1f}): "
+          f"first study {lat['first_s']:.1f} s, later median {lat['warm_median_s']:.1f} s "
+          f"(every run: {' '.join(f'{x:.1f}' for x in lat['seconds'])})")
+    print("| ANALYZE_BATCH | cpu/export workers | studies/min | DONE | mean batch | load | node CPU s/study "
+          "| analysis worker CPU s/study | of which analyzer | cpu/export CPU s/study | workers' CPU outside inference s/study |")
+    print("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for b in r["bursts"]:
+        c = b["cpu_per_study_s"]
+        print(f"| {b['analyze_batch']} | {b['cpu_workers']} | {b['studies_per_min']:.1f} | {b['done']}/{b['studies']} "
+              f"| {b['mean_batch']:.1f} | {b['load'][0]:.1f} -> {b['load'][1]:.1f} | {c['node']:.2f} "
+              f"| {c['analysis']:.2f} | {b['analyzer_cpu_per_study_s']:.2f} | {c['cpu/export']:.2f} "
+              f"| {b['workers_cpu_outside_inference_per_study_s']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """``SpineAnalyzer``: a study's DICOM series -> Findings (+ masks for the SEG object).
 
-Pipeline per study (batched across studies by :meth:`SpineAnalyzer.analyze_many`):
+Pipeline per study (batched across studies by :meth:`SpineAnalyzer.analyze_batch`, which
+keeps each study's failure to itself):
 
 1. classify every series from its header and select the inputs by geometry
    and sequence (:mod:`models.series`); what is missing is reported;
 2. detect discs, vertebral bodies and the canal on the middle sagittal slice
-   (:mod:`models.detector`), name the discs by counting along the spine
+   and the slices beside it (one detector pass for every study of a batch;
+   :mod:`models.detector`, :mod:`models.masks3d`), name the discs by counting along the spine
    (:mod:`models.levels`) and place each disc centre in patient space;
 3. cut 2.5D crops around each level: sagittal T2/STIR or CT (canal,
    Pfirrmann; CT in a soft-tissue window), sagittal T1 at the learned foramen
@@ -38,7 +40,7 @@ from models.grader import (
 )
 from models.multiframe import expand_study
 from models.levels import DiscCandidate, name_levels, spine_axes
-from models.masks3d import spread_labels
+from models.masks3d import spread_labels, spread_slices
 from models.registry import Registry
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
 from models.types import (
@@ -239,26 +241,97 @@ class SpineAnalyzer:
     def analyze_many(
         self, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], Region | str | None]]
     ) -> list[AnalysisResult]:
-        """Analyse several studies with one detector batch and one grader batch."""
-        t0 = time.perf_counter()
-        prepared = [self._prepare(uid, series, region) for uid, series, region in studies]
-        images = [detector_image(p.primary_pixels, p.primary_k) for p in prepared
-                  if p.primary_pixels is not None]
-        dets = iter(self.detector.detect(images, self.batch_size) if images else [])
-        per_study: list[tuple[list[Level], SeriesMasks | None]] = []
-        for p in prepared:
-            if p.primary is None:
-                per_study.append(([], None))
+        """Analyse several studies in batched passes (:meth:`analyze_batch`); raises the
+        first study's error, if any."""
+        out: list[AnalysisResult] = []
+        for result in self.analyze_batch(studies):
+            if isinstance(result, Exception):
+                raise result
+            out.append(result)
+        return out
+
+    def analyze_batch(
+        self, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], Region | str | None]]
+    ) -> list[AnalysisResult | Exception]:
+        """One outcome per study, in order: its result, or the exception it raised.
+
+        The detector reads the middle sagittal slice and the slices beside it (3D SEG) of
+        every study in one pass (per image shape), the grader every crop of every study in
+        one pass. A study that cannot be read, or breaks a step of its own, gets its
+        exception in its slot and costs the others nothing; if a batched pass itself fails,
+        each study is run alone, so the failure lands on the study that caused it. A
+        study's findings do not depend on the studies batched with it.
+        """
+        t0 = (time.perf_counter(), time.process_time())
+        slots: list[_Prepared | Exception] = []
+        for uid, series, region in studies:
+            try:
+                slots.append(self._prepare(uid, series, region))
+            except Exception as exc:  # noqa: BLE001 - this study's own failure, kept in its slot
+                logger.warning("study %s could not be prepared for analysis: %s", uid, type(exc).__name__)
+                slots.append(exc)
+        ready = [p for p in slots if isinstance(p, _Prepared)]
+        inferred = iter(self._infer_isolated(ready, t0, max(1, len(studies))))
+        return [slot if isinstance(slot, Exception) else next(inferred) for slot in slots]
+
+    def _infer_isolated(self, ready: list[_Prepared], t0: tuple[float, float], n: int) -> list[AnalysisResult | Exception]:
+        if not ready:
+            return []
+        try:
+            return self._infer(ready, t0, n)
+        except Exception as exc:  # noqa: BLE001 - a batched pass failed: find the study that broke it
+            if len(ready) == 1:
+                return [exc]
+            logger.warning("a batched pass over %d studies failed (%s): each study runs alone", len(ready),
+                           type(exc).__name__)
+            return [self._infer_isolated([p], t0, n)[0] for p in ready]
+
+    def _infer(self, ready: list[_Prepared], t0: tuple[float, float], n: int) -> list[AnalysisResult | Exception]:
+        """Detection and grading of prepared studies; per-study steps keep their errors in
+        the study's slot, a failing batched pass raises."""
+        failed: dict[int, Exception] = {}
+        images: list[np.ndarray] = []
+        spans: dict[int, tuple[int, int]] = {}
+        for si, p in enumerate(ready):
+            if p.primary is None or p.primary_pixels is None:
                 continue
-            per_study.append(self._levels(p, next(dets)))
+            try:
+                around = spread_slices(p.primary_pixels.shape[0], p.primary_k, p.primary.slice_spacing)
+                mine = [detector_image(p.primary_pixels, k) for k in (p.primary_k, *around)]
+            except Exception as exc:  # noqa: BLE001
+                failed[si] = exc
+                continue
+            spans[si] = (len(images), len(images) + len(mine))
+            images += mine
+        dets = self.detector.detect(images, self.batch_size) if images else []
+        per_study: dict[int, tuple[list[Level], SeriesMasks | None]] = {}
+        for si, p in enumerate(ready):
+            if si in failed:
+                continue
+            if si not in spans:
+                per_study[si] = ([], None)
+                continue
+            a, b = spans[si]
+            try:
+                per_study[si] = self._levels(p, dets[a], dets[a + 1:b])
+            except Exception as exc:  # noqa: BLE001
+                failed[si] = exc
         requests: list[CropRequest] = []
         owners: list[tuple[int, int, str | None]] = []  # (study, level index, side)
-        for si, (p, (levels, _)) in enumerate(zip(prepared, per_study)):
-            axes = spine_axes({lv.name: np.asarray(lv.center_patient) for lv in levels}, levels_of(p.region))
-            for li, lv in enumerate(levels):
-                for req, side in self._crops(p, lv, axes.get(lv.name)):
-                    requests.append(req)
-                    owners.append((si, li, side))
+        extra: dict[int, list[str]] = defaultdict(list)  # "not assessed" lines found while cropping
+        for si, p in enumerate(ready):
+            if si in failed:
+                continue
+            levels = per_study[si][0]
+            try:
+                axes = spine_axes({lv.name: np.asarray(lv.center_patient) for lv in levels}, levels_of(p.region))
+                mine_crops = [(req, (si, li, side)) for li, lv in enumerate(levels)
+                              for req, side in self._crops(p, lv, axes.get(lv.name), extra[si])]
+            except Exception as exc:  # noqa: BLE001
+                failed[si] = exc
+                continue
+            requests += [req for req, _ in mine_crops]
+            owners += [owner for _, owner in mine_crops]
         probs = self.grader.probabilities(requests, self.batch_size) if requests else []
         # several views of one (level, side, head) (shifted recess crops) are averaged
         views: dict[tuple[int, int, str | None, str], list[np.ndarray]] = defaultdict(list)
@@ -269,19 +342,25 @@ class SpineAnalyzer:
         for (si, li, side, head), vecs in views.items():
             cond = SIDE_CONDITION.get((head, side)) if side else None
             grades[(si, li)].append(grade_from(head, np.mean(vecs, axis=0), cond))
-        seconds = (time.perf_counter() - t0) / max(1, len(prepared))
-        out: list[AnalysisResult] = []
-        for si, (p, (levels, masks)) in enumerate(zip(prepared, per_study)):
-            lfs = tuple(
-                LevelFindings(lv, tuple(sorted(grades[(si, li)], key=lambda g: list(Condition).index(g.condition))))
-                for li, lv in enumerate(levels)
-            )
-            found = {lv.name for lv in levels}
-            missing = list(p.missing)
-            if p.primary is not None:
-                missing.extend(_lost_levels(p.primary, p.primary_k, levels, levels_of(p.region)))
-            findings = Findings(p.study_uid, p.region, self.model_id, lfs, tuple(missing))
-            out.append(AnalysisResult(findings, (masks,) if masks is not None else (), seconds))
+        seconds, cpu = (time.perf_counter() - t0[0]) / n, (time.process_time() - t0[1]) / n
+        out: list[AnalysisResult | Exception] = []
+        for si, p in enumerate(ready):
+            if si in failed:
+                out.append(failed[si])
+                continue
+            levels, masks = per_study[si]
+            try:
+                lfs = tuple(
+                    LevelFindings(lv, tuple(sorted(grades[(si, li)], key=lambda g: list(Condition).index(g.condition))))
+                    for li, lv in enumerate(levels)
+                )
+                missing = [*p.missing, *extra[si]]
+                if p.primary is not None:
+                    missing.extend(_lost_levels(p.primary, p.primary_k, levels, levels_of(p.region)))
+                findings = Findings(p.study_uid, p.region, self.model_id, lfs, tuple(missing))
+                out.append(AnalysisResult(findings, (masks,) if masks is not None else (), seconds, cpu, n))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
         return out
 
     # ------------------------------------------------------------------ stages
@@ -326,7 +405,10 @@ class SpineAnalyzer:
                     p.axial_pixels = [normalized_pixels(v) for v in p.axial]
         return p
 
-    def _levels(self, p: _Prepared, dets: list[SegDetection]) -> tuple[list[Level], SeriesMasks | None]:
+    def _levels(self, p: _Prepared, dets: list[SegDetection], around: list[list[SegDetection]],
+                ) -> tuple[list[Level], SeriesMasks | None]:
+        """Levels on the middle slice (``dets``) and the SEG labels, spread over the slices
+        beside it (``around``: the detections of :func:`~models.masks3d.spread_slices`)."""
         vol = p.primary
         assert vol is not None
         k = p.primary_k
@@ -368,15 +450,20 @@ class SpineAnalyzer:
                 union = np.logical_or.reduce(parts)
                 labels[k][union & (labels[k] == 0)] = value
         if segments and p.primary_pixels is not None:  # every sagittal slice a structure lies on (3D SEG)
+            def detected(imgs: list[np.ndarray]) -> list[list[SegDetection]]:
+                assert len(imgs) == len(around), "spread_slices and spread_labels disagree"
+                return around
+
             labels = spread_labels(labels, segments, {n.name: discs[n.key].box for n in named}, p.primary_pixels, k,
-                                   vol.slice_spacing, lambda imgs: self.detector.detect(imgs, self.batch_size))
+                                   vol.slice_spacing, detected)
         if grid is not None:
             labels = grid.array_to_source(labels)  # the SEG lies on the images as sent
         masks = SeriesMasks(vol.series_uid, vol.sop_instance_uids, labels, segments, self.model_id,
                             vol.frame_numbers if any(vol.frame_numbers) else ()) if segments else None
         return levels, masks
 
-    def _crops(self, p: _Prepared, lv: Level, spine_axis: np.ndarray | None) -> list[tuple[CropRequest, str | None]]:
+    def _crops(self, p: _Prepared, lv: Level, spine_axis: np.ndarray | None,
+               missing: list[str]) -> list[tuple[CropRequest, str | None]]:
         out: list[tuple[CropRequest, str | None]] = []
         c = np.asarray(lv.center_patient)
         assert p.primary is not None and p.grade_pixels is not None
@@ -411,5 +498,5 @@ class SpineAnalyzer:
                         crop = recess_crop(v, pix, c, off + (du, dv, 0.0), frame, side)
                         out.append((CropRequest("axial_t2", crop, ("subarticular",)), side))
             else:
-                p.missing.append(f"axial T2 does not pass through {lv.name}: subarticular not assessed")
+                missing.append(f"axial T2 does not pass through {lv.name}: subarticular not assessed")
         return out

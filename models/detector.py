@@ -163,14 +163,30 @@ class Detector:
             logger.warning("detector has classes this package does not know: %s", sorted(unknown))
 
     def detect(self, images: Sequence[np.ndarray], batch_size: int = 32) -> list[list[SegDetection]]:
-        """Detections for each image (uint8 HxWx3), batched."""
-        out: list[list[SegDetection]] = []
-        for start in range(0, len(images), batch_size):
-            chunk = list(images[start:start + batch_size])
+        """Detections for each image (uint8 HxWx3), batched by image shape.
+
+        ultralytics letterboxes a batch of equal shapes to the smallest stride multiple
+        but a batch of mixed shapes to the full square, which moves boxes and scores: so
+        each ``predict`` gets images of one shape only, and an image's detections do not
+        depend on which other images (other slices, other studies) share its batch.
+        """
+        out: list[list[SegDetection] | None] = [None] * len(images)
+        for idx in same_shape_batches([img.shape for img in images], batch_size):
+            chunk = [images[i] for i in idx]
             results = self.model.predict(
                 chunk, imgsz=self.imgsz, conf=self.conf, device=self.device, verbose=False,
                 retina_masks=False, iou=0.5, max_det=60,
             )
-            for img, r in zip(chunk, results):
-                out.append(results_to_detections(r, self.names, img.shape[:2]))
-        return out
+            for i, img, r in zip(idx, chunk, results):
+                out[i] = results_to_detections(r, self.names, img.shape[:2])
+        return [d if d is not None else [] for d in out]
+
+
+def same_shape_batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> list[list[int]]:
+    """Indices of ``shapes`` in batches of at most ``batch_size`` whose shapes are equal
+    (first-seen shape first, input order within a shape)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    size = max(1, batch_size)
+    return [idx[k:k + size] for idx in groups.values() for k in range(0, len(idx), size)]

@@ -59,6 +59,17 @@ def _slice_structures(dets: Sequence[SegDetection], level_boxes: Mapping[str, Bo
     return out
 
 
+def spread_sides(n: int, middle: int, slice_spacing_mm: float) -> list[list[int]]:
+    """The slices :func:`spread_labels` reads on each side of ``middle`` (outwards), of ``n``."""
+    reach = int(MAX_LATERAL_MM // max(slice_spacing_mm, 0.1))
+    return [list(range(middle - 1, max(-1, middle - reach - 1), -1)), list(range(middle + 1, min(n, middle + reach + 1)))]
+
+
+def spread_slices(n: int, middle: int, slice_spacing_mm: float) -> list[int]:
+    """Every slice :func:`spread_labels` reads, in the order it passes them to ``detect``."""
+    return [j for side in spread_sides(n, middle, slice_spacing_mm) for j in side]
+
+
 def spread_labels(
     labels: np.ndarray,
     segments: Mapping[int, str],
@@ -75,9 +86,7 @@ def spread_labels(
     ``pixels`` the normalised series the detector reads, ``detect`` runs the detector on a
     list of images (one batch). Returns a new array; segment values are kept.
     """
-    n = pixels.shape[0]
-    reach = int(MAX_LATERAL_MM // max(slice_spacing_mm, 0.1))
-    sides = [list(range(middle - 1, max(-1, middle - reach - 1), -1)), list(range(middle + 1, min(n, middle + reach + 1)))]
+    sides = spread_sides(pixels.shape[0], middle, slice_spacing_mm)
     todo = [j for side in sides for j in side]
     if not todo or not segments:
         return labels

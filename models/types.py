@@ -329,7 +329,12 @@ class AnalysisResult:
 
     findings: Findings
     masks: tuple[SeriesMasks, ...] = ()
+    #: wall seconds of the analyzer pass, shared out over the studies of its batch
     seconds: float = 0.0
+    #: CPU seconds of this process (every thread) in that pass, shared out the same way
+    cpu_seconds: float = 0.0
+    #: studies analysed in the same pass
+    batch: int = 1
 
 
 def probabilities_from(values: Sequence[float]) -> tuple[float, ...]:

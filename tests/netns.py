@@ -88,9 +88,9 @@ class TcpRelay:
     """Forwards ``listen_host:port`` to ``127.0.0.1:target_port`` in the namespace it was
     created in (for peers that bind loopback only, such as the test Redis and PostgreSQL)."""
 
-    def __init__(self, listen_host: str, target_port: int) -> None:
+    def __init__(self, listen_host: str, target_port: int, listen_port: int = 0) -> None:
         self.target_port = target_port
-        self.sock = socket.create_server((listen_host, 0))
+        self.sock = socket.create_server((listen_host, listen_port))
         self.port = self.sock.getsockname()[1]
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()

@@ -291,34 +291,74 @@ def test_worker_fetches_over_https_verified_against_tls_ca(node: Any, tmp_path: 
         thread.join(10)
 
 
-def test_unreachable_node_leaves_the_study_for_the_sweep_then_fails(node: Any, tmp_path: Path) -> None:
-    """A node that does not answer (restarting) is transient: the stage records why and
-    leaves the study for the sweep; after NODE_UNREACHABLE_LIMIT such times it fails."""
-    from spinenode.core.db.models import Event
+def test_unreachable_node_requeues_the_study_naming_the_host_then_fails(node: Any, tmp_path: Path) -> None:
+    """A node that does not answer (nothing listens on NODE_URL's port) is transient: the
+    study goes back to QUEUED with a reason naming the worker's host and the node's
+    address (admin API), the sweep sends it again only after REQUEUE_AFTER, and after
+    NODE_UNREACHABLE_LIMIT such times it is FAILED(analyze) naming them."""
+    import datetime as dt
+
+    from scp_node.routing import load_rules
+    from scp_node.scheduler import Scheduler
     from workers.pipeline import NODE_UNREACHABLE_LIMIT
 
     settings, db, study, http = node
     gen = _queued(db, study.study_uid)
-    w = _worker(tmp_path, "far", settings, f"http://127.0.0.1:{free_port()}")
-    analyze_study(w, study.study_uid, gen)
-    with db.session() as s:
-        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
-        assert st.state == StudyState.ANALYZING
-        last = s.scalars(select(Event).where(Event.study_id == st.id).order_by(Event.id.desc())).first()
-        assert last is not None and "far-host" in (last.detail or "") and "sweep" in (last.detail or "")
-        transition(s, st, StudyState.QUEUED, detail="test")
-    for _ in range(NODE_UNREACHABLE_LIMIT - 1):
+    dead = f"127.0.0.1:{free_port()}"
+    w = _worker(tmp_path, "far", settings, f"http://{dead}")
+    sent: list[tuple[str, str, int]] = []
+    clock = [dt.datetime.now(dt.timezone.utc)]
+    sweeper = Scheduler(load_settings(data_dir=settings.data_dir, requeue_after=60), db,
+                        lambda *m: sent.append(m), load_rules(), lambda: clock[0])
+    for attempt in range(NODE_UNREACHABLE_LIMIT):
         analyze_study(w, study.study_uid, gen)
-        with db.session() as s:
-            st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
-            assert st.state == StudyState.ANALYZING
-            transition(s, st, StudyState.QUEUED, detail="test")  # as the sweep does
+        row = httpx.get(f"{http.url}/api/studies/{study.study_uid}", timeout=10).json()
+        assert row["state"] == "QUEUED" and row["failed_stage"] is None, row
+        assert "far-host" in row["reason"] and dead in row["reason"] and "waiting for the node" in row["reason"]
+        clock[0] = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
+        sweeper.sweep()
+        assert sent == [], "sent again before REQUEUE_AFTER"
+        clock[0] += dt.timedelta(seconds=31)
+        sweeper.sweep()
+        assert sent == [("analyze", study.study_uid, gen)]
+        sent.clear()
     analyze_study(w, study.study_uid, gen)
     with db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
         assert st.state == StudyState.FAILED and st.failed_stage == "analyze"
         assert "NodeUnreachableError" in (st.reason or "") and "far-host" in (st.reason or "")
+        assert dead in (st.reason or "")
     w.db.dispose()
+
+
+def test_one_message_analyses_the_waiting_studies_in_one_batch_and_a_bad_one_fails_alone(
+    node: Any, tmp_path: Path
+) -> None:
+    """Two studies QUEUED; the message of the first takes the second along (one batched
+    analyzer pass). The first has lost a file (a worker on the node's DATA_DIR, no NODE_URL):
+    it alone is FAILED(analyze); the second goes on to ENCODING and its encode is sent. The
+    second study's own message, arriving later, is dropped: one analysis per study."""
+    settings, db, bad, http = node
+    good = dicomgen.write_study(tmp_path / "src2", seed=82, rows=96, cols=96, series=(
+        dicomgen.SeriesSpec("SAG T2 TSE", "sagittal", 9, "T2"),))
+    ingestor = Ingestor(db, Spool(settings.data_dir))
+    for p in good.paths:
+        data = p.read_bytes()
+        ingestor.store(parse_header(data), data, "TEST")
+    gen_bad, gen_good = _queued(db, bad.study_uid), _queued(db, good.study_uid)
+    next((settings.data_dir / "incoming" / bad.study_uid).rglob("*.dcm")).unlink()
+    shared = StageContext(settings, Database(settings.database_url), SpoolAccess(settings, db, host="shared-host"),
+                          Sent())  # type: ignore[arg-type]
+    analyze_study(shared, bad.study_uid, gen_bad)
+    with db.session() as s:
+        states = {st.study_uid: st for st in s.scalars(select(Study)).all()}
+        assert states[bad.study_uid].state == StudyState.FAILED and states[bad.study_uid].failed_stage == "analyze"
+        assert "shared-host" in (states[bad.study_uid].reason or "")
+        assert states[good.study_uid].state == StudyState.ENCODING, states[good.study_uid].reason
+    assert shared.send == [("encode", good.study_uid, gen_good)]  # type: ignore[comparison-overlap]
+    analyze_study(shared, good.study_uid, gen_good)  # its own message: dropped
+    assert shared.send == [("encode", good.study_uid, gen_good)]  # type: ignore[comparison-overlap]
+    shared.db.dispose()
 
 
 def test_worker_routes_follow_their_own_token_under_the_read_policy(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -100,3 +101,74 @@ def test_inference_bench_prints_a_table(lumbar: Path, tmp_path: Path, capsys: py
     assert report["recess_views"] == 1 and report["seconds_per_study_mean"] > 0
     with pytest.raises(SystemExit):
         bench.main([*args, "--recess-views", "9"])
+
+
+class _FailsOnBlankImages:
+    """The real detector, except that a pass with a blank image in it raises (a batched
+    pass broken by one study's images)."""
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+
+    def detect(self, images: list[Any], batch_size: int = 32) -> list[Any]:
+        if any(not img.any() for img in images):
+            raise ValueError("blank image")
+        return self.detector.detect(images, batch_size)
+
+
+def _detections(dets: list[Any]) -> list[tuple[str, float, tuple[float, ...]]]:
+    return sorted((d.class_name, round(d.confidence, 3), tuple(round(v, 1) for v in d.box.as_list())) for d in dets)
+
+
+def _levels_and_masks(result: Any) -> tuple[Any, ...]:
+    f = result.findings
+    return (tuple((lf.level.name, lf.level.sop_instance_uid, tuple((g.condition, g.grade) for g in lf.grades))
+                  for lf in f.levels),
+            f.missing, tuple(m.labels.tobytes() for m in result.masks))
+
+
+@pytest.mark.skipif(not HAVE_WEIGHTS, reason="no shipped weights (test_weights_are_shipped fails)")
+def test_batched_studies_match_studies_alone_and_a_bad_one_fails_alone(lumbar: Path) -> None:
+    """analyze_batch over [A, broken, B]: A and B get the same levels, grades and SEG labels
+    as when each is analysed alone (boxes to 1e-3 px, probabilities to 1e-5: CPU convolutions
+    sum in another order at another batch size); the broken study's slot
+    holds its error. Detections of an image do not depend on the shapes of the others in
+    its pass. A detector pass that fails because of one study's blank images is
+    rerun study by study, so only that study fails (and A and B run alone there: the
+    comparison against the batch)."""
+    import copy
+
+    import numpy as np
+
+    from models.analyzer import SpineAnalyzer, read_study_dir
+
+    dirs = sorted(p for p in (lumbar / "train_images").iterdir() if p.is_dir())
+    a, b = ((d.name, read_study_dir(d), "lumbar") for d in dirs[:2])
+    broken = ("broken", {"1.2.3": [None]}, "lumbar")  # not a data set: preparation raises
+    blank_series = copy.deepcopy(b[1])
+    for datasets in blank_series.values():
+        for ds in datasets:
+            ds.PixelData = bytes(len(ds.PixelData))
+    blank = ("blank", blank_series, "lumbar")
+    analyzer = SpineAnalyzer.from_registry(None, device="cpu")
+    # ultralytics letterboxes mixed shapes to the full square, equal shapes to the stride:
+    # a narrower image (a study with another matrix) must not change this one's detections
+    sag = next(v for v in a[1].values() if abs(float(v[0].ImageOrientationPatient[0])) < 0.5)
+    px = np.stack([ds.pixel_array for ds in sag[len(sag) // 2 - 1:len(sag) // 2 + 2]], axis=-1).astype(float)
+    square = (255.0 * px / px.max()).astype(np.uint8)
+    narrow = np.ascontiguousarray(square[:, 30:-26])
+    assert _detections(analyzer.detector.detect([square, narrow])[0]) == _detections(
+        analyzer.detector.detect([square])[0])
+    batched = analyzer.analyze_batch([a, broken, b])
+    assert isinstance(batched[1], TypeError)
+    analyzer.detector = _FailsOnBlankImages(analyzer.detector)  # type: ignore[assignment]
+    alone = analyzer.analyze_batch([a, blank, b])
+    assert isinstance(alone[1], ValueError)
+    for x, y in ((batched[0], alone[0]), (batched[2], alone[2])):
+        assert not isinstance(x, Exception) and not isinstance(y, Exception)
+        assert x.findings.levels and x.masks
+        assert _levels_and_masks(x) == _levels_and_masks(y)
+        for lx, ly in zip(x.findings.levels, y.findings.levels):
+            assert np.allclose(lx.level.box.as_list(), ly.level.box.as_list(), atol=1e-3)
+            for gx, gy in zip(lx.grades, ly.grades):
+                assert np.allclose(gx.probabilities, gy.probabilities, atol=1e-5)

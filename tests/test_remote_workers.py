@@ -18,7 +18,7 @@ import pytest
 from pydicom import dcmread
 
 from nodeproc import Node, SpinenodeProcess
-from peers import OrthancServer, storescu, wait_until
+from peers import OrthancServer, free_port, storescu, wait_until
 
 TOKEN = "two-host-worker-token"
 
@@ -29,12 +29,12 @@ def _phantom(out: Path, seed: int) -> list[Path]:
     return sorted((out / "train_images").rglob("*.dcm"))
 
 
-def remote_worker(workdir: Path, node: Node, queues: str) -> SpinenodeProcess:
+def remote_worker(workdir: Path, node: Node, queues: str, node_url: str | None = None) -> SpinenodeProcess:
     """A worker that shares nothing with the node but the broker, the database and its URL."""
     env = {k: v for k, v in node.env.items() if k in (
         "SPINENODE_BROKER_URL", "SPINENODE_DATABASE_URL", "SPINENODE_DESTINATIONS", "SPINENODE_LOG_LEVEL",
         "SPINENODE_WORKER_TOKEN")}
-    env.update({"SPINENODE_DATA_DIR": str(workdir / "data"), "SPINENODE_NODE_URL": node.url(""),
+    env.update({"SPINENODE_DATA_DIR": str(workdir / "data"), "SPINENODE_NODE_URL": node_url or node.url(""),
                 "SPINENODE_DEVICE": "cpu"})
     workdir.mkdir(parents=True, exist_ok=True)
     return SpinenodeProcess(workdir, ["worker", "--queues", queues], env, f"worker-{queues.replace(',', '-')}")
@@ -46,18 +46,29 @@ def remote_worker(workdir: Path, node: Node, queues: str) -> SpinenodeProcess:
 def test_workers_with_their_own_data_dirs_reach_done_with_results_in_orthanc(
     node_factory: Any, orthanc_factory: Any, redis_server: Any, postgres_url: str, tmp_path: Path
 ) -> None:
+    """The gpu worker reaches the node's HTTP through a port where nothing listens at
+    first: the study goes back to QUEUED with a reason naming that address (admin API);
+    once the port forwards to the node, the sweep's retry after REQUEUE_AFTER finishes it."""
+    from netns import TcpRelay
+
     orthanc: OrthancServer = orthanc_factory()
     node: Node = node_factory(broker_url=redis_server.url, database_url=postgres_url, stable_seconds=2,
-                              destinations=orthanc.destination, worker_token=TOKEN)
+                              destinations=orthanc.destination, worker_token=TOKEN, requeue_after=6)
     files = _phantom(tmp_path / "phantom", seed=2027)
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    gpu = remote_worker(tmp_path / "gpu-host", node, "gpu")
+    way_in = free_port()
+    gpu = remote_worker(tmp_path / "gpu-host", node, "gpu", node_url=f"http://127.0.0.1:{way_in}")
     cpu = remote_worker(tmp_path / "cpu-host", node, "cpu,export")
     gpu.start()
     cpu.start()
+    relay: TcpRelay | None = None
     try:
         r = storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE")
         assert r.returncode == 0, r.stderr
+        waiting = wait_until(lambda: (row := node.study(study_uid)) and row["state"] == "QUEUED"
+                             and row["reason"] and row, 240, interval=0.2, what="QUEUED, waiting for the node")
+        assert f"127.0.0.1:{way_in}" in waiting["reason"] and "waiting for the node" in waiting["reason"], waiting
+        relay = TcpRelay("127.0.0.1", node.http_port, listen_port=way_in)  # the node is reachable again
         final = node.wait_state(study_uid, {"DONE", "FAILED"}, timeout=300)
         assert final["state"] == "DONE", (final["reason"], gpu.log()[-3000:], cpu.log()[-3000:])
         assert sorted(x["kind"] for x in final["results"]) == ["key-images", "seg", "sr"]
@@ -71,9 +82,13 @@ def test_workers_with_their_own_data_dirs_reach_done_with_results_in_orthanc(
         for w in (gpu, cpu):
             assert not list((w.workdir / "data" / "incoming").rglob("*.dcm")), w.workdir
         assert "fetched" in gpu.log() and "analyzer warmed up" in gpu.log()
+        assert final["reason"] is None
+        assert any("requeued by the sweep" in (e["detail"] or "") for e in final["events"])
     finally:
         gpu.stop()
         cpu.stop()
+        if relay is not None:
+            relay.close()
 
 
 @pytest.mark.redis

@@ -123,6 +123,43 @@ def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[An
         ) from exc
 
 
+def analyse_many(settings: Settings, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], str | None]]
+                 ) -> list[Any]:
+    """:func:`analyse` for several studies in one batched analyzer pass
+    (``SpineAnalyzer.analyze_batch``): per study, in order, its AnalysisResult, NotAnalysed,
+    or the AnalyzerFailedError :func:`analyse` would raise for it. A study's outcome does
+    not depend on the others. An analyzer without ``analyze_batch`` (a stand-in) is called
+    study by study."""
+    from models.analyzer import AnalyzerError
+    from models.volume import VolumeError
+
+    analyzer = load_analyzer(settings)
+    if hasattr(analyzer, "analyze_batch"):
+        results = list(analyzer.analyze_batch(list(studies)))
+    else:
+        results = []
+        for uid, series, region in studies:
+            try:
+                results.append(analyzer.analyze(uid, series, region))
+            except Exception as exc:  # noqa: BLE001 - kept in the study's slot, as analyze_batch does
+                results.append(exc)
+    for result in results:
+        if isinstance(result, SoftTimeLimitExceeded):
+            raise result  # the stage's time is up (workers/timelimit.py): not the analyzer's fault
+    out: list[Any] = []
+    for (study_uid, _, _), result in zip(studies, results):
+        if isinstance(result, (AnalyzerError, VolumeError)):
+            out.append(NotAnalysed(str(result)))
+        elif isinstance(result, Exception):
+            log_failure(log, "study %s: the analyzer failed unexpectedly", study_uid, exc=result)
+            out.append(AnalyzerFailedError(
+                f"the analyzer failed unexpectedly: {type(result).__name__}{_raised_at(result)} "
+                "(a bug, not the study; details in the worker log)"))
+        else:
+            out.append(result)
+    return out
+
+
 def _raised_at(exc: BaseException) -> str:
     """' at models/x.py:12', the innermost frame in the project's packages ('' if none)."""
     import traceback

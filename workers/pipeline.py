@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from spinenode.core.errors import NodeUnreachableError, SpinenodeError
 from spinenode.core.repository import claim
 from spinenode.core.settings import Settings
 from spinenode.core.states import record_event, transition
-from workers.analysis import NotAnalysed, analyse, model_identity, read_series
+from workers.analysis import NotAnalysed, analyse_many, model_identity, read_series
 from workers.export import ObjectToSend, SendOutcome, exporter_for, next_attempt
 from workers.record import AnalysisRecord, AnalysisRecordError, MaskSet, MasksRef, SeriesUse
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
@@ -86,9 +87,11 @@ _LEFT_FOR_SWEEP = "left for the sweep to retry"
 
 def _wait_for_node(ctx: StageContext, study_uid: str, generation: int, stage: str,
                    exc: NodeUnreachableError) -> None:
-    """The node did not answer (restarting, network): leave the study in its state for
-    the sweep to requeue after REQUEUE_AFTER, at most NODE_UNREACHABLE_LIMIT times per
-    stage and generation (counted in the events table), then FAILED(stage)."""
+    """The node did not answer (restarting, network): the study waits for the sweep, which
+    sends it again after REQUEUE_AFTER; an analysis goes back to QUEUED, an encode stays
+    ENCODING. Its reason (admin API) names the worker's host and the node it could not
+    reach. After NODE_UNREACHABLE_LIMIT such times for one stage and generation (counted
+    in the events table), FAILED(stage)."""
     log.warning("study %s: %s stage could not reach the node: %s", study_uid, stage, exc)
     with ctx.db.session() as s:
         row = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
@@ -96,13 +99,18 @@ def _wait_for_node(ctx: StageContext, study_uid: str, generation: int, stage: st
             return
         earlier = s.scalar(select(func.count()).select_from(Event).where(
             Event.study_id == row.id, Event.generation == generation, Event.stage == stage,
-            Event.detail.contains(_LEFT_FOR_SWEEP)))
-        if (earlier or 0) >= NODE_UNREACHABLE_LIMIT:
+            Event.detail.contains(_LEFT_FOR_SWEEP))) or 0
+        if earlier >= NODE_UNREACHABLE_LIMIT:
             transition(s, row, StudyState.FAILED, stage=stage,
-                       detail=f"{type(exc).__name__}: {exc} (attempt {(earlier or 0) + 1})")
+                       detail=f"{type(exc).__name__}: {exc} (attempt {earlier + 1})")
             return
-        record_event(s, row, stage=stage,
-                     detail=f"{exc}; {_LEFT_FOR_SWEEP} after {ctx.settings.requeue_after:.0f} s")
+        detail = (f"{exc}; {_LEFT_FOR_SWEEP} after {ctx.settings.requeue_after:.0f} s "
+                  f"(attempt {earlier + 1} of {NODE_UNREACHABLE_LIMIT + 1})")
+        if row.state == StudyState.ANALYZING:
+            transition(s, row, StudyState.QUEUED, stage=stage, detail=detail)
+        else:
+            record_event(s, row, stage=stage, detail=detail)
+        row.reason = f"waiting for the node: {exc}"
 
 
 def _over_time(ctx: StageContext, stage: str) -> str:
@@ -113,29 +121,114 @@ def _over_time(ctx: StageContext, stage: str) -> str:
 
 
 # --- analyze -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Analysed:
+    """A study's analysis as the stage stores it, and what its pass cost."""
+
+    record: AnalysisRecord
+    cpu_seconds: float
+    batch: int
+
+
 def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
-    """QUEUED -> ANALYZING -> ENCODING: classify and select series, run the analyzer."""
+    """QUEUED -> ANALYZING -> ENCODING: classify and select series, run the analyzer.
+
+    The study the message names is claimed, then up to ANALYZE_BATCH - 1 other QUEUED
+    studies already waiting (:func:`_claim_waiting`; none is waited for), and all go
+    through one batched analyzer pass. Each study is claimed, fails and is settled on its
+    own: a study whose files cannot be had, or that breaks the analyzer, ends alone
+    (FAILED(analyze), back to QUEUED for an unreachable node, or a "not analysed"
+    outcome) and the others go on. The messages of the studies taken along find them no
+    longer QUEUED and are dropped, as a duplicate delivery is.
+    """
     if not claim(ctx.db, study_uid, generation, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING,
                  stage="analyze"):
         log.info("study %s generation %d: not QUEUED any more, delivery dropped", study_uid, generation)
         return
+    batch = [(study_uid, generation), *_claim_waiting(ctx, study_uid, ctx.settings.analyze_batch - 1)]
+    if len(batch) > 1:
+        log.info("study %s: analysed in one batch with %d waiting stud%s: %s", study_uid, len(batch) - 1,
+                 "y" if len(batch) == 2 else "ies", ", ".join(uid for uid, _ in batch[1:]))
     try:
-        with ctx.spool.study(study_uid), soft_time_limit(ctx.settings.task_soft_time_limit):
-            outcome = _analyze(ctx, study_uid, generation)
+        with ExitStack() as stack:
+            for uid, _ in batch:
+                stack.enter_context(ctx.spool.study(uid))
+            stack.enter_context(soft_time_limit(ctx.settings.task_soft_time_limit))
+            outcomes = _analyze_batch(ctx, batch)
     except SoftTimeLimitExceeded:
-        fail(ctx.db, study_uid, generation, "analyze", _over_time(ctx, "analyze"))
+        detail = _over_time(ctx, "analyze")
+        for uid, gen in batch:
+            fail(ctx.db, uid, gen, "analyze", detail)
         return
-    except NodeUnreachableError as exc:
+    for (uid, gen), outcome in zip(batch, outcomes):
+        if isinstance(outcome, Exception):
+            _analysis_failed(ctx, uid, gen, outcome)
+        else:
+            _settle_analysis(ctx, uid, gen, outcome)
+
+
+def _claim_waiting(ctx: StageContext, taken: str, limit: int) -> list[tuple[str, int]]:
+    """Up to ``limit`` other QUEUED studies, oldest first, claimed for this batch. A study
+    waiting out an unreachable node (it has a reason) is left to its own retry."""
+    if limit <= 0:
+        return []
+    with ctx.db.session() as s:
+        rows = s.execute(
+            select(Study.study_uid, Study.generation)
+            .where(Study.state == StudyState.QUEUED, Study.reason.is_(None), Study.study_uid != taken)
+            .order_by(Study.state_changed_at, Study.id).limit(limit)
+        ).all()
+    return [(uid, gen) for uid, gen in rows
+            if claim(ctx.db, uid, gen, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING, stage="analyze")]
+
+
+def _analyze_batch(ctx: StageContext, batch: list[tuple[str, int]]) -> list[Any]:
+    """Per study, in order: _Analysed, NotAnalysed, or the exception that ends it (recorded
+    by the caller). Only the stage's time limit ends the whole batch."""
+    out: dict[int, Any] = {}
+    ready: list[tuple[int, Any]] = []
+    for i, (uid, _) in enumerate(batch):
+        try:
+            got = _inputs(ctx, uid)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this study's failure, recorded for it alone
+            out[i] = exc
+            continue
+        if isinstance(got, NotAnalysed):
+            out[i] = got
+        else:
+            ready.append((i, got))
+    try:
+        results = analyse_many(ctx.settings, [(batch[i][0], inp[0].datasets, inp[1]) for i, inp in ready])
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the analyzer itself (weights, install): every study of the batch
+        results = [exc] * len(ready)
+    for (i, inp), result in zip(ready, results):
+        try:
+            out[i] = _finish(ctx, *batch[i], inp, result)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            out[i] = exc
+    return [out[i] for i in range(len(batch))]
+
+
+def _analysis_failed(ctx: StageContext, study_uid: str, generation: int, exc: Exception) -> None:
+    """An unreachable node is waited out; anything else is FAILED(analyze), for this study alone."""
+    if isinstance(exc, NodeUnreachableError):
         _wait_for_node(ctx, study_uid, generation, "analyze", exc)
-        return
-    except SpinenodeError as exc:
+    elif isinstance(exc, SpinenodeError):
         log.warning("study %s: analysis failed: %s", study_uid, exc)
         fail(ctx.db, study_uid, generation, "analyze", f"{type(exc).__name__}: {exc}")
-        return
-    except Exception as exc:
+    else:
         log_failure(log, "study %s: analysis failed unexpectedly", study_uid, exc=exc)
         fail(ctx.db, study_uid, generation, "analyze", f"unexpected {type(exc).__name__} (details in the worker log)")
-        return
+
+
+def _settle_analysis(ctx: StageContext, study_uid: str, generation: int, outcome: _Analysed | NotAnalysed) -> None:
+    """ANALYZING -> ENCODING with the findings (or the reason it was not analysed), then encode."""
     with ctx.db.session() as s:
         row = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
         if row.generation != generation or row.state != StudyState.ANALYZING:
@@ -145,23 +238,23 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
             row.not_analysed_reason = outcome.reason
             detail = f"not analysed: {outcome.reason}"
         else:
-            row.findings = outcome.to_json()
+            record = outcome.record
+            row.findings = record.to_json()
             row.not_analysed_reason = None
-            detail = f"{len(outcome.findings.levels)} levels graded in {outcome.seconds:.1f} s"
-            if outcome.masks is not None:
+            detail = (f"{len(record.findings.levels)} levels graded in {record.seconds:.1f} s "
+                      f"({outcome.cpu_seconds:.2f} s CPU; batch of {outcome.batch})")
+            if record.masks is not None:
                 detail += "; masks saved for the SEG"
         transition(s, row, StudyState.ENCODING, stage="analyze", detail=detail)
     ctx.send("encode", study_uid, generation)
 
 
-def _analyze(ctx: StageContext, study_uid: str, generation: int) -> AnalysisRecord | NotAnalysed:
-    """Classify, select, analyse; the masks (if any) are on the node when this returns.
+def _inputs(ctx: StageContext, study_uid: str) -> tuple[Any, str | None, Any] | NotAnalysed:
+    """Classify and select, then read the selected series: (SeriesRead, region, selection).
 
     Every instance's header must be readable here (or fetched from the node): a file
     that cannot be had raises InstanceUnavailableError, never a silent "not analysed".
     """
-    from models.series import ROLE_CONDITIONS
-
     ctx.spool.require_headers(study_uid)
     classes, selection = classify_study(ctx.db, ctx.spool, study_uid)  # type: ignore[arg-type]
     study = _study(ctx, study_uid)
@@ -179,13 +272,23 @@ def _analyze(ctx: StageContext, study_uid: str, generation: int) -> AnalysisReco
     if not (selection.sagittal_t2 or selection.sagittal_t1 or selection.ct_sagittal):
         return NotAnalysed("no usable sagittal MR or CT series in the study")
     ctx.spool.require_series(study_uid, selection.series_uids())
-    read = read_series(_series_files(ctx, study_uid), selection.series_uids())
-    outcome = analyse(ctx.settings, study_uid, read.datasets, study.region)
+    return read_series(_series_files(ctx, study_uid), selection.series_uids()), study.region, selection
+
+
+def _finish(ctx: StageContext, study_uid: str, generation: int, inputs: tuple[Any, str | None, Any],
+            outcome: Any) -> _Analysed | NotAnalysed:
+    """One study's analyzer outcome as the stage stores it; the masks (if any) are on the
+    node when this returns."""
+    from models.series import ROLE_CONDITIONS
+
+    if isinstance(outcome, Exception):
+        raise outcome
     if isinstance(outcome, NotAnalysed):
         return outcome
     if not outcome.findings.levels:
         why = "; ".join(outcome.findings.missing) or "no disc level was found on the sagittal series"
         return NotAnalysed(f"no disc level could be located ({why})")
+    read, _, selection = inputs
     used = tuple(SeriesUse(role, uid, len(read.datasets.get(uid, ())), read.unreadable.get(uid, 0))
                  for role in ROLE_CONDITIONS if (uid := getattr(selection, role)))
     masks: MasksRef | None = None
@@ -197,7 +300,8 @@ def _analyze(ctx: StageContext, study_uid: str, generation: int) -> AnalysisReco
         ctx.spool.publish_masks(study_uid, generation, path)
         masks = MasksRef(ctx.spool.masks_rel(study_uid, generation).as_posix(), sha256,
                          tuple(MaskSet.of(m) for m in outcome.masks))
-    return AnalysisRecord.of(outcome.findings, used, masks, outcome.seconds)
+    record = AnalysisRecord.of(outcome.findings, used, masks, outcome.seconds)
+    return _Analysed(record, outcome.cpu_seconds, outcome.batch)
 
 
 # --- encode --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def claim(db: Database, study_uid: str, generation: int, *, from_state: StudySta
         claimed = s.execute(
             update(Study)
             .where(Study.study_uid == study_uid, Study.state == from_state, Study.generation == generation)
-            .values(state=to_state, state_changed_at=now)
+            .values(state=to_state, state_changed_at=now, reason=None)
             .returning(Study.id)
         ).scalar_one_or_none()
         if claimed is None:

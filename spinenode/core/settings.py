@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     node_url: str = ""
     #: Bytes of fetched series a worker keeps under DATA_DIR/cache (least recently used go first).
     worker_cache_mb: float = Field(2048.0, ge=0)
+    #: An analysis worker takes up to this many QUEUED studies in one batched analyzer pass
+    #: (the one its message names plus others already waiting; never waits for more).
+    analyze_batch: int = Field(4, ge=1, le=64)
     #: Serve the admin HTTP (and /dicom-web) over TLS with TLS_CERT/TLS_KEY.
     http_tls: bool = False
     #: Read-only access (optional); with it set, every read (pages, /api/*, /metrics,

@@ -37,7 +37,8 @@ def _table() -> dict[tuple[StudyState, StudyState], str]:
         (S.QUEUED, S.ANALYZING): "analyze stage claims the study (repository.claim)",
         (S.ANALYZING, S.ENCODING): "analyze: findings stored, or the reason it was not analysed",
         (S.ANALYZING, S.FAILED): "analyze failed (FAILED(analyze))",
-        (S.ANALYZING, S.QUEUED): "sweep: ANALYZING for over REQUEUE_AFTER (worker died); or admin retry",
+        (S.ANALYZING, S.QUEUED): "sweep: ANALYZING for over REQUEUE_AFTER (worker died); the worker could not "
+                                 "reach the node (retried by the sweep); or admin retry",
         (S.ENCODING, S.EXPORTING): "encode: results written, one export row per destination",
         (S.ENCODING, S.DONE): "encode: results written, no DESTINATIONS configured",
         (S.ENCODING, S.FAILED): "encode failed (FAILED(encode))",
@@ -126,7 +127,7 @@ def transition(
     elif state == StudyState.SKIPPED:
         study.failed_stage = None
         study.reason = detail
-    elif state in (StudyState.RECEIVING, StudyState.QUEUED):
+    else:
         study.failed_stage = None
         study.reason = None
     record_event(session, study, state=state, stage=stage, detail=detail, now=now)
