@@ -48,6 +48,8 @@ from peers import OrthancServer, PostgresServer, RedisServer, storescu, wait_unt
 from pydicom import dcmread  # noqa: E402
 
 TOKEN = "bench-worker-token"
+#: Seconds of no work over which the idle CPU of each process is measured.
+IDLE_SECONDS = 15.0
 _TICK = os.sysconf("SC_CLK_TCK")
 _ANALYZER_CPU = re.compile(r"graded in [0-9.]+ s \(([0-9.]+) s CPU; batch of (\d+)\)")
 
@@ -168,17 +170,26 @@ def run(n_latency: int, n_burst: int, batch_sizes: list[int]) -> dict[str, Any]:
                 latency.append(time.monotonic() - t0)
             out["latency"] = {"seconds": latency, "first_s": latency[0], "load": [load0, _load()],
                               "warm_median_s": statistics.median(latency[1:]) if len(latency) > 1 else float("nan")}
+            # idle CPU of each process tree (sweeps, heartbeats, broker polling), to read the bursts against
+            trees = {"node": [node.proc.pid], "analysis": [analysis.proc.pid],  # type: ignore[union-attr]
+                     "cpu/export": [w.proc.pid for w in cpus]}  # type: ignore[union-attr]
+            before, t_idle = {k: sum(map(_tree_cpu, v)) for k, v in trees.items()}, time.monotonic()
+            time.sleep(IDLE_SECONDS)
+            span = time.monotonic() - t_idle
+            out["idle_cpu_per_s"] = {k: (sum(map(_tree_cpu, v)) - before[k]) / span for k, v in trees.items()}
             seed, current = 5100, batch_sizes[0]
             for b in batch_sizes:
                 if b != current:
                     analysis.stop()
+                    _wait_queue_workers(node, "gpu", 0)
                     analysis, current = _worker(work, node, "gpu", f"analysis-b{b}", analyze_batch=str(b)), b
+                    _wait_queue_workers(node, "gpu", 1)  # its heartbeat row appears once it is warm
                 for n_cpu in (1, 2):
                     while len(cpus) < n_cpu:
                         cpus.append(_worker(work, node, "cpu,export", f"cpu-{len(cpus) + 1}"))
                     while len(cpus) > n_cpu:
                         cpus.pop().stop()
-                    _wait_for_warm(analysis)
+                    _wait_queue_workers(node, "cpu", n_cpu)
                     seed += 1
                     burst = _phantoms(work / f"burst-{seed}", n_burst, seed)
                     r = _burst(node, pacs, {"analysis": [analysis], "cpu/export": cpus[:n_cpu]}, burst)
@@ -193,12 +204,11 @@ def run(n_latency: int, n_burst: int, batch_sizes: list[int]) -> dict[str, Any]:
             node.close()
 
 
-def _wait_for_warm(worker: SpinenodeProcess) -> None:
-    """The analysis worker has warmed its models (it takes no message before that)."""
-    wait_until(lambda: "analyzer warmed up" in worker.log() or not worker.alive(), 600, interval=0.5,
-               what="the analysis worker warm")
-    if not worker.alive():
-        raise RuntimeError(f"analysis worker exited:\n{worker.log()[-3000:]}")
+def _wait_queue_workers(node: Node, queue: str, n: int) -> None:
+    """Exactly ``n`` workers of ``queue`` in the node's list (a stopped one removes its row;
+    a started one writes it when it is ready, an analysis worker once its models are warm)."""
+    wait_until(lambda: sum(queue in w["queues"] for w in node.api("/api/queue")["workers"]) == n, 600,
+               interval=0.5, what=f"{n} {queue} worker(s)")
 
 
 def main() -> None:
@@ -217,6 +227,9 @@ def main() -> None:
     print(f"latency, last instance stored -> results in Orthanc (load {lat['load'][0]:.1f} -> {lat['load'][1]:.1f}): "
           f"first study {lat['first_s']:.1f} s, later median {lat['warm_median_s']:.1f} s "
           f"(every run: {' '.join(f'{x:.1f}' for x in lat['seconds'])})")
+    idle = r["idle_cpu_per_s"]
+    print("idle CPU, s per s (sweeps every 0.2 s, heartbeats, broker polling): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()))
     print("| ANALYZE_BATCH | cpu/export workers | studies/min | DONE | mean batch | load | node CPU s/study "
           "| analysis worker CPU s/study | of which analyzer | cpu/export CPU s/study | workers' CPU outside inference s/study |")
     print("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
