@@ -128,8 +128,12 @@ def create_app(ctx: AdminContext) -> FastAPI:
                 for e in st.events
             ]
             results = s.scalars(select(Result).where(Result.study_id == st.id).order_by(Result.id)).all()
-            by_id = {r.id: r for r in results}
-            exports = s.scalars(select(Export).where(Export.study_id == st.id).order_by(Export.id)).all()
+            # each export with its result's UID in one statement: two reads under READ COMMITTED
+            # can straddle an encode's commit (a dict of the first read answered 500, KeyError)
+            exports = s.execute(
+                select(Export, Result.sop_instance_uid).join(Result, Result.id == Export.result_id)
+                .where(Export.study_id == st.id).order_by(Export.id)
+            ).all()
             row = study_row(st, len(series), sum(x["instance_count"] for x in series))
             row.update({
                 "selection": st.selection,
@@ -143,11 +147,11 @@ def create_app(ctx: AdminContext) -> FastAPI:
                     for r in results
                 ],
                 "exports": [
-                    {"destination": e.destination, "sop_instance_uid": by_id[e.result_id].sop_instance_uid,
+                    {"destination": e.destination, "sop_instance_uid": sop_uid,
                      "state": e.state, "attempts": e.attempts, "last_status": e.last_status,
                      "last_error": e.last_error, "next_attempt_at": _iso(e.next_attempt_at),
                      "sent_at": _iso(e.sent_at)}
-                    for e in exports
+                    for e, sop_uid in exports
                 ],
             })
             return row
