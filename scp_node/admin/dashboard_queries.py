@@ -339,9 +339,10 @@ def study_detail(db: Database, study_uid: str) -> StudyDetail | None:
             events.append(EventRow(e.at, e.state, e.stage, e.generation, e.detail, delta))
             previous = e.at
         results = s.scalars(select(Result).where(Result.study_id == st.id).order_by(Result.id)).all()
-        kinds = {r.id: r for r in results}
-        exports = s.scalars(
-            select(Export).where(Export.study_id == st.id).order_by(Export.destination, Export.id)
+        # each export with its result in one statement (two reads can straddle an encode's commit)
+        exports = s.execute(
+            select(Export, Result).join(Result, Result.id == Export.result_id)
+            .where(Export.study_id == st.id).order_by(Export.destination, Export.id)
         ).all()
         missing = list((st.selection or {}).get("missing") or [])
         missing += [m for m in (st.findings or {}).get("missing") or [] if m not in missing]
@@ -360,8 +361,8 @@ def study_detail(db: Database, study_uid: str) -> StudyDetail | None:
             series=series,
             results=[ResultRow(r.kind, r.sop_class_uid, r.sop_instance_uid, r.series_instance_uid, r.generation,
                                f"{r.model_name} {r.model_version}", r.created_at) for r in results],
-            exports=[ExportRow(e.destination, kinds[e.result_id].kind, kinds[e.result_id].sop_instance_uid,
+            exports=[ExportRow(e.destination, r.kind, r.sop_instance_uid,
                                e.state, e.attempts, e.last_status, e.last_error, e.next_attempt_at,
-                               e.updated_at, e.sent_at) for e in exports],
+                               e.updated_at, e.sent_at) for e, r in exports],
             missing=missing,
         )
