@@ -40,9 +40,9 @@ from ingest import DEFAULT_CACHE, bench_files, send
 from peers import free_port
 
 from scp_node import scp as scp_module
-from spinenode.core.db.session import Database
 from scp_node.ingest import GroupCommit, Ingestor
 from scp_node.scp import ScpCounters, start_scp
+from spinenode.core.db.session import Database
 from spinenode.core.settings import load_settings
 from spinenode.core.storage import Spool
 

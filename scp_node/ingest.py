@@ -21,11 +21,11 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from scp_node.dicomio import InstanceMeta
+from scp_node.group_commit import GroupCommitter
 from spinenode.core.db.models import Instance, Series, Study, StudyState, utcnow
 from spinenode.core.db.session import Database
-from scp_node.dicomio import InstanceMeta
 from spinenode.core.errors import DatabaseError, StorageError
-from scp_node.group_commit import GroupCommitter
 from spinenode.core.settings import Settings
 from spinenode.core.states import record_event, transition
 from spinenode.core.storage import Spool
