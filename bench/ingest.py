@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -92,16 +93,23 @@ class Receiver:
     """A fresh receiver: ``start`` yields (port, called AE, count-received function)."""
 
     name: str
-    start: Callable[[Path], Any]  # a context manager factory
+    start: Callable[[Path], Any] = field(default=lambda _w: None)  # a context manager factory
+    #: Group commit rounds of the last run: (instances, rounds), from the node's log.
+    rounds: list[tuple[int, int]] = field(default_factory=list)
+
+
+_ROUNDS_RE = re.compile(r"group commit: (\d+) instances in (\d+) rounds")
 
 
 @contextmanager
-def node_receiver(workdir: Path, processes: int) -> Iterator[Running]:
+def node_receiver(workdir: Path, processes: int, settings: dict[str, str] | None = None,
+                  rounds: list[tuple[int, int]] | None = None) -> Iterator[Running]:
     node = Node(
         workdir,
         stable_seconds=3600,  # no study completes (and no analysis runs) while measuring
         sweep_interval=1.0,  # the default (tests/nodeproc.py sets 0.2 for quick tests)
         scp_processes=processes,
+        **(settings or {}),
     )
     try:
         node.start()
@@ -120,6 +128,9 @@ def node_receiver(workdir: Path, processes: int) -> Iterator[Running]:
         yield node.dicom_port, node.ae_title, count, node.proc.pid
     finally:
         node.close()
+        if rounds is not None:  # one line per receiver process at its stop
+            found = [(int(a), int(b)) for a, b in _ROUNDS_RE.findall(node.log())]
+            rounds[:] = [(sum(a for a, _ in found), sum(b for _, b in found))] if found else []
 
 
 @contextmanager
@@ -165,6 +176,15 @@ class Result:
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
     complete: list[bool] = field(default_factory=list)
+    #: 1-minute load average when each run started (the machine is shared).
+    loads: list[float] = field(default_factory=list)
+    #: (instances, rounds) of group commit per run, where the node logged them.
+    rounds: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def per_round(self) -> float | None:
+        items, rounds = sum(a for a, _ in self.rounds), sum(b for _, b in self.rounds)
+        return items / rounds if rounds else None
 
     @property
     def median_s(self) -> float:
@@ -190,6 +210,8 @@ class Result:
             "mb_per_s": round(self.mb_s, 1),
             "receiver_cpu_ms_per_image": round(self.cpu_ms_per_image, 2),
             "all_received": all(self.complete),
+            "load_average_1min_per_run": self.loads,
+            "group_commit_instances_per_round": round(self.per_round, 2) if self.per_round else None,
         }
 
 
@@ -250,14 +272,17 @@ def table(results: list[Result], repeat: int, file_bytes: int, load: tuple[float
     lines = [
         title,
         "",
-        "| receiver | assoc | img/s | MB/s | receiver CPU ms/img | median s | runs (s) | all rx |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ("| receiver | assoc | img/s | MB/s | receiver CPU ms/img | median s | runs (s) | load per run "
+         "| img/round | all rx |"),
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
     ]
     for r in results:
         runs = " ".join(f"{s:.2f}" for s in r.seconds)
+        loads = " ".join(f"{x:.1f}" for x in r.loads)
+        per_round = f"{r.per_round:.2f}" if r.per_round else "-"
         received = "yes" if all(r.complete) else "NO"
         lines.append(f"| {r.receiver} | {r.associations} | {r.img_s:.0f} | {r.mb_s:.0f} | "
-                     f"{r.cpu_ms_per_image:.1f} | {r.median_s:.2f} | {runs} | {received} |")
+                     f"{r.cpu_ms_per_image:.1f} | {r.median_s:.2f} | {runs} | {loads} | {per_round} | {received} |")
     by = {(r.receiver, r.associations): r for r in results}
     ratios = []
     for r in results:
@@ -281,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated parallel association counts (default 1,4)")
     parser.add_argument("--node-processes", default="1,2",
                         help="SCP_PROCESSES values to run the node with (default 1,2)")
+    parser.add_argument("--node-variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                        help="a node run with these settings (SPINENODE_KEY=VALUE), e.g. "
+                             "'gc-off:group_commit=false'; repeatable; given, it replaces --node-processes "
+                             "(set scp_processes in the variant)")
     parser.add_argument("--receivers", default="spinenode,storescp,orthanc",
                         help="subset of spinenode,storescp,orthanc")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
@@ -292,10 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     file_bytes = sum(p.stat().st_size for p in files)
     wanted = {w.strip() for w in args.receivers.split(",") if w.strip()}
     receivers: list[Receiver] = []
-    if "spinenode" in wanted:
+    if "spinenode" in wanted and args.node_variant:
+        for variant in args.node_variant:
+            label, _, pairs = variant.partition(":")
+            conf = dict(p.split("=", 1) for p in pairs.split(",") if "=" in p)
+            n = int(conf.pop("scp_processes", "1"))
+            receivers.append(rcv := Receiver(f"spinenode {label}"))
+            rcv.start = lambda w, n=n, conf=conf, rcv=rcv: node_receiver(w, n, conf, rcv.rounds)
+    elif "spinenode" in wanted:
         for n in (int(x) for x in args.node_processes.split(",") if x.strip()):
             name = "spinenode" if n == 1 else f"spinenode x{n} proc"
-            receivers.append(Receiver(name, lambda w, n=n: node_receiver(w, n)))
+            receivers.append(rcv := Receiver(name))
+            rcv.start = lambda w, n=n, rcv=rcv: node_receiver(w, n, None, rcv.rounds)
     if "storescp" in wanted:
         receivers.append(Receiver("storescp", storescp_receiver))
     if "orthanc" in wanted:
@@ -312,11 +349,15 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             for receiver in receivers:
                 for assoc in assoc_counts:
+                    load = os.getloadavg()[0]
                     seconds, cpu, complete = measure(receiver, files, assoc, scratch)
                     res = results[(receiver.name, assoc)]
                     res.seconds.append(seconds)
                     res.cpu_seconds.append(cpu)
                     res.complete.append(complete)
+                    res.loads.append(round(load, 1))
+                    res.rounds.extend(receiver.rounds)
+                    receiver.rounds.clear()
                     print(f"run {rep + 1}/{args.repeat} {receiver.name:<18} assoc={assoc}: "
                           f"{len(files) / seconds:7.1f} img/s{'' if complete else '  INCOMPLETE'}",
                           file=sys.stderr, flush=True)

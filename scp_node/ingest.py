@@ -1,15 +1,19 @@
 """Index received instances: study, series and instance rows, and study reopening.
 
 Called by the C-STORE handler after the spool write and before the status is
-returned. One short transaction per instance; inserts are race-free upserts so
-that several associations (threads or processes) may deliver the same study.
+returned. One short transaction per instance, or, with group commit
+(:mod:`scp_node.group_commit`), one per round of concurrent C-STOREs; inserts are
+race-free upserts so that several associations (threads or processes) may deliver
+the same study.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +21,12 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from scp_node.dicomio import InstanceMeta
+from scp_node.group_commit import GroupCommitter
 from spinenode.core.db.models import Instance, Series, Study, StudyState, utcnow
 from spinenode.core.db.session import Database
-from scp_node.dicomio import InstanceMeta
 from spinenode.core.errors import DatabaseError, StorageError
+from spinenode.core.settings import Settings
 from spinenode.core.states import record_event, transition
 from spinenode.core.storage import Spool
 
@@ -41,6 +47,8 @@ _TOUCH_RECEIVING_STUDY = (
 )
 _SERIES_ID = select(_series.c.id).where(_series.c.series_uid == bindparam("uid"))
 _INSTANCE_PATH = select(_instances.c.path).where(_instances.c.sop_instance_uid == bindparam("uid"))
+_INSTANCE_PATHS = select(_instances.c.sop_instance_uid, _instances.c.path).where(
+    _instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
 
 
 def _insert(session: Session, model: Any) -> Any:
@@ -70,14 +78,48 @@ def _instance_upsert(dialect: str) -> Any:
         index_elements=["sop_instance_uid"], set_={c: getattr(stmt.excluded, c) for c in _INSTANCE_VALUES})
 
 
+@dataclass(frozen=True, slots=True)
+class GroupCommit:
+    """Group commit bounds (settings ``GROUP_COMMIT_WINDOW_MS``, ``GROUP_COMMIT_MAX``)."""
+
+    window_s: float
+    max_items: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GroupCommit | None:
+        """The bounds, or None when ``GROUP_COMMIT`` is off."""
+        if not settings.group_commit:
+            return None
+        return cls(settings.group_commit_window_ms / 1000.0, settings.group_commit_max)
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An instance renamed into the spool, waiting for its round (directory fsync, row)."""
+
+    meta: InstanceMeta
+    rel: Path
+    size: int
+    calling_ae: str | None
+
+
 class Ingestor:
     """Persists one received instance: spool file first, then the index row."""
 
-    def __init__(self, db: Database, spool: Spool, clock: Clock = utcnow) -> None:
+    def __init__(self, db: Database, spool: Spool, clock: Clock = utcnow,
+                 group_commit: GroupCommit | None = None) -> None:
         self.db = db
         self.spool = spool
         self.clock = clock
         self._upsert_instance = _instance_upsert(db.engine.dialect.name)
+        self.committer: GroupCommitter[Placed] | None = None
+        if group_commit is not None:
+            self.committer = GroupCommitter(self.commit_round, group_commit.window_s, group_commit.max_items)
+
+    def close(self) -> None:
+        """Stop the group committer (after the receiver stopped handing instances in)."""
+        if self.committer is not None:
+            self.committer.stop()
 
     def store(self, meta: InstanceMeta, data: bytes, calling_ae: str | None) -> None:
         """Write and index one instance. Raises StorageError or DatabaseError."""
@@ -89,13 +131,71 @@ class Ingestor:
 
         Raises StorageError or DatabaseError.
         """
-        try:
-            size = received.stat().st_size
-        except OSError as exc:
-            raise StorageError(f"received file gone ({exc.strerror})") from exc
-        rel = self.spool.adopt(meta.study_uid, meta.series_uid, meta.sop_instance_uid, received)
-        self.index(meta, rel, size, calling_ae)
+        if self.committer is None:
+            size = _size(received)
+            rel = self.spool.adopt(meta.study_uid, meta.series_uid, meta.sop_instance_uid, received)
+            self.index(meta, rel, size, calling_ae)
+            return size
+        with self.committer.arrival() as arrival:
+            size = _size(received)
+            rel = self.spool.place(meta.study_uid, meta.series_uid, meta.sop_instance_uid, received)
+            arrival.commit(Placed(meta, rel, size, calling_ae))  # returns once durable and committed
         return size
+
+    def commit_round(self, items: Sequence[Placed]) -> list[BaseException | None]:
+        """Make a round of placed instances durable and indexed; one outcome per item.
+
+        One fsync per directory (:meth:`Spool.sync_dirs`), then one transaction for the
+        rows of every item whose directory is durable. If that transaction fails, each
+        item is indexed in its own transaction, so a bad row fails only its instance.
+        """
+        errors: list[BaseException | None] = [None] * len(items)
+        for k, exc in enumerate(self.spool.sync_dirs([item.rel for item in items])):
+            if exc is not None:
+                name = errno.errorcode.get(exc.errno or 0, "OSError")
+                errors[k] = StorageError(f"cannot make {items[k].rel.name} durable ({name}: {exc.strerror})")
+        todo = [k for k in range(len(items)) if errors[k] is None]
+        try:
+            self._index_batch([items[k] for k in todo])
+        except DatabaseError as exc:
+            if len(todo) > 1:
+                log.warning("group commit of %d instances failed (%s): indexing them one by one", len(todo), exc)
+            for k in todo:
+                item = items[k]
+                try:
+                    self.index(item.meta, item.rel, item.size, item.calling_ae)
+                except DatabaseError as one:
+                    errors[k] = one
+        return errors
+
+    def _index_batch(self, items: Sequence[Placed]) -> None:
+        """Index ``items`` in one transaction (one upsert batch). Raises DatabaseError."""
+        if not items:
+            return
+        if len({item.meta.sop_instance_uid for item in items}) < len(items):
+            raise DatabaseError("the same SOP Instance UID twice in one round")
+        now = self.clock()
+        try:
+            with self.db.session() as s:
+                studies: dict[str, int] = {}
+                series: dict[str, int] = {}
+                for item in items:
+                    meta = item.meta
+                    if meta.study_uid not in studies:
+                        studies[meta.study_uid] = self._study(s, meta, now)
+                    if meta.series_uid not in series:
+                        series[meta.series_uid] = self._series(s, meta, studies[meta.study_uid])
+                conn = s.connection()
+                old = dict(conn.execute(
+                    _INSTANCE_PATHS, {"uids": [item.meta.sop_instance_uid for item in items]}).all())
+                conn.execute(self._upsert_instance, [
+                    self._instance_params(item.meta, studies[item.meta.study_uid], series[item.meta.series_uid],
+                                          str(item.rel), item.size, item.calling_ae, now)
+                    for item in items])
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"index write failed: {type(exc).__name__}") from exc
+        for item in items:
+            self._drop_stale(item.meta, old.get(item.meta.sop_instance_uid), item.rel)
 
     def index(self, meta: InstanceMeta, rel: Path, size: int, calling_ae: str | None) -> None:
         now = self.clock()
@@ -107,6 +207,9 @@ class Ingestor:
                 stale = self._instance(s, meta, study_id, series_id, str(rel), size, calling_ae, now)
         except SQLAlchemyError as exc:
             raise DatabaseError(f"index write failed: {type(exc).__name__}") from exc
+        self._drop_stale(meta, stale, rel)
+
+    def _drop_stale(self, meta: InstanceMeta, stale: str | None, rel: Path) -> None:
         if stale and stale != str(rel):
             # The same SOP Instance UID was re-sent under another study/series: the
             # newest copy wins and the old file goes once the row points elsewhere.
@@ -202,7 +305,14 @@ class Ingestor:
     ) -> str | None:
         conn = s.connection()
         old_path = conn.execute(_INSTANCE_PATH, {"uid": meta.sop_instance_uid}).scalar_one_or_none()
-        conn.execute(self._upsert_instance, {
+        conn.execute(self._upsert_instance,
+                     self._instance_params(meta, study_id, series_id, rel, size, calling_ae, now))
+        return old_path
+
+    @staticmethod
+    def _instance_params(meta: InstanceMeta, study_id: int, series_id: int, rel: str, size: int,
+                         calling_ae: str | None, now: dt.datetime) -> dict[str, Any]:
+        return {
             "sop_instance_uid": meta.sop_instance_uid,
             "study_id": study_id,
             "series_id": series_id,
@@ -213,5 +323,11 @@ class Ingestor:
             "size_bytes": size,
             "calling_ae": calling_ae,
             "received_at": now,
-        })
-        return old_path
+        }
+
+
+def _size(received: Path) -> int:
+    try:
+        return received.stat().st_size
+    except OSError as exc:
+        raise StorageError(f"received file gone ({exc.strerror})") from exc

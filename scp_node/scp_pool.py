@@ -255,11 +255,11 @@ def worker_main(
 
     configure_logging(settings)
     from spinenode.core.db.session import Database
-    from scp_node.ingest import Ingestor
+    from scp_node.ingest import GroupCommit, Ingestor
     from spinenode.core.storage import Spool
 
     db = Database(settings.database_url)
-    ingestor = Ingestor(db, Spool(settings.data_dir))
+    ingestor = Ingestor(db, Spool(settings.data_dir), group_commit=GroupCommit.from_settings(settings))
     server = make_server(settings, ingestor, counters, admission, _HandedConnectionServer)
     server.server_close()  # the unbound TCP socket TCPServer made; never used
     channel.send(READY)
@@ -282,6 +282,7 @@ def worker_main(
     finally:
         _drain(server)
         server.server_close()
+        ingestor.close()
         db.dispose()
         logging.shutdown()
     # Threads of connections that never sent an A-ASSOCIATE-RQ (port probes) would

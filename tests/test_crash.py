@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 
 import dicomgen
 from nodeproc import Node, dataset_bytes
-from peers import storescu
+from peers import dcmtk_env, dcmtk_tool, storescu
 from spinenode.core.db.models import Instance
 
 
@@ -45,7 +46,36 @@ def _send_until_killed(port: int, files: list[Path], acked: list[str], progress:
         assoc.release()
 
 
+def _storescu_until_killed(port: int, files: list[Path], sop_of: dict[Path, str], total: list[str],
+                           progress: threading.Event) -> tuple[subprocess.Popen[str], threading.Thread]:
+    """A DCMTK storescu association; a reader thread appends to ``total`` the SOP Instance
+    UID of every file storescu reports a success response for (``-v``: "Sending file: X"
+    ... "Received Store Response (Success)")."""
+    proc = subprocess.Popen(
+        [dcmtk_tool("storescu"), "-v", "-aet", "CRASHDCMTK", "-aec", "SPINENODE", "127.0.0.1", str(port),
+         *map(str, files)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
+
+    def read() -> None:
+        assert proc.stdout is not None
+        current: Path | None = None
+        for line in proc.stdout:
+            if line.startswith("I: Sending file: "):
+                current = Path(line[len("I: Sending file: "):].strip())
+            elif line.startswith("I: Received Store Response (Success)") and current is not None:
+                total.append(sop_of[current])
+                current = None
+                if len(total) >= 40:
+                    progress.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return proc, reader
+
+
 def test_kill9_during_parallel_sends_loses_nothing_acknowledged(node_factory: Any, tmp_path: Path) -> None:
+    """Six associations at once (per study, one pynetdicom and one DCMTK storescu, each a
+    series), so the node's group commit has rounds of several instances when it dies."""
     studies = [
         dicomgen.write_study(
             tmp_path / f"big{i}", seed=31 + i, rows=256, cols=256, patient_id=f"PHANTOM-K{i}",
@@ -54,25 +84,34 @@ def test_kill9_during_parallel_sends_loses_nothing_acknowledged(node_factory: An
         for i in range(3)
     ]
     all_paths = [p for st in studies for p in st.paths]
-    node: Node = node_factory(stable_seconds=2)
+    by_sop = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in all_paths}
+    sop_of = {p: sop for sop, p in by_sop.items()}
+    node: Node = node_factory(stable_seconds=2, group_commit="true")
     acked: list[list[str]] = [[] for _ in studies]
     total: list[str] = []
     progress = threading.Event()
     senders = [
-        threading.Thread(target=_send_until_killed, args=(node.dicom_port, st.paths, acked[i], progress, total))
+        threading.Thread(target=_send_until_killed, args=(
+            node.dicom_port, st.series_paths[st.series_uids[0]], acked[i], progress, total))
         for i, st in enumerate(studies)
     ]
     for t in senders:
         t.start()
+    dcmtk = [_storescu_until_killed(node.dicom_port, st.series_paths[st.series_uids[1]], sop_of, total, progress)
+             for st in studies]
     assert progress.wait(60), "no progress before the kill"
     node.kill9()
     for t in senders:
         t.join(60)
+    for proc, reader in dcmtk:
+        proc.wait(60)
+        reader.join(10)
     n_acked = len(total)
     assert 40 <= n_acked < len(all_paths), "the kill must land mid-send"
+    assert any(sop_of[p] in total for st in studies for p in st.series_paths[st.series_uids[1]]), \
+        "no DCMTK instance was acknowledged before the kill"
 
     node.start()  # same DATA_DIR, same database
-    by_sop = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in all_paths}
     with node.db.session() as s:
         rows = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())
     for sop in total:  # every acknowledged instance is indexed, on disk, and whole

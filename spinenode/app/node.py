@@ -21,7 +21,7 @@ from spinenode.core.db.session import Database
 from scp_node.dicomio import parse_header
 from scp_node.disk import DiskGuard
 from spinenode.core.errors import ConfigError, SpinenodeError
-from scp_node.ingest import Ingestor
+from scp_node.ingest import GroupCommit, Ingestor
 from scp_node.routing import load_rules
 from scp_node.scheduler import Scheduler
 from scp_node.scp import ScpCounters, start_scp
@@ -139,7 +139,7 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
     db.migrate(settings.data_dir)
     spool = Spool(settings.data_dir)
     spool.remove_partials()
-    ingestor = Ingestor(db, spool)
+    ingestor = Ingestor(db, spool, group_commit=GroupCommit.from_settings(settings))
     reconcile_spool(db, spool, ingestor)
     rules = load_rules(settings.eligibility_rules)
 
@@ -190,6 +190,7 @@ def run_node(settings: Settings, stop: threading.Event | None = None) -> None:
         scp.shutdown()
         if tls_scp is not None:
             tls_scp.shutdown()
+        ingestor.close()
         http.should_exit = True  # type: ignore[attr-defined]
         http_thread.join(10)
         sched_thread.join(10)

@@ -147,6 +147,13 @@ class Settings(BaseSettings):
     #: Node-wide cap on bytes of data sets being received (0 = no cap); over it: 0xA700.
     max_inflight_mb: float = Field(4096.0, ge=0)
     scp_processes: int = Field(1, ge=1, le=32)
+    #: Group commit: concurrent C-STOREs of one receiver process share their directory
+    #: fsyncs and one index transaction (``scp_node.group_commit``); off: one of each per instance.
+    group_commit: bool = True
+    #: Longest a round waits for C-STOREs already being stored in other threads (ms).
+    group_commit_window_ms: float = Field(2.0, ge=0, le=1000)
+    #: Most instances in one round.
+    group_commit_max: int = Field(32, ge=1, le=1024)
 
     # DICOM TLS: a second listener on DICOM_TLS_PORT (0 = none) with TLS_CERT/TLS_KEY;
     # TLS_CA, when set, is the trust store for peers (client certificates are then

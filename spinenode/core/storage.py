@@ -16,8 +16,9 @@ import errno
 import logging
 import os
 import re
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from spinenode.core.errors import InvalidUIDError, StorageError
@@ -59,6 +60,10 @@ class Spool:
         #: Where the receiver writes data sets while they arrive (see :meth:`adopt`).
         self.receiving = data_dir / "receiving"
         self.receiving.mkdir(exist_ok=True)
+        #: Directories this process created whose entry in their parent has not been
+        #: fsynced yet (:meth:`place` adds them, :meth:`sync_dirs` clears them).
+        self._unsynced: set[Path] = set()
+        self._unsynced_lock = threading.Lock()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return Path("incoming") / study_uid / series_uid / f"{sop_uid}.dcm"
@@ -91,6 +96,67 @@ class Spool:
         rel = self.relative_path(study_uid, series_uid, sop_uid)
         atomic_move(source, self.data_dir / rel)
         return rel
+
+    def place(self, study_uid: str, series_uid: str, sop_uid: str, source: Path) -> Path:
+        """fsync ``source`` and rename it into place; return its relative path.
+
+        The first half of :meth:`adopt` for group commit: the rename is atomic but not
+        yet durable. Before the instance is acknowledged, :meth:`sync_dirs` must have
+        fsynced its directory (one fsync for every instance of a round in that directory).
+
+        Raises
+        ------
+        StorageError
+            On any OS error; ``source`` is left where it was.
+        """
+        rel = self.relative_path(study_uid, series_uid, sop_uid)
+        final = self.data_dir / rel
+        try:
+            if not final.parent.is_dir():
+                # Registered before mkdir: a thread that finds the directory made also
+                # finds it here, so its round fsyncs the parents too.
+                with self._unsynced_lock:
+                    self._unsynced.update((final.parent, final.parent.parent))
+                final.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_file(source)
+            try:
+                os.rename(source, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _copy_atomically(source, final)
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, "OSError")
+            raise StorageError(f"cannot write {final.name} ({name}: {exc.strerror})") from exc
+        return rel
+
+    def sync_dirs(self, rels: Sequence[Path]) -> list[OSError | None]:
+        """fsync, once each, the directories the files ``rels`` were placed in (and the
+        parents of directories :meth:`place` created); one outcome per file: None when
+        its rename is durable, else the OSError of a directory it needs."""
+        with self._unsynced_lock:
+            unsynced = set(self._unsynced)
+        needs: list[list[Path]] = []
+        for rel in rels:
+            chain = [self.data_dir / rel.parent]
+            while chain[-1] in unsynced:  # a new directory: its parent's entry too
+                chain.append(chain[-1].parent)
+            needs.append(chain)
+        outcome: dict[Path, OSError | None] = {}
+        for chain in needs:
+            for directory in chain:
+                if directory not in outcome:
+                    try:
+                        fsync_dir(directory)
+                        outcome[directory] = None
+                    except OSError as exc:
+                        outcome[directory] = exc
+        # A directory of a chain existed before its parent's fsync (a file was renamed
+        # into it or below it): once that fsync succeeded, its entry is durable.
+        durable = {d for chain in needs for d in chain[:-1] if outcome[d.parent] is None}
+        with self._unsynced_lock:
+            self._unsynced -= durable
+        return [next((e for d in chain if (e := outcome[d]) is not None), None) for chain in needs]
 
     def absolute(self, rel: str | Path) -> Path:
         return self.data_dir / rel
@@ -163,11 +229,7 @@ def atomic_move(source: Path, final: Path) -> None:
         new_dir = not directory.is_dir()
         if new_dir:
             directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_file(source)
         try:
             os.rename(source, final)
         except OSError as exc:
@@ -198,6 +260,14 @@ def _copy_atomically(source: Path, final: Path) -> None:
     except OSError:
         _unlink_quietly(tmp)
         raise
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
