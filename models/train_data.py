@@ -8,6 +8,13 @@ per-slice label masks and Pfirrmann grades, see :mod:`models.rsna`):
 * YOLO-seg labels are mask contours; without masks, a fixed-size box around
   each level point is written as a rectangle "mask" (detection still trains);
 * grader crops are cut around the same centres the analyzer uses at inference.
+
+Every series is read as the analyzer reads it at inference: in the canonical
+patient-based orientation of :func:`models.volume.canonical_volume` (exact
+transposes and flips of the pixel grid, slices sorted along the normal). Labels
+drawn on the images as sent (mask slices, RSNA ``x``/``y`` points) are carried
+onto that grid (:func:`labels_on`, :func:`index_on`), so a study sent with rows
+reversed or transposed gives the same detector images, labels and grader crops.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from models.grader import (
 )
 from models.levels import spine_axes
 from models.types import levels_of
-from models.volume import Volume, load_volume, nearest_in_stacks, sample_crop, volumes_from_datasets, read_series_dir
+from models.volume import (
+    Volume, canonical_volume, load_volume, nearest_in_stacks, read_series_dir, sample_crop, volumes_from_datasets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +59,26 @@ def is_validation(study_id: int, seed: int, fraction: float) -> bool:
     """Study-grouped split: a stable hash of (seed, study) decides, so no study straddles."""
     h = hashlib.sha256(f"{seed}:{study_id}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+def canonical_series(directory: Path) -> Volume:
+    """A series' main stack in the analyzer's canonical orientation."""
+    return canonical_volume(load_volume(directory))
+
+
+def canonical_stacks(directory: Path) -> list[Volume]:
+    """Every orientation stack of a series (angled axial blocks), each canonical."""
+    return [canonical_volume(v) for v in volumes_from_datasets(read_series_dir(directory))]
+
+
+def labels_on(vol: Volume, labels: np.ndarray) -> np.ndarray:
+    """A label slice drawn on a source image, on the volume's pixel grid."""
+    return vol.grid.array_from_source(labels) if vol.grid is not None else labels
+
+
+def index_on(vol: Volume, row: float, col: float) -> tuple[float, float]:
+    """A (row, column) pixel position on a source image, on the volume's pixel grid."""
+    return vol.grid.index_from_source(row, col) if vol.grid is not None else (row, col)
 
 
 def primary_series(ds: rsna.RsnaDataset, study_id: int) -> rsna.SeriesInfo | None:
@@ -86,13 +115,13 @@ def disc_centers(ds: rsna.RsnaDataset, study_id: int, vol: Volume,
                 inst = vol.instance_numbers[kk]
                 if inst not in mv.instance_numbers:
                     continue
-                area = int((mv.slice_of(inst) == value).sum())
+                area = int((mv.slice_of(inst) == value).sum())  # area: the same on either grid
                 if area > 0:
                     best_k, best_area = kk, area
                     break
             if best_area == 0:
                 continue
-            m = mv.slice_of(vol.instance_numbers[best_k]) == value
+            m = labels_on(vol, mv.slice_of(vol.instance_numbers[best_k])) == value
             rows, cols = np.nonzero(m)
             # centre of the bounding box, as the detector's box centre
             ci = (rows.min() + rows.max()) / 2.0
@@ -103,7 +132,8 @@ def disc_centers(ds: rsna.RsnaDataset, study_id: int, vol: Volume,
     for c in ds.coordinates_of(study_id):
         if c.series_id == series.series_id and c.condition == rsna.SPINAL_CANAL_STENOSIS:
             if c.instance_number in inst_index:
-                out[to_level_name(c.level)] = vol.voxel_to_patient(inst_index[c.instance_number], c.y, c.x)
+                out[to_level_name(c.level)] = vol.voxel_to_patient(inst_index[c.instance_number],
+                                                                   *index_on(vol, c.y, c.x))
     return out
 
 
@@ -164,7 +194,7 @@ def write_detector_study(ds: rsna.RsnaDataset, study_id: int, out_dir: Path, spl
     series = primary_series(ds, study_id)
     if series is None:
         return 0
-    vol = load_volume(ds.series_dir(study_id, series.series_id))
+    vol = canonical_series(ds.series_dir(study_id, series.series_id))
     pix = normalized_pixels(vol)
     mpath = ds.masks_path(study_id, series.series_id)
     mv = rsna.read_masks(mpath) if mpath.exists() else None
@@ -173,7 +203,8 @@ def write_detector_study(ds: rsna.RsnaDataset, study_id: int, out_dir: Path, spl
     if mv is None:
         for c in ds.coordinates_of(study_id):
             if c.series_id == series.series_id and c.condition == rsna.SPINAL_CANAL_STENOSIS:
-                pts_by_inst.setdefault(c.instance_number, []).append((to_level_name(c.level), c.x, c.y))
+                i, j = index_on(vol, c.y, c.x)
+                pts_by_inst.setdefault(c.instance_number, []).append((to_level_name(c.level), j, i))
     written = 0
     ks = range(max(0, k_mid - neighbours), min(vol.shape[0], k_mid + neighbours + 1))
     for k in ks:
@@ -181,7 +212,7 @@ def write_detector_study(ds: rsna.RsnaDataset, study_id: int, out_dir: Path, spl
         if mv is not None:
             if inst not in mv.instance_numbers:
                 continue
-            lines = yolo_lines(mv.slice_of(inst), vol.shape[1:])
+            lines = yolo_lines(labels_on(vol, mv.slice_of(inst)), vol.shape[1:])
         else:
             # points lie on their own slice; use them on the middle slice for the detector
             pts = [p for ps in pts_by_inst.values() for p in ps]
@@ -267,7 +298,7 @@ def crop_offsets_of_study(ds: rsna.RsnaDataset, study_id: int) -> dict[str, list
     series = primary_series(ds, study_id)
     if series is None:
         return out
-    vol = load_volume(ds.series_dir(study_id, series.series_id))
+    vol = canonical_series(ds.series_dir(study_id, series.series_id))
     centers = disc_centers(ds, study_id, vol, series)
     modality = "CT" if series.series_description == rsna.SAGITTAL_CT else "MR"
     kind = sagittal_kind(ds.region, modality)
@@ -275,13 +306,13 @@ def crop_offsets_of_study(ds: rsna.RsnaDataset, study_id: int) -> dict[str, list
                  _label_points(ds, study_id, series.series_id, [vol], {rsna.SPINAL_CANAL_STENOSIS: kind}, centers)]
     t1 = ds.series_of(study_id, rsna.SAGITTAL_T1)
     if t1:
-        t1v = load_volume(ds.series_dir(study_id, t1[0].series_id))
+        t1v = canonical_series(ds.series_dir(study_id, t1[0].series_id))
         sides = {rsna.LEFT_NEURAL_FORAMINAL_NARROWING: "left", rsna.RIGHT_NEURAL_FORAMINAL_NARROWING: "right"}
         for key, lv, p, _ in _label_points(ds, study_id, t1[0].series_id, [t1v], sides, centers):
             out[key].append(p - centers[lv])
     ax = ds.series_of(study_id, rsna.AXIAL_T2)
     if ax:
-        stacks = volumes_from_datasets(read_series_dir(ds.series_dir(study_id, ax[0].series_id)))
+        stacks = canonical_stacks(ds.series_dir(study_id, ax[0].series_id))
         sides = {rsna.LEFT_SUBARTICULAR_STENOSIS: "sub_left", rsna.RIGHT_SUBARTICULAR_STENOSIS: "sub_right"}
         axes = spine_axes(centers, levels_of(ds.region))
         for key, lv, p, v in _label_points(ds, study_id, ax[0].series_id, stacks, sides, centers):
@@ -299,7 +330,7 @@ def _label_points(ds: rsna.RsnaDataset, study_id: int, series_id: int, volumes: 
         if c.series_id != series_id or c.condition not in keys or c.instance_number not in where or lv not in centers:
             continue
         v, i = where[c.instance_number]
-        yield keys[c.condition], lv, v.voxel_to_patient(i, c.y, c.x), v
+        yield keys[c.condition], lv, v.voxel_to_patient(i, *index_on(v, c.y, c.x)), v
 
 
 def grader_study_crops(ds: rsna.RsnaDataset, study_id: int, crop_offsets: dict[str, np.ndarray],
@@ -311,16 +342,16 @@ def grader_study_crops(ds: rsna.RsnaDataset, study_id: int, crop_offsets: dict[s
     if series is None or labels is None:
         return CropSet.empty()
     b = _Builder()
-    vol = load_volume(ds.series_dir(study_id, series.series_id))
+    vol = canonical_series(ds.series_dir(study_id, series.series_id))
     centers = disc_centers(ds, study_id, vol, series)
     cervical = ds.region == "cervical"
     modality = "CT" if series.series_description == rsna.SAGITTAL_CT else "MR"
     pix = grader_pixels(vol, modality)
     t1 = ds.series_of(study_id, rsna.SAGITTAL_T1) if not cervical else ()
     ax = ds.series_of(study_id, rsna.AXIAL_T2) if not cervical else ()
-    t1v = load_volume(ds.series_dir(study_id, t1[0].series_id)) if t1 else None
+    t1v = canonical_series(ds.series_dir(study_id, t1[0].series_id)) if t1 else None
     t1p = normalized_pixels(t1v) if t1v is not None else None
-    axv = volumes_from_datasets(read_series_dir(ds.series_dir(study_id, ax[0].series_id))) if ax else []
+    axv = canonical_stacks(ds.series_dir(study_id, ax[0].series_id)) if ax else []
     axp = [normalized_pixels(v) for v in axv]
 
     def jit(c: np.ndarray, a: int) -> np.ndarray:

@@ -156,6 +156,26 @@ class SourceGrid:
         xb, yb = self.point_to_source(box.x1, box.y1)
         return Box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
 
+    def index_from_source(self, row: float, col: float) -> tuple[float, float]:
+        """(row, column) pixel indices on a source image -> the same pixel's indices on the
+        canonical grid (pixel-centre indices, as :meth:`Volume.voxel_to_patient` takes)."""
+        i, j = (col, row) if self.transpose else (row, col)
+        if self.flip_rows:
+            i = self.shape[0] - 1 - i
+        if self.flip_cols:
+            j = self.shape[1] - 1 - j
+        return i, j
+
+    def array_from_source(self, arr: np.ndarray) -> np.ndarray:
+        """An array on the source grid ``(..., rows, cols)`` laid onto the canonical grid
+        (the inverse of :meth:`array_to_source`; labels drawn on the images as sent)."""
+        a = np.swapaxes(arr, -1, -2) if self.transpose else arr
+        if self.flip_rows:
+            a = a[..., ::-1, :]
+        if self.flip_cols:
+            a = a[..., :, ::-1]
+        return np.ascontiguousarray(a)
+
     def array_to_source(self, arr: np.ndarray) -> np.ndarray:
         """An array on the canonical grid ``(..., rows, cols)`` laid back onto the source grid."""
         a = arr

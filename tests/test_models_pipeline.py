@@ -20,7 +20,8 @@ from models.grader import (
     grader_pixels, in_plane, n_parameters, plane_offset, recess_frame,
 )
 from models.train_data import (
-    disc_centers, crop_offsets_of_study, grader_study_crops, is_validation, primary_series, yolo_lines,
+    disc_centers, crop_offsets_of_study, grader_study_crops, is_validation, primary_series, write_detector_study,
+    yolo_lines,
 )
 from models.types import Box, LUMBAR_LEVELS, ModelId
 from models.volume import load_volume
@@ -84,6 +85,76 @@ def test_grader_crops(dataset: rsna.RsnaDataset) -> None:
     # both recess crops are canonical: the synthetic recesses are mirror images, so the two crops agree
     ax = cs.x[cs.kind == KIND_INDEX["axial_t2"]].astype(np.float32)
     assert np.abs(ax[0::2] - ax[1::2]).mean() < 0.02
+
+
+def _reencoded_dataset(src: Path, dst: Path, op: object) -> rsna.RsnaDataset:
+    """The dataset as a scanner could send it: every image reoriented in plane by ``op``
+    (headers rewritten, every voxel keeps its patient position) and the labels drawn on
+    the images (masks, RSNA x/y points) moved with the pixels."""
+    import shutil
+    from dataclasses import replace
+
+    from pydicom import dcmread
+
+    from models.phantom.variants import reorient, reorient_array
+
+    shutil.copytree(src, dst)
+    shapes = {}
+    for path in (dst / "train_images").rglob("*.dcm"):
+        ds = dcmread(path)
+        shapes[(int(path.parent.name), int(path.stem))] = (int(ds.Rows), int(ds.Columns))
+        reorient(ds, op).save_as(path)
+    for path in (dst / "masks").rglob("*.npz"):
+        mv = rsna.read_masks(path)
+        rsna.write_masks(path, reorient_array(mv.labels, op), mv.instance_numbers)
+    coords = []
+    for c in rsna.read_dataset(src).coordinates:
+        rows, cols = shapes[(c.series_id, c.instance_number)]
+        x, y = c.x, c.y
+        if op.transpose:  # type: ignore[attr-defined]
+            x, y, rows, cols = y, x, cols, rows
+        if op.flip_rows:  # type: ignore[attr-defined]
+            y = rows - 1 - y
+        if op.flip_cols:  # type: ignore[attr-defined]
+            x = cols - 1 - x
+        coords.append(replace(c, x=x, y=y))
+    rsna.write_coordinates(dst, coords)
+    return rsna.read_dataset(dst)
+
+
+def test_training_data_is_read_in_patient_space(dataset: rsna.RsnaDataset, tmp_path: Path) -> None:
+    """Training reads every series in the analyzer's canonical orientation: a study sent
+    transposed or mirrored (labels moved with the pixels) gives the same grader crops,
+    crop offsets, detector images and YOLO labels as the plain study."""
+    import cv2
+
+    from models.phantom.variants import IN_PLANE
+
+    sid = dataset.study_ids[0]
+    plain_off = crop_offsets_of_study(dataset, sid)
+    offs = {k: np.median(np.asarray(v), axis=0) for k, v in plain_off.items() if v}
+    plain = grader_study_crops(dataset, sid, offs, n_aug=2)
+    assert len(plain.kind) == 50
+    write_detector_study(dataset, sid, tmp_path / "yolo-plain", "train")
+    yolo_plain = sorted((tmp_path / "yolo-plain").rglob("*.*"))
+    assert len(yolo_plain) == 6  # 3 slices: image + labels
+    for op in (o for o in IN_PLANE if o.name in ("flip_rows", "transpose+flip_cols", "transpose+flip_rows+flip_cols")):
+        ds = _reencoded_dataset(dataset.root, tmp_path / op.name, op)
+        off = crop_offsets_of_study(ds, sid)
+        for k, v in plain_off.items():
+            np.testing.assert_allclose(np.asarray(off[k]).reshape(-1, 3), np.asarray(v).reshape(-1, 3), atol=1e-3,
+                                       err_msg=f"{op.name} {k}")
+        got = grader_study_crops(ds, sid, offs, n_aug=2)
+        assert got.kind.tolist() == plain.kind.tolist() and got.y.tolist() == plain.y.tolist(), op.name
+        np.testing.assert_allclose(got.x.astype(np.float32), plain.x.astype(np.float32), atol=2e-3, err_msg=op.name)
+        write_detector_study(ds, sid, tmp_path / f"yolo-{op.name}", "train")
+        yolo = sorted((tmp_path / f"yolo-{op.name}").rglob("*.*"))
+        assert [p.name for p in yolo] == [p.name for p in yolo_plain], op.name
+        for a, b in zip(yolo_plain, yolo):
+            if a.suffix == ".png":
+                np.testing.assert_array_equal(cv2.imread(str(a)), cv2.imread(str(b)), err_msg=f"{op.name} {a.name}")
+            else:
+                assert a.read_text() == b.read_text(), f"{op.name} {a.name}"
 
 
 def test_study_split_is_grouped_and_stable() -> None:
