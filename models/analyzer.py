@@ -39,7 +39,7 @@ from models.grader import (
     recess_crop, recess_frame, sagittal_kind,
 )
 from models.multiframe import expand_study
-from models.levels import DiscCandidate, name_levels, spine_axes
+from models.levels import DiscCandidate, name_levels, spine_axes, transitional_signs, typical_spacing
 from models.masks3d import spread_labels, spread_slices
 from models.registry import Registry
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
@@ -103,6 +103,7 @@ class _Prepared:
     axial: list[Volume] = field(default_factory=list)
     axial_pixels: list[np.ndarray] = field(default_factory=list)
     modality: str = "MR"
+    flags: list[str] = field(default_factory=list)
 
 
 def read_study_dir(path: Path) -> dict[str, list[Any]]:
@@ -183,6 +184,38 @@ def _lost_levels(vol: Volume, k: int, levels: Sequence[Level], order: Sequence[s
     if unseen:
         out.append(f"levels not found on the sagittal series: {', '.join(unseen)}")
     return out
+
+
+def mean_thickness_mm(mask: np.ndarray, spacing: tuple[float, float]) -> float | None:
+    """A disc mask's mean thickness (mm): its area over its extent along its long principal
+    axis. Unlike a line through the centroid it also measures a thin or curved disc whose
+    centroid lies outside it."""
+    rows, cols = np.nonzero(mask)
+    if rows.size < 6:
+        return None
+    pts = np.stack([cols * spacing[1], rows * spacing[0]], axis=1).astype(float)
+    evals, evecs = np.linalg.eigh(np.cov((pts - pts.mean(axis=0)).T))
+    along = pts @ evecs[:, int(np.argmax(evals))]
+    length = float(along.max() - along.min()) + min(spacing)
+    return float(rows.size * spacing[0] * spacing[1]) / length
+
+
+def _transitional_flag(region: Region, cands: Sequence[DiscCandidate], named: Sequence[Any],
+                       masks: Sequence[np.ndarray | None], vol: Volume) -> str | None:
+    """The transitional-segment caveat (:func:`models.levels.transitional_signs`) from the
+    named discs' mean thickness on the detector's slice and the discs found below L5-S1."""
+    heights: dict[str, float] = {}
+    for n, m in zip(named, masks):
+        h = mean_thickness_mm(m, vol.pixel_spacing) if m is not None else None
+        if h is not None:
+            heights[n.name] = h
+    lowest = next((n for n in named if n.name == "L5-S1"), None)
+    below = 0
+    if lowest is not None:
+        spacing = typical_spacing([n.axis_mm for n in named])
+        below = sum(1 for c in cands if c.key not in {n.key for n in named}
+                    and c.axis_mm < lowest.axis_mm - 0.5 * spacing)
+    return transitional_signs(heights, below, region)
 
 
 def _region_from_headers(series: Mapping[str, Sequence[Any]]) -> Region | None:
@@ -357,7 +390,7 @@ class SpineAnalyzer:
                 missing = [*p.missing, *extra[si]]
                 if p.primary is not None:
                     missing.extend(_lost_levels(p.primary, p.primary_k, levels, levels_of(p.region)))
-                findings = Findings(p.study_uid, p.region, self.model_id, lfs, tuple(missing))
+                findings = Findings(p.study_uid, p.region, self.model_id, lfs, tuple(missing), tuple(p.flags))
                 out.append(AnalysisResult(findings, (masks,) if masks is not None else (), seconds, cpu, n))
             except Exception as exc:  # noqa: BLE001
                 out.append(exc)
@@ -433,6 +466,9 @@ class SpineAnalyzer:
             for n in named
         ]
         levels.sort(key=lambda lv: levels_of(p.region).index(lv.name))
+        flag = _transitional_flag(p.region, cands, named, [discs[n.key].mask for n in named], vol)
+        if flag:
+            p.flags.append(flag)
         labels = np.zeros(vol.shape, dtype=np.uint8)
         segments: dict[int, str] = {}
         for n in named:

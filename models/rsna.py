@@ -55,6 +55,10 @@ Phantom side files (what RSNA lacks and the SEG needs; absent from real RSNA dat
     (:data:`HERNIATION_TYPES`), its position (:data:`HERNIATION_POSITIONS`, empty for none
     and bulge), the migration of an extrusion (``none``/``cranial``/``caudal``, mm) and the
     high-intensity zone (0/1) of every disc level. Read with :func:`read_herniation`.
+``phantom_transitional.csv``
+    ``study_id,transitional``: the studies rendered with a transitional lumbosacral segment
+    (``lumbarised_s1`` or ``sacralised_l5``; absent when there are none). Read with
+    :func:`read_transitional`.
 """
 
 from __future__ import annotations
@@ -564,3 +568,17 @@ def read_herniation(root: Path | str) -> dict[tuple[int, str], HerniationLabel]:
                               r["hiz"].strip() == "1")
         out[(lab.study_id, lab.level)] = lab
     return out
+
+
+def write_transitional(root: Path | str, rows: Mapping[int, str]) -> Path:
+    """``phantom_transitional.csv``: ``study_id,transitional`` (``lumbarised_s1``,
+    ``sacralised_l5``) for the studies rendered with a transitional lumbosacral segment."""
+    path = Path(root) / "phantom_transitional.csv"
+    _write(path, ["study_id", "transitional"], ([sid, kind] for sid, kind in sorted(rows.items())))
+    return path
+
+
+def read_transitional(root: Path | str) -> dict[int, str]:
+    """``phantom_transitional.csv`` as ``study_id -> kind`` (empty when absent: no study has one)."""
+    path = Path(root) / "phantom_transitional.csv"
+    return {int(r["study_id"]): r["transitional"].strip() for r in _rows(path)} if path.exists() else {}

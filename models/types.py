@@ -250,7 +250,9 @@ class Findings:
     """The findings of one study (design.md, Findings JSON).
 
     ``missing`` lists, in plain words, what could not be assessed and why
-    (for example a study without an axial T2 series).
+    (for example a study without an axial T2 series); ``flags`` the caveats a
+    reader must know before trusting the level names (a suspected transitional
+    lumbosacral segment, :func:`models.levels.transitional_signs`).
     """
 
     study_uid: str
@@ -258,6 +260,7 @@ class Findings:
     model: ModelId
     levels: tuple[LevelFindings, ...] = ()
     missing: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
 
     def level(self, name: str) -> LevelFindings | None:
         for lf in self.levels:
@@ -266,13 +269,17 @@ class Findings:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The contract's Findings JSON; ``flags`` only when there is a caveat (an additive key)."""
+        out: dict[str, Any] = {
             "study_uid": self.study_uid,
             "region": str(self.region),
             "model": self.model.to_json(),
             "levels": [lf.to_json() for lf in self.levels],
             "missing": list(self.missing),
         }
+        if self.flags:
+            out["flags"] = list(self.flags)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Findings:
@@ -286,12 +293,13 @@ class Findings:
             model=ModelId.from_json(_field(data, "model", "findings")),
             levels=tuple(LevelFindings.from_json(lv) for lv in _field(data, "levels", "findings")),
             missing=tuple(str(m) for m in data.get("missing", ())),
+            flags=tuple(str(f) for f in data.get("flags", ())),
         )
 
     def reported(self) -> Findings:
         """These findings at the precision of the Findings JSON (what the record carries)."""
         return Findings(self.study_uid, self.region, self.model, tuple(lf.reported() for lf in self.levels),
-                        self.missing)
+                        self.missing, self.flags)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -95,3 +95,19 @@ def test_other_disc_vote_moves_the_count() -> None:
     assert name_levels(_cands(zs), "cervical")[0].name == "C2-C3"  # anchor alone: wrong
     named = name_levels(_cands(zs, votes), "cervical")
     assert [n.name for n in named] == ["C3-C4", "C4-C5", "C5-C6", "C6-C7", "C7-T1"]
+
+
+def test_transitional_signs() -> None:
+    """A rudimentary lowest disc or a disc below L5-S1 gives the caveat with its reason;
+    a normal or a collapsed-but-not-rudimentary L5-S1 and cervical studies do not."""
+    from models.levels import TRANSITIONAL_FLAG, transitional_signs
+
+    normal = {"L1-L2": 8.0, "L2-L3": 9.0, "L3-L4": 10.0, "L4-L5": 10.5, "L5-S1": 9.5}
+    assert transitional_signs(normal, 0, "lumbar") is None
+    assert transitional_signs({**normal, "L5-S1": 6.2}, 0, "lumbar") is None  # 0.65: a Pfirrmann 5 L5-S1 on phantoms
+    flag = transitional_signs({**normal, "L5-S1": 3.0}, 0, "lumbar")
+    assert flag is not None and flag.startswith(TRANSITIONAL_FLAG) and "rudimentary (3.0 mm, 0.32" in flag
+    flag = transitional_signs(normal, 1, "lumbar")
+    assert flag is not None and "1 more disc found below the one counted as L5-S1" in flag
+    assert transitional_signs({"L4-L5": 10.0, "L5-S1": 2.0}, 0, "lumbar") is None  # one disc above: no reference
+    assert transitional_signs({"C6-C7": 5.0, "C7-T1": 1.0}, 2, "cervical") is None

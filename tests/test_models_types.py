@@ -30,6 +30,15 @@ def test_findings_json_matches_contract() -> None:
                         "grade": "severe", "p": {"normal_mild": 0.05, "moderate": 0.15, "severe": 0.8}}}}],
         "missing": ["no usable axial T2 series"],
     }
+    # a caveat on the level names adds "flags" (additive, design-notes); the encode stage reads it back
+    from dataclasses import replace
+
+    flagged_findings = replace(f, flags=("transitional lumbosacral segment suspected",))
+    flagged = json.loads(json.dumps(flagged_findings.to_json()))
+    assert flagged == {**d, "flags": ["transitional lumbosacral segment suspected"]}
+    assert Findings.from_json(flagged).flags == ("transitional lumbosacral segment suspected",)
+    assert flagged_findings.reported().flags == flagged_findings.flags
+    assert Findings.from_json(d).flags == ()
 
 
 def test_pfirrmann_grade_labels() -> None:

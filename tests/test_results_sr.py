@@ -163,3 +163,23 @@ def test_not_analysed_sr_and_predecessor(evidence: list[Dataset], tmp_path: Path
     hd.sr.srread(tmp_path / "na2.dcm")
     text = subprocess.run(["/usr/bin/dsrdump", "+Pl", "+Pt", str(tmp_path / "na2.dcm")], capture_output=True, text=True).stdout
     assert "no usable sagittal series" in text and "did not analyse" in text
+
+
+def test_transitional_segment_flag_in_the_sr(evidence: list[Dataset], tmp_path: Path) -> None:
+    """Findings.flags: a TEXT item coded LSTV (99SPINENODE, lumbosacral transitional vertebra), right after the
+    disclaimer and before the level lines; without flags there is no such item."""
+    from dataclasses import replace
+
+    from models.levels import TRANSITIONAL_FLAG
+
+    flag = f"{TRANSITIONAL_FLAG} (the disc counted as L5-S1 is rudimentary (3.1 mm, 0.33 of the median height)"
+    findings = replace(_findings(evidence), flags=(flag,))
+    ds = _roundtrip(build_findings_sr(findings, evidence, _identity(evidence, ResultKind.SR)), tmp_path / "sr.dcm")
+    texts = [(it.ConceptNameCodeSequence[0].CodeValue, it.TextValue) for it in _walk(ds)
+             if it.ValueType == "TEXT" and it.ConceptNameCodeSequence[0].get("CodingSchemeDesignator") == "99SPINENODE"]
+    assert texts[0][0] == "DISCLAIMER" and texts[1] == ("LSTV", flag), texts
+    assert texts[2][0] == "SUMMARY"
+    plain = _roundtrip(build_findings_sr(_findings(evidence), evidence, _identity(evidence, ResultKind.SR)),
+                       tmp_path / "plain.dcm")
+    assert not [it for it in _walk(plain) if it.ValueType == "TEXT"
+                and it.ConceptNameCodeSequence[0].get("CodeValue") == "LSTV"]

@@ -1,6 +1,9 @@
 """A phantom study re-encoded as a scanner sends it (each series one Legacy Converted
 Enhanced MR image, rows reversed), sent by DCMTK storescu to a running node: analysed
-like the plain study, and the SR, SEG and key image reference the frames they came from."""
+like the plain study, and the SR, SEG and key image reference the frames they came from.
+On the same node, a phantom with a sacralised L5 and a sagittal field of view cut to the
+lower lumbar spine: the levels seen are reported, the SR says which were outside the
+field of view and flags the transitional segment."""
 
 from __future__ import annotations
 
@@ -40,7 +43,43 @@ def _variant_files(out: Path) -> tuple[str, list[Path], dict[str, Any]]:
     return str(next(iter(series.values()))[0].StudyInstanceUID), files, series
 
 
-@pytest.mark.timeout(420)
+def _transitional_partial_files(out: Path) -> tuple[str, list[Path]]:
+    """A sacralised-L5 phantom (a rudimentary L5/S1 disc) with its sagittal series cut to the
+    lower 55 % of the field of view (models/phantom/variants.py ``partial_coverage``)."""
+    from models.analyzer import read_study_dir
+    from models.phantom.config import PhantomConfig
+    from models.phantom.generate import generate_dataset
+    from models.phantom.variants import apply_variant
+    from models import rsna
+
+    config = PhantomConfig.for_region("lumbar", "MR", matrix=256, transitional="sacralised_l5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (result,) = generate_dataset(out / "lstv", 1, config, seed=4242, start=1)
+    assert rsna.read_transitional(out / "lstv") == {result.study_id: "sacralised_l5"}  # the ground truth
+    series = apply_variant(read_study_dir(out / "lstv" / "train_images" / str(result.study_id)), "partial_coverage")
+    files = []
+    for dss in series.values():
+        for ds in dss:
+            path = out / "lstv-sent" / f"{ds.SOPInstanceUID}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+    return str(next(iter(series.values()))[0].StudyInstanceUID), files
+
+
+def _sr_texts(path: Path) -> list[tuple[str, str]]:
+    """(concept code value, text) of the SR's private-coded TEXT items, in document order."""
+    def walk(ds: Any) -> Any:
+        for item in getattr(ds, "ContentSequence", []):
+            yield item
+            yield from walk(item)
+
+    return [(it.ConceptNameCodeSequence[0].CodeValue, str(it.TextValue)) for it in walk(dcmread(path))
+            if it.ValueType == "TEXT" and it.ConceptNameCodeSequence[0].get("CodingSchemeDesignator") == "99SPINENODE"]
+
+
+@pytest.mark.timeout(540)
 def test_legacy_converted_multiframe_study_by_cstore(node_factory: Any, tmp_path: Path) -> None:
     study_uid, files, plain = _variant_files(tmp_path)
     assert len(files) == 3 and all(str(dcmread(f, stop_before_pixels=True).SOPClassUID) == LEGACY_ENHANCED_MR
@@ -84,3 +123,24 @@ def test_legacy_converted_multiframe_study_by_cstore(node_factory: Any, tmp_path
     frames = {int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
               for f in seg.PerFrameFunctionalGroupsSequence}
     assert {lv["frame_number"] for lv in levels} <= frames
+
+    # same node: a transitional segment (sacralised L5) seen through a partial field of view
+    lstv_uid, lstv_files = _transitional_partial_files(tmp_path)
+    sent = storescu(lstv_files, "127.0.0.1", node.dicom_port, "SPINENODE")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    final = node.wait_state(lstv_uid, {"DONE", "FAILED"}, timeout=300)
+    assert final["state"] == "DONE", final
+    findings = node.api(f"/api/studies/{lstv_uid}/findings")
+    # named by counting up from the sacrum: the lower levels, the upper ones outside the field of view
+    assert [lv["level"] for lv in findings["levels"]] == ["L3-L4", "L4-L5", "L5-S1"], findings
+    assert findings["missing"] == ["levels at or beyond the edge of the sagittal field of view: "
+                                   "L1-L2, L2-L3 not assessed"], findings
+    (flag,) = findings["flags"]
+    assert flag.startswith("transitional lumbosacral segment suspected: level naming may be off by one "
+                           "(the disc counted as L5-S1 is rudimentary"), flag
+    sr_path = next(node.data_dir / "results" / lstv_uid / f"{r['sop_instance_uid']}.dcm"
+                   for r in final["results"] if r["kind"] == "sr")
+    assert dciodvfy(sr_path).errors == []
+    texts = _sr_texts(sr_path)
+    assert texts[1] == ("LSTV", flag), texts  # right after the AI disclaimer
+    assert ("NOT_ASSESSED", findings["missing"][0]) in texts, texts

@@ -26,6 +26,8 @@ from models.phantom.pathology import HerniationTruth, StudyTruth
 #: Disc height factor and nucleus T2 brightness (relative to CSF) per Pfirrmann grade.
 PFIRRMANN_HEIGHT = (1.0, 1.0, 0.9, 0.72, 0.45)
 PFIRRMANN_NUCLEUS_T2 = (0.92, 0.78, 0.5, 0.28, 0.14)
+#: Height of a rudimentary disc at a transitional lumbosacral segment (mm, before body size).
+RUDIMENTARY_DISC_MM = 3.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ def _segment_plan(region: str, rng: np.random.Generator, k: float,
     if region == "lumbar":
         plan.append(("sacrum", "S3", jit(20.0) * k, 13.0 * k, 8.5 * k))
         plan.append(("sacrum", "S2", jit(20.0) * k, 18.0 * k, 11.5 * k))
+        if truth.transitional == "lumbarised_s1":  # a rudimentary disc frees S1 from the sacrum
+            plan.append(("disc", "S1/S2", RUDIMENTARY_DISC_MM * k, 0.0, 0.0))
         plan.append(("sacrum", "S1", jit(26.0) * k, 24.0 * k, 16.0 * k))
         verts = ["L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10"]
         vh = [27.0, 27.0, 27.0, 26.0, 25.0, 23.0, 22.0, 21.0]
@@ -182,7 +186,10 @@ def _segment_plan(region: str, rng: np.random.Generator, k: float,
         verts, vh, vw, vd = verts[1:], vh[1:], vw[1:], vd[1:]
     for name_d, hd, name_v, hv, w, d in zip(discs, dh, verts, vh, vw, vd):
         pf = truth.pfirrmann.get(name_d, 2)
-        plan.append(("disc", name_d, jit(hd, 0.1) * k * PFIRRMANN_HEIGHT[pf - 1], 0.0, 0.0))
+        height = jit(hd, 0.1) * k * PFIRRMANN_HEIGHT[pf - 1]
+        if name_d == "L5/S1" and truth.transitional == "sacralised_l5":
+            height = RUDIMENTARY_DISC_MM * k
+        plan.append(("disc", name_d, height, 0.0, 0.0))
         plan.append(("vertebra", name_v, jit(hv, 0.04) * k, w * k, d * k))
     return plan
 
@@ -272,14 +279,14 @@ def sample_spine(rng: np.random.Generator, truth: StudyTruth) -> Spine:
     plan = _segment_plan(region, rng, k, truth)
     total = sum(p[2] for p in plan) + (40.0 if lumbar else 30.0)
     # Centre-line angle phi(s) (degrees from vertical, positive = top tilted anterior).
-    n_base = 3 if lumbar else 1
+    n_base = (4 if truth.transitional == "lumbarised_s1" else 3) if lumbar else 1
     # top of the sacrum (lumbar) / of the lowest vertebra (cervical)
     s_junction = sum(p[2] for p in plan[:n_base])
     if lumbar:
         phi_j = rng.uniform(30.0, 46.0)
         lordosis = rng.uniform(35.0, 65.0)
         phi_bottom = phi_j - rng.uniform(30.0, 45.0)
-        lumbar_len = sum(p[2] for p in plan[3:13])
+        lumbar_len = sum(p[2] for p in plan[n_base:n_base + 10])
     else:
         phi_j = rng.uniform(12.0, 28.0)
         lordosis = rng.uniform(8.0, 40.0)

@@ -24,6 +24,10 @@ def phantom(
     herniation: Annotated[str, typer.Option(
         help="disc herniation and HIZ: none (default, what the shipped models were trained "
              "on) or realistic; [herniation] in --grade-config overrides rows")] = "none",
+    transitional: Annotated[str, typer.Option(
+        help="transitional lumbosacral segment in every study (lumbar): none (default), "
+             "lumbarised_s1 (six lumbar-type vertebrae) or sacralised_l5; ground truth in "
+             "phantom_transitional.csv")] = "none",
     no_masks: Annotated[bool, typer.Option("--no-masks", help="skip the mask side files")] = False,
     no_thickness_blur: Annotated[bool, typer.Option(
         "--no-thickness-blur", help="skip the slice-thickness blur (about 20 % faster)")] = False,
@@ -41,7 +45,8 @@ def phantom(
         config = PhantomConfig.for_region(region.lower(), modality.upper(), matrix=matrix,
                                           noise=noise, grade_config=grade_config,
                                           thickness_blur=not no_thickness_blur,
-                                          herniation=herniation.lower())
+                                          herniation=herniation.lower(),
+                                          transitional=transitional.lower())
     except (ValueError, OSError) as exc:
         typer.echo(f"spinenode phantom: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -67,6 +67,10 @@ _CERVICAL_HIZ: dict[str, float] = {lv: 0.03 for lv in rsna.CERVICAL_LEVELS}
 HERNIATION_TYPES: tuple[str, ...] = rsna.HERNIATION_TYPES
 HERNIATION_POSITIONS: tuple[str, ...] = rsna.HERNIATION_POSITIONS
 MIGRATIONS: tuple[str, ...] = ("none", "cranial", "caudal")
+#: Transitional lumbosacral segments the phantom can render (lumbar only; ``none`` the default).
+#: ``lumbarised_s1``: six lumbar-type vertebrae, S1 separated from the sacrum by a rudimentary
+#: S1/S2 disc; ``sacralised_l5``: L5 partly fused to the sacrum, a rudimentary L5/S1 disc.
+TRANSITIONAL: tuple[str, ...] = ("none", "lumbarised_s1", "sacralised_l5")
 
 
 def _probs(values: object, n: int, what: str) -> tuple[float, ...]:
@@ -192,8 +196,13 @@ class PhantomConfig:
     thickness_blur: bool = True
     frequencies: GradeFrequencies | None = None  # None: the region's defaults
     herniation: HerniationFrequencies | None = None  # None: none (no herniation, no HIZ)
+    transitional: str = "none"  # one of TRANSITIONAL: every study of the run gets it
 
     def __post_init__(self) -> None:
+        if self.transitional not in TRANSITIONAL:
+            raise ValueError(f"transitional must be one of {', '.join(TRANSITIONAL)}, not {self.transitional!r}")
+        if self.transitional != "none" and self.region != "lumbar":
+            raise ValueError("a transitional lumbosacral segment needs region lumbar")
         if self.region not in ("lumbar", "cervical"):
             raise ValueError(f"region must be lumbar or cervical, not {self.region!r}")
         if self.modality not in ("MR", "CT"):
@@ -231,7 +240,8 @@ class PhantomConfig:
     def for_region(cls, region: str = "lumbar", modality: str = "MR", *,
                    matrix: int | None = None, noise: float = 1.0,
                    grade_config: Path | None = None,
-                   thickness_blur: bool = True, herniation: str = "none") -> PhantomConfig:
+                   thickness_blur: bool = True, herniation: str = "none",
+                   transitional: str = "none") -> PhantomConfig:
         """A config with the region's default frequencies, optionally overridden by a
         TOML file holding ``[severity."Spinal Canal Stenosis"] "L4/L5" = [0.5, 0.3, 0.2]``
         and/or a ``[herniation]`` table (:meth:`HerniationFrequencies.with_overrides`,
@@ -243,4 +253,5 @@ class PhantomConfig:
             freq = freq.with_overrides(data.get("severity", {}))
             hern = hern.with_overrides(data.get("herniation", {}))
         return cls(region=region, modality=modality, matrix=matrix, noise=noise,
-                   frequencies=freq, herniation=hern, thickness_blur=thickness_blur)
+                   frequencies=freq, herniation=hern, thickness_blur=thickness_blur,
+                   transitional=transitional)

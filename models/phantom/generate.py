@@ -217,6 +217,9 @@ def write_ground_truth(out: Path | str, results: list[StudyResult], region: str)
     for r in results:
         sl.update(r.slice_levels)
     rsna.write_slice_levels(out, sl)
+    transitional = {r.study_id: r.truth.transitional for r in results if r.truth.transitional != "none"}
+    if transitional:
+        rsna.write_transitional(out, transitional)
 
 
 def generate_dataset(out: Path | str, n_studies: int, config: PhantomConfig, seed: int = 0,

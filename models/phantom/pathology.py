@@ -82,7 +82,11 @@ class StudyTruth:
 
     ``narrowing[(condition, level)]`` is the continuous cause in [0, 0.92];
     ``pfirrmann[level]`` the disc grade 1-5 of every level of the region;
-    ``herniation[level]`` the herniation and HIZ of every level (empty: none anywhere).
+    ``herniation[level]`` the herniation and HIZ of every level (empty: none anywhere);
+    ``transitional`` the transitional lumbosacral segment (``none``, ``lumbarised_s1``,
+    ``sacralised_l5``: :data:`models.phantom.config.TRANSITIONAL`). The graded levels keep
+    their names counted up from the sacrum (the lowest well-formed disc above it is L5/S1 in
+    a lumbarised S1; the rudimentary disc is L5/S1 in a sacralised L5).
     """
 
     region: str
@@ -90,6 +94,7 @@ class StudyTruth:
     narrowing: Mapping[tuple[str, str], float]
     pfirrmann: Mapping[str, int]
     herniation: Mapping[str, HerniationTruth] = field(default_factory=dict)
+    transitional: str = "none"
 
     def hernia(self, level: str) -> HerniationTruth:
         return self.herniation.get(level, HerniationTruth())
@@ -162,7 +167,7 @@ def sample_truth(seed: int, index: int, config: PhantomConfig) -> StudyTruth:
         pfirrmann[lv] = int(min(np.searchsorted(cum, pf_u[li], side="right"), 4)) + 1
     herniation = sample_herniation(seed, index, config.region, config.hernias, pf_score,
                                    score[0], narrowing)
-    return StudyTruth(config.region, levels, narrowing, pfirrmann, herniation)
+    return StudyTruth(config.region, levels, narrowing, pfirrmann, herniation, config.transitional)
 
 
 def _pick(cum: np.ndarray, u: float) -> int:

@@ -113,6 +113,12 @@ DISCLAIMER_TEXT: Final = (
 )
 
 
+# --- caveats (Findings.flags) -----------------------------------------------------------
+#: No lumbosacral transitional vertebra concept in pydicom's PS3.16 tables (searched: transitional,
+#: sacralisation, lumbarisation, lumbosacral): private. Findings.flags holds only this caveat so far.
+TRANSITIONAL_SEGMENT: Final = private("LSTV", "Transitional lumbosacral segment suspected")
+
+
 def coding_scheme_identification() -> Dataset:
     """The Coding Scheme Identification item that declares ``99SPINENODE``."""
     item = Dataset()

@@ -270,6 +270,7 @@ def build_findings_sr(
         title=codes.REPORT_TITLE,
     )
     texts = [(codes.AI_DISCLAIMER, codes.DISCLAIMER_TEXT)]
+    texts += [(codes.TRANSITIONAL_SEGMENT, f) for f in findings.flags]  # before the level lines
     texts += [(codes.private("SUMMARY", "Summary"), line) for line in summary_lines(findings)]
     texts += [(codes.private("NOT_ASSESSED", "Not assessed"), m) for m in findings.missing]
     _append(report, _evaluations(texts))
