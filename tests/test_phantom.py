@@ -446,3 +446,35 @@ def test_foramen_and_recess_narrowing_are_geometric() -> None:
                 at_r = evaluate(sp, _recess_point(sp, lv, left)[None]).tissue[0]
                 assert at_f in (Tissue.FAT, Tissue.ROOT), (idx, lv, side, Tissue(at_f))
                 assert at_r in (Tissue.ROOT, Tissue.EPIDURAL_FAT), (idx, lv, side, Tissue(at_r))
+
+
+def test_transitional_segments() -> None:
+    """--transitional: a sacralised L5 has a rudimentary L5/S1 disc, a lumbarised S1 a
+    rudimentary S1/S2 disc below the lumbar ones (an ungraded disc, 'other disc' in the
+    masks); the rest of the anatomy and the truth are the plain study's; lumbar only."""
+    from dataclasses import replace
+
+    from models.phantom.anatomy import RUDIMENTARY_DISC_MM
+
+    base = PhantomConfig.for_region("lumbar", "MR", matrix=128)
+    spines = {}
+    for kind in ("none", "sacralised_l5", "lumbarised_s1"):
+        truth = sample_truth(3, 0, replace(base, transitional=kind))
+        assert truth.transitional == kind
+        spines[kind] = (truth, sample_spine(np.random.default_rng([3, 0, 2]), truth))
+    plain = spines["none"][1]
+    discs = {k: [(s.name, round(s.height, 3)) for s in sp.segments if s.kind == "disc"] for k, (_, sp) in spines.items()}
+    sac = spines["sacralised_l5"][1]
+    k = sac.segments[sac.segment_index("L5/S1")].height / RUDIMENTARY_DISC_MM  # the body-size factor
+    assert 0.84 <= k <= 1.16
+    assert discs["sacralised_l5"][1:] == discs["none"][1:] and discs["sacralised_l5"][0][0] == "L5/S1"
+    assert plain.segments[plain.segment_index("L5/S1")].height > 2.5 * sac.segments[sac.segment_index("L5/S1")].height
+    lum = spines["lumbarised_s1"][1]
+    assert [s.name for s in lum.segments[:5]] == ["S3", "S2", "S1/S2", "S1", "L5/S1"]
+    assert discs["lumbarised_s1"][1:] == discs["none"]
+    assert lum.segments[2].level is None  # not a graded level
+    assert spines["lumbarised_s1"][0].narrowing == spines["none"][0].narrowing
+    with pytest.raises(ValueError, match="region lumbar"):
+        PhantomConfig.for_region("cervical", "MR", transitional="sacralised_l5")
+    with pytest.raises(ValueError, match="transitional must be"):
+        PhantomConfig.for_region("lumbar", "MR", transitional="l6")
