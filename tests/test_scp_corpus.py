@@ -36,6 +36,33 @@ def corpus_files() -> list[Path]:
                   if p.is_file() and p.suffix.lower() not in skip and "__pycache__" not in p.parts)
 
 
+def non_patient_files(out: Path) -> list[Path]:
+    """A Hanging Protocol and a Color Palette instance (Non-Patient Object Storage: no patient,
+    study or series): pydicom's corpus has none, so they are written here, minimal but with
+    the identifying modules their IODs require."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, sop_class, fields in (
+        ("hanging-protocol.dcm", "1.2.840.10008.5.1.4.38.1",
+         {"HangingProtocolName": "SPINE MR", "HangingProtocolLevel": "SITE", "NumberOfPriorsReferenced": 0}),
+        ("color-palette.dcm", "1.2.840.10008.5.1.4.39.1", {"ContentLabel": "HOTIRON"}),
+    ):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+        ds.InstanceCreationDate, ds.InstanceCreationTime = "20261203", "120000"
+        for key, value in fields.items():
+            setattr(ds, key, value)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(out / name, enforce_file_format=True)
+        files.append(out / name)
+    return files
+
+
 def _sendable(path: Path) -> tuple[str, str, str] | None:
     """(SOP Class, SOP Instance, transfer syntax) from the file meta, or None if the file
     is not a Part 10 file a C-STORE SCU could send."""
@@ -102,9 +129,10 @@ def _batches(items: list[Any], contexts_per_assoc: int = 100) -> Iterator[list[A
 
 
 @pytest.mark.timeout(600)
-def test_pydicom_corpus_is_stored_byte_for_byte_or_refused_rightly(node_factory: Any) -> None:
+def test_pydicom_corpus_is_stored_byte_for_byte_or_refused_rightly(node_factory: Any, tmp_path: Path) -> None:
     node: Node = node_factory(stable_seconds=3600)
-    files = corpus_files()
+    non_patient = non_patient_files(tmp_path / "non-patient")
+    files = corpus_files() + non_patient
     assert len(files) > 230, len(files)
     sendable = [(p, m) for p in files if (m := _sendable(p)) is not None]
     assert len(sendable) > 150, len(sendable)
@@ -151,5 +179,11 @@ def test_pydicom_corpus_is_stored_byte_for_byte_or_refused_rightly(node_factory:
     print({f"0x{k:04X}": v for k, v in sorted(by_status.items())}, f"of {len(sendable)} sendable,",
           f"{len(files) - len(sendable)} not Part 10")
     assert not wrong, "\n".join(wrong)
+    # Hanging Protocol and Color Palette: refused at negotiation (presentation context result 3,
+    # abstract syntax not supported) while the association's other contexts go on; nothing stored
+    assert [got[p] for p in non_patient] == [CONTEXT_REJECTED, CONTEXT_REJECTED]
+    with node.db.session() as s:
+        assert s.execute(select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(
+            [str(dcmread(p).SOPInstanceUID) for p in non_patient]))).all() == []
     assert by_status.get(status.SUCCESS, 0) > 150
     assert node.alive()
