@@ -39,8 +39,9 @@ from models.grader import (
     recess_crop, recess_frame, sagittal_kind,
 )
 from models.multiframe import expand_study
-from models.levels import DiscCandidate, name_levels, spine_axes, transitional_signs, typical_spacing
+from models.levels import DiscCandidate, NamedDisc, name_levels, spine_axes, transitional_signs, typical_spacing
 from models.masks3d import spread_labels, spread_slices
+from models.measure import mean_thickness_mm
 from models.registry import Registry
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
 from models.types import (
@@ -186,21 +187,7 @@ def _lost_levels(vol: Volume, k: int, levels: Sequence[Level], order: Sequence[s
     return out
 
 
-def mean_thickness_mm(mask: np.ndarray, spacing: tuple[float, float]) -> float | None:
-    """A disc mask's mean thickness (mm): its area over its extent along its long principal
-    axis. Unlike a line through the centroid it also measures a thin or curved disc whose
-    centroid lies outside it."""
-    rows, cols = np.nonzero(mask)
-    if rows.size < 6:
-        return None
-    pts = np.stack([cols * spacing[1], rows * spacing[0]], axis=1).astype(float)
-    evals, evecs = np.linalg.eigh(np.cov((pts - pts.mean(axis=0)).T))
-    along = pts @ evecs[:, int(np.argmax(evals))]
-    length = float(along.max() - along.min()) + min(spacing)
-    return float(rows.size * spacing[0] * spacing[1]) / length
-
-
-def _transitional_flag(region: Region, cands: Sequence[DiscCandidate], named: Sequence[Any],
+def _transitional_flag(region: Region, cands: Sequence[DiscCandidate], named: Sequence[NamedDisc],
                        masks: Sequence[np.ndarray | None], vol: Volume) -> str | None:
     """The transitional-segment caveat (:func:`models.levels.transitional_signs`) from the
     named discs' mean thickness on the detector's slice and the discs found below L5-S1."""

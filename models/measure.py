@@ -158,6 +158,20 @@ def measure_levels(levels: Sequence[Level], masks: SeriesMasks,
     return out
 
 
+def mean_thickness_mm(mask: np.ndarray, spacing: tuple[float, float]) -> float | None:
+    """A disc mask's mean thickness (mm): its area over its extent along its long principal
+    axis. Unlike a line through the centroid it also measures a thin or curved disc whose
+    centroid lies outside it."""
+    rows, cols = np.nonzero(mask)
+    if rows.size < 6:
+        return None
+    pts = np.stack([cols * spacing[1], rows * spacing[0]], axis=1).astype(float)
+    evals, evecs = np.linalg.eigh(np.cov((pts - pts.mean(axis=0)).T))
+    along = pts @ evecs[:, int(np.argmax(evals))]
+    length = float(along.max() - along.min()) + min(spacing)
+    return float(rows.size * spacing[0] * spacing[1]) / length
+
+
 def by_kind(measurements: Mapping[str, Sequence[LinearMeasurement]], kind: str) -> dict[str, float]:
     """``{level: mm}`` of one kind."""
     return {lv: m.value_mm for lv, ms in measurements.items() for m in ms if m.kind == kind}

@@ -68,3 +68,22 @@ def test_compare_to_truth_and_summary() -> None:
     summary = absolute_error_summary([1.0, -2.0, 0.5, 3.0])
     assert summary == {"n": 4, "median_abs_error": 1.5, "mean_abs_error": 1.625, "p90_abs_error": pytest.approx(2.7),
                        "bias": 0.625}
+
+
+def test_mean_thickness_of_straight_tilted_and_curved_discs() -> None:
+    """Area over long-axis extent: a 40 x 5 px band at 0.5 mm is 2.5 mm thick, tilted or
+    not; a thin curved band whose centroid lies outside it is measured too."""
+    from models.measure import mean_thickness_mm
+
+    band = np.zeros((64, 64), bool)
+    band[30:35, 10:50] = True
+    assert mean_thickness_mm(band, (0.5, 0.5)) == pytest.approx(2.5, abs=0.05)
+    rr, cc = np.mgrid[0:128, 0:128]
+    tilted = np.abs((rr - 64) * np.cos(0.5) - (cc - 64) * np.sin(0.5)) < 2.5  # 5 px thick line
+    tilted &= (rr - 64) ** 2 + (cc - 64) ** 2 < 40 ** 2
+    assert mean_thickness_mm(tilted, (0.5, 0.5)) == pytest.approx(2.5, rel=0.1)
+    r = np.hypot(rr - 100, cc - 64)
+    arc = (r > 60) & (r < 64) & (rr < 70)  # 4 px thick, the centroid outside the arc
+    assert not arc[int(np.nonzero(arc)[0].mean()), int(np.nonzero(arc)[1].mean())]
+    assert 2.0 * 0.8 < mean_thickness_mm(arc, (0.5, 0.5)) < 2.0 * 1.25  # type: ignore[operator]
+    assert mean_thickness_mm(np.zeros((8, 8), bool), (1.0, 1.0)) is None
