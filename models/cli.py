@@ -129,6 +129,8 @@ def _render(report: dict) -> None:  # type: ignore[type-arg]
                 mt.add_row(name, str(m["n"]), f"{m['median_abs_error']:.2f}", f"{m['mean_abs_error']:.2f}",
                            f"{m['p90_abs_error']:.2f}", f"{m['bias']:+.2f}")
         con.print(mt)
+    for kind, t in (report.get("transitional_flags") or {}).items():
+        con.print(f"transitional segment flagged: {t['flagged']} of {t['studies']} studies whose truth is {kind}")
     if report.get("bootstrap"):
         con.print(f"95 % intervals: {report['bootstrap']['resamples']} resamples of the studies (seed "
                   f"{report['bootstrap']['seed']})")

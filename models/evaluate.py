@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,19 @@ class StudyOutcome:
     result: AnalysisResult
     #: predicted linear measurements beside the same measurement on the phantom's masks
     measurement_errors: tuple[MeasurementError, ...] = ()
+
+
+def transitional_flags(outcomes: Sequence[StudyOutcome], truth: Mapping[int, str]) -> dict[str, dict[str, int]]:
+    """Studies and studies flagged "transitional lumbosacral segment suspected", per ground truth
+    (``phantom_transitional.csv``: ``lumbarised_s1``, ``sacralised_l5``; every other study ``none``)."""
+    from models.levels import TRANSITIONAL_FLAG
+
+    out: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        row = out.setdefault(truth.get(o.study_id, "none"), {"studies": 0, "flagged": 0})
+        row["studies"] += 1
+        row["flagged"] += any(f.startswith(TRANSITIONAL_FLAG) for f in o.result.findings.flags)
+    return out
 
 
 def level_matches(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
@@ -219,6 +232,7 @@ def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batc
             if prog is not None and task is not None:
                 prog.advance(task, len(chunk))
     report = score_outcomes(ds, outcomes)
+    report["transitional_flags"] = transitional_flags(outcomes, rsna.read_transitional(ds.root))
     report["wall_seconds"] = round(time.perf_counter() - t0, 2)
     report["seconds_per_study_with_io"] = report["wall_seconds"] / max(1, len(studies))
     report["model"] = analyzer.model_id.to_json()

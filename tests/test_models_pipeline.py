@@ -303,8 +303,17 @@ def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path,
     assert mm["disc_height"] == {"n": 2, "median_abs_error": 0.75, "mean_abs_error": 0.75, "p90_abs_error": 0.95,
                                  "bias": -0.25}
     assert mm["canal_ap_diameter"]["n"] == 1 and mm["canal_ap_diameter"]["bias"] == 1.0
-    _render({**rep, "model": "test", "measurements_mm": mm})
-    assert "measurements (mm) against the phantom's label masks" in capsys.readouterr().out
+    # the transitional-segment caveat counted per ground truth (phantom_transitional.csv)
+    from models.evaluate import transitional_flags
+    from models.levels import TRANSITIONAL_FLAG
+
+    flagged = replace(outs[0].result, findings=replace(outs[0].result.findings, flags=(f"{TRANSITIONAL_FLAG} (x)",)))
+    t = transitional_flags([replace(outs[0], result=flagged), *outs[1:]], {outs[0].study_id: "sacralised_l5"})
+    assert t == {"sacralised_l5": {"studies": 1, "flagged": 1}, "none": {"studies": len(outs) - 1, "flagged": 0}}
+    _render({**rep, "model": "test", "measurements_mm": mm, "transitional_flags": t})
+    out = capsys.readouterr().out
+    assert "measurements (mm) against the phantom's label masks" in out
+    assert "transitional segment flagged: 1 of 1 studies whose truth is sacralised_l5" in out
 
 
 def test_detector_image_channels() -> None:
