@@ -478,3 +478,22 @@ def test_transitional_segments() -> None:
         PhantomConfig.for_region("cervical", "MR", transitional="sacralised_l5")
     with pytest.raises(ValueError, match="transitional must be"):
         PhantomConfig.for_region("lumbar", "MR", transitional="l6")
+
+
+def test_awkward_variants_of_a_stir_study(tmp_path: Path) -> None:
+    """with_localizer and with_repeat find the sagittal STIR when a study has no sagittal T2
+    (study 12 of seed 4242 has one; spinenode evaluate --variant stopped on such a study)."""
+    from models.analyzer import read_study_dir
+    from models.phantom.generate import generate_study
+    from models.phantom.variants import apply_variant
+    from models.series import classify_series, header_from_datasets
+
+    config = PhantomConfig.for_region("lumbar", "MR", matrix=64, thickness_blur=False)
+    result = generate_study(tmp_path, 4242, 12, config, write_masks=False)
+    series = read_study_dir(tmp_path / "train_images" / str(result.study_id))
+    weightings = sorted(str(classify_series(header_from_datasets(d)).weighting) for d in series.values())
+    assert weightings == ["STIR", "T1", "T2"]  # STIR sagittal, T1 sagittal, T2 axial
+    assert len(apply_variant(series, "with_localizer")) == 4
+    repeated = apply_variant(series, "with_repeat")
+    assert sorted(str(classify_series(header_from_datasets(d)).weighting) for d in repeated.values()) == [
+        "STIR", "STIR", "STIR", "T1", "T2"]

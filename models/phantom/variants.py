@@ -13,7 +13,7 @@ patient-space content (every voxel's position in LPS millimetres) is unchanged:
   default (:func:`legacy_converted`, built with highdicom's legacy conversion);
   the series keeps its Series Instance UID;
 * awkward studies: ``with_localizer`` (a three-plane survey not marked as a
-  localizer), ``with_repeat`` (the sagittal T2 repeated, and a short re-run),
+  localizer), ``with_repeat`` (the sagittal T2 or STIR repeated, and a short re-run),
   ``without_descriptions``, and ``partial_coverage`` (the sagittal field of
   view cut to the lower lumbar spine: a different answer by design, the levels
   seen).
@@ -143,21 +143,21 @@ def _new_uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=list(parts))
 
 
-def _role_series(series: Study, plane: str, weighting: str) -> str:
-    """The UID of the series the node would pick for (plane, weighting)."""
+def _role_series(series: Study, plane: str, *weightings: str) -> str:
+    """The UID of the series the node would pick for (plane, one of ``weightings``)."""
     from models.series import classify_series, header_from_datasets
 
     for uid, dss in series.items():
         c = classify_series(header_from_datasets(list(dss)))
-        if c.usable and str(c.plane) == plane and str(c.weighting) == weighting:
+        if c.usable and str(c.plane) == plane and str(c.weighting) in weightings:
             return uid
-    raise ValueError(f"no {plane} {weighting} series in the study")
+    raise ValueError(f"no {plane} {' or '.join(weightings)} series in the study")
 
 
 def with_localizer(series: Study) -> dict[str, list[Any]]:
     """The study plus a three-plane survey (one sagittal, one coronal, one axial image) whose
     ImageType does not say LOCALIZER and whose description says nothing."""
-    sag = list(series[_role_series(series, "sagittal", "T2")])
+    sag = list(series[_role_series(series, "sagittal", "T2", "STIR")])
     first = sag[len(sag) // 2]
     series_uid = _new_uid(str(first.SeriesInstanceUID), "localizer")
     images = []
@@ -177,9 +177,9 @@ def with_localizer(series: Study) -> dict[str, list[Any]]:
 
 
 def with_repeat(series: Study) -> dict[str, list[Any]]:
-    """The study plus a repeat of its sagittal T2 (new UIDs, a later series number, as a
+    """The study plus a repeat of its sagittal T2 or STIR (new UIDs, a later series number, as a
     technologist's re-run after motion) and a shorter one covering only the middle slices."""
-    uid = _role_series(series, "sagittal", "T2")
+    uid = _role_series(series, "sagittal", "T2", "STIR")
     dss = list(series[uid])
     out = {u: list(d) for u, d in series.items()}
     for tag, keep in (("repeat", dss), ("short", sorted(dss, key=lambda d: int(d.InstanceNumber))[3:-3])):
