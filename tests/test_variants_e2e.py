@@ -84,9 +84,13 @@ def test_legacy_converted_multiframe_study_by_cstore(node_factory: Any, tmp_path
     study_uid, files, plain = _variant_files(tmp_path)
     assert len(files) == 3 and all(str(dcmread(f, stop_before_pixels=True).SOPClassUID) == LEGACY_ENHANCED_MR
                                    for f in files)
+    # the second study of this node: sent at once, so the node works on both while the first is checked
+    lstv_uid, lstv_files = _transitional_partial_files(tmp_path)
     node: Node = node_factory(stable_seconds=1)
     # DCMTK proposes this SOP class only with -R (contexts taken from the files)
     sent = storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE", extra_args=("-R",))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    sent = storescu(lstv_files, "127.0.0.1", node.dicom_port, "SPINENODE")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     final = node.wait_state(study_uid, {"DONE", "FAILED"}, timeout=300)
     assert final["state"] == "DONE", final
@@ -124,10 +128,7 @@ def test_legacy_converted_multiframe_study_by_cstore(node_factory: Any, tmp_path
               for f in seg.PerFrameFunctionalGroupsSequence}
     assert {lv["frame_number"] for lv in levels} <= frames
 
-    # same node: a transitional segment (sacralised L5) seen through a partial field of view
-    lstv_uid, lstv_files = _transitional_partial_files(tmp_path)
-    sent = storescu(lstv_files, "127.0.0.1", node.dicom_port, "SPINENODE")
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    # the second study: a transitional segment (sacralised L5) seen through a partial field of view
     final = node.wait_state(lstv_uid, {"DONE", "FAILED"}, timeout=300)
     assert final["state"] == "DONE", final
     findings = node.api(f"/api/studies/{lstv_uid}/findings")
