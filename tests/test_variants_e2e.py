@@ -46,11 +46,11 @@ def _variant_files(out: Path) -> tuple[str, list[Path], dict[str, Any]]:
 def _transitional_partial_files(out: Path) -> tuple[str, list[Path]]:
     """A sacralised-L5 phantom (a rudimentary L5/S1 disc) with its sagittal series cut to the
     lower 55 % of the field of view (models/phantom/variants.py ``partial_coverage``)."""
+    from models import rsna
     from models.analyzer import read_study_dir
     from models.phantom.config import PhantomConfig
     from models.phantom.generate import generate_dataset
     from models.phantom.variants import apply_variant
-    from models import rsna
 
     config = PhantomConfig.for_region("lumbar", "MR", matrix=256, transitional="sacralised_l5")
     with warnings.catch_warnings():
@@ -134,8 +134,8 @@ def test_legacy_converted_multiframe_study_by_cstore(node_factory: Any, tmp_path
     findings = node.api(f"/api/studies/{lstv_uid}/findings")
     # named by counting up from the sacrum: the lower levels, the upper ones outside the field of view
     assert [lv["level"] for lv in findings["levels"]] == ["L3-L4", "L4-L5", "L5-S1"], findings
-    assert findings["missing"] == ["levels at or beyond the edge of the sagittal field of view: "
-                                   "L1-L2, L2-L3 not assessed"], findings
+    outside = "levels at or beyond the edge of the sagittal field of view: L1-L2, L2-L3 not assessed"
+    assert findings["missing"] == [outside], findings
     (flag,) = findings["flags"]
     assert flag.startswith("transitional lumbosacral segment suspected: level naming may be off by one "
                            "(the disc counted as L5-S1 is rudimentary"), flag
