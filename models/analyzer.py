@@ -4,7 +4,8 @@ Pipeline per study (batched across studies by :meth:`SpineAnalyzer.analyze_batch
 keeps each study's failure to itself):
 
 1. classify every series from its header and select the inputs by geometry
-   and sequence (:mod:`models.series`); what is missing is reported;
+   and sequence (:mod:`models.series`); what is missing is reported (a caller
+   that classified already hands its selection to :meth:`SpineAnalyzer.analyze_selected`);
 2. detect discs, vertebral bodies and the canal on the middle sagittal slice
    and the slices beside it (one detector pass for every study of a batch;
    :mod:`models.detector`, :mod:`models.masks3d`), name the discs by counting along the spine
@@ -270,8 +271,20 @@ class SpineAnalyzer:
             out.append(result)
         return out
 
+    def analyze_selected(self, study_uid: str, series: Mapping[str, Sequence[Any]], selection: SeriesSelection,
+                         region: Region | str | None = None) -> AnalysisResult:
+        """:meth:`analyze` with the series already classified and selected by the caller
+        (:func:`models.series.select_series`, as the node's analyze stage does): the
+        selection is used as it is, the series are not classified again. Only the
+        selected series need their pixel data."""
+        result = self.analyze_batch([(study_uid, series, region)], [selection])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     def analyze_batch(
-        self, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], Region | str | None]]
+        self, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], Region | str | None]],
+        selections: Sequence[SeriesSelection | None] | None = None,
     ) -> list[AnalysisResult | Exception]:
         """One outcome per study, in order: its result, or the exception it raised.
 
@@ -280,13 +293,15 @@ class SpineAnalyzer:
         one pass. A study that cannot be read, or breaks a step of its own, gets its
         exception in its slot and costs the others nothing; if a batched pass itself fails,
         each study is run alone, so the failure lands on the study that caused it. A
-        study's findings do not depend on the studies batched with it.
+        study's findings do not depend on the studies batched with it. ``selections``:
+        each study's, when the caller classified and selected its series already.
         """
         t0 = (time.perf_counter(), time.process_time())
         slots: list[_Prepared | Exception] = []
-        for uid, series, region in studies:
+        chosen = list(selections) if selections is not None else [None] * len(studies)
+        for (uid, series, region), selection in zip(studies, chosen, strict=True):
             try:
-                slots.append(self._prepare(uid, series, region))
+                slots.append(self._prepare(uid, series, region, selection))
             except Exception as exc:  # noqa: BLE001 - this study's own failure, kept in its slot
                 logger.warning("study %s could not be prepared for analysis: %s", uid, type(exc).__name__)
                 slots.append(exc)
@@ -385,10 +400,10 @@ class SpineAnalyzer:
 
     # ------------------------------------------------------------------ stages
     def _prepare(self, uid: str, series: Mapping[str, Sequence[Any]],
-                 region: Region | str | None) -> _Prepared:
+                 region: Region | str | None, selection: SeriesSelection | None = None) -> _Prepared:
         series = expand_study(series)  # multi-frame images frame by frame (models.multiframe)
-        classes = [classify_series(header_from_datasets(list(dss))) for dss in series.values()]
-        sel = select_series(classes)
+        sel = selection if selection is not None else select_series(
+            [classify_series(header_from_datasets(list(dss))) for dss in series.values()])
         reg = Region(region) if region else (_region_from_headers(series) or Region.LUMBAR)
         missing = list(sel.missing)
         p = _Prepared(uid, reg, sel, missing)

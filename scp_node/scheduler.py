@@ -24,6 +24,7 @@ from scp_node.assembly import complete_cutoff, is_stalled
 from spinenode.core.db.models import Export, ExportState, Instance, Series, Study, StudyState, WorkerHeartbeat, utcnow
 from spinenode.core.db.session import Database
 from spinenode.core.errors import StudyNotFoundError
+from spinenode.core.repository import encodable_again
 from scp_node.queue_status import WORKER_STALE_S
 from scp_node.routing import EligibilityRules, StudyFacts, decide
 from spinenode.core.settings import Settings
@@ -252,8 +253,10 @@ def requeue_studies(
     """Send studies through the pipeline again (admin retry), from the stage that failed.
 
     FAILED(export): the failed exports go back to PENDING with a fresh attempt count and
-    only the export stage runs; FAILED(encode): the results are encoded again; anything
-    else (analysis failures, SKIPPED, DONE on request) starts over at analysis.
+    only the export stage runs; FAILED(encode): the results are encoded again, unless the
+    stored findings predate the analysis record (the encode stage refuses them,
+    ``repository.encodable_again``); anything else (analysis failures, SKIPPED, DONE on
+    request, and those) starts over at analysis.
     """
     now = now or utcnow()
     sent: list[tuple[str, str, int]] = []
@@ -280,10 +283,13 @@ def requeue_studies(
                 )
                 transition(s, study, StudyState.EXPORTING, stage="export", detail=detail, now=now)
                 sent.append(("export", study.study_uid, study.generation))
-            elif study.state == StudyState.FAILED and study.failed_stage == "encode":
+            elif study.state == StudyState.FAILED and study.failed_stage == "encode" \
+                    and encodable_again(study.findings):
                 transition(s, study, StudyState.ENCODING, stage="encode", detail=detail, now=now)
                 sent.append(("encode", study.study_uid, study.generation))
             else:
+                if study.state == StudyState.FAILED and study.failed_stage == "encode":
+                    detail += "; its findings were stored before the analysis record: analysed again"
                 transition(s, study, StudyState.QUEUED, detail=detail, now=now)
                 sent.append(("analyze", study.study_uid, study.generation))
     for stage, uid, generation in sent:

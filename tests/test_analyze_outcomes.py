@@ -33,7 +33,9 @@ from scp_node.ingest import Ingestor
 from spinenode.core.settings import load_settings
 from spinenode.core.storage import Spool
 from workers import analysis
-from workers.pipeline import StageContext, analyze_study, encode_study
+from workers.analyze import analyze_study
+from workers.encode import encode_study
+from workers.stage import StageContext
 from workers.spool import SpoolAccess
 from workers.timelimit import soft_time_limit
 
@@ -48,21 +50,21 @@ class Sent(list[tuple[str, str, int]]):
 class Buggy:
     """An analyzer with a bug: it builds a Grade with one probability for five grades."""
 
-    def analyze(self, study_uid: str, series: Any, region: str | None) -> Any:
+    def analyze_selected(self, study_uid: str, series: Any, selection: Any, region: str | None) -> Any:
         return Grade(Condition.PFIRRMANN, (1.0,))
 
 
 class Refusing:
     """An analyzer that says, on purpose, that it cannot read the study."""
 
-    def analyze(self, study_uid: str, series: Any, region: str | None) -> Any:
+    def analyze_selected(self, study_uid: str, series: Any, selection: Any, region: str | None) -> Any:
         raise AnalyzerError("the sagittal series is a single slice")
 
 
 class Endless:
     """An analyzer that never finishes (in Python, so a soft limit can stop it)."""
 
-    def analyze(self, study_uid: str, series: Any, region: str | None) -> Any:
+    def analyze_selected(self, study_uid: str, series: Any, selection: Any, region: str | None) -> Any:
         while True:
             time.sleep(0.02)
 
@@ -179,3 +181,43 @@ def test_tasks_carry_the_limit_and_settings_take_any_requeue_after(tmp_path: Pat
     # the node and its embedded worker start (the worker once refused to, in a restart loop)
     assert load_settings(data_dir=tmp_path / "data", requeue_after=6).task_soft_time_limit == 600
     assert load_settings(data_dir=tmp_path / "data", task_soft_time_limit=900, requeue_after=6).requeue_after == 6
+
+
+def test_findings_stored_before_the_record_are_analysed_again_on_retry(tmp_path: Path) -> None:
+    """Findings JSON stored before the analysis record existed is refused at encode
+    (FAILED(encode), "analyse the study again"); an admin retry then starts the study over
+    at analysis instead of encoding the same JSON again. A FAILED(encode) with a record
+    is encoded again, as before."""
+    from models.types import Box, Findings, Level, LevelFindings, ModelId, Region
+    from scp_node.scheduler import requeue_studies
+    from spinenode.core.repository import ANALYSIS_RECORD_KEY
+
+    ctx, uid, gen = _queued(tmp_path)
+    level = Level("L4-L5", "1.2.3", "1.2.3.4", 4, Box(1, 2, 3, 4), 0.9, (0.0, 0.0, 0.0))
+    old_json = Findings(uid, Region.LUMBAR, ModelId("m", "1"),
+                        (LevelFindings(level, (Grade(Condition.SPINAL_CANAL_STENOSIS, (0.8, 0.1, 0.1)),)),)).to_json()
+    assert ANALYSIS_RECORD_KEY not in old_json
+    with ctx.db.session() as s:
+        row = s.execute(select(Study).where(Study.study_uid == uid)).scalar_one()
+        row.findings = old_json
+        walk_to(s, row, StudyState.ENCODING, stage="analyze", detail="stored by an older version")
+    encode_study(ctx, uid, gen)
+    row = _row(ctx, uid)
+    assert row.state == StudyState.FAILED and row.failed_stage == "encode"
+    assert "analyse the study again" in (row.events[-1].detail or "")
+
+    sent: list[tuple[str, str, int]] = []
+    assert requeue_studies(ctx.db, lambda *a: sent.append(a), study_uid=uid, all_failed=False) == [uid]
+    row = _row(ctx, uid)
+    assert sent == [("analyze", uid, gen)] and row.state == StudyState.QUEUED
+    assert "analysed again" in (row.events[-1].detail or "")
+
+    # a FAILED(encode) whose findings hold the record is encoded again
+    with ctx.db.session() as s:
+        row = s.execute(select(Study).where(Study.study_uid == uid)).scalar_one()
+        row.findings = {**old_json, ANALYSIS_RECORD_KEY: {}}
+        walk_to(s, row, StudyState.FAILED, stage="encode", detail="boom")
+    sent.clear()
+    requeue_studies(ctx.db, lambda *a: sent.append(a), study_uid=uid, all_failed=False)
+    assert sent == [("encode", uid, gen)] and _row(ctx, uid).state == StudyState.ENCODING
+    ctx.db.dispose()

@@ -31,7 +31,10 @@ from spinenode.core.settings import Settings, load_settings
 from spinenode.core.states import transition
 from spinenode.core.storage import Spool
 from test_encode_export import Sent, _analysed, _orthanc_objects
-from workers.pipeline import StageContext, analyze_study, encode_study, export_study
+from workers.analyze import analyze_study
+from workers.encode import encode_study
+from workers.export_stage import export_study
+from workers.stage import StageContext
 from workers.spool import SpoolAccess
 
 TOKEN = "worker-secret-token"
@@ -184,7 +187,7 @@ def test_remote_worker_encodes_and_exports_without_shared_storage(
 
     sag = [p for p in study.paths if "SAG" in str(dcmread(p, stop_before_pixels=True).SeriesDescription)]
     gen = _analysed(gpu, study.study_uid, sag)  # writes the masks where the analyze stage does
-    from workers.pipeline import _masks_path
+    from workers.analyze import masks_path as _masks_path
 
     gpu.spool.publish_masks(study.study_uid, gen, _masks_path(gpu, study.study_uid, gen))
 
@@ -300,7 +303,7 @@ def test_unreachable_node_requeues_the_study_naming_the_host_then_fails(node: An
 
     from scp_node.routing import load_rules
     from scp_node.scheduler import Scheduler
-    from workers.pipeline import NODE_UNREACHABLE_LIMIT
+    from workers.stage import NODE_UNREACHABLE_LIMIT
 
     settings, db, study, http = node
     gen = _queued(db, study.study_uid)

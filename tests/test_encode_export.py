@@ -27,7 +27,10 @@ from scp_node.ingest import Ingestor
 from spinenode.core.settings import load_settings
 from spinenode.core.storage import Spool
 from workers.spool import SpoolAccess
-from workers.pipeline import StageContext, _masks_path, encode_study, export_study
+from workers.analyze import masks_path
+from workers.encode import encode_study
+from workers.export_stage import export_study
+from workers.stage import StageContext
 from workers.record import AnalysisRecord, MaskSet, MasksRef, SeriesUse
 from workers.results.seg import save_masks
 
@@ -60,7 +63,7 @@ def _analysed(ctx: StageContext, study_uid: str, paths: list[Path]) -> int:
     with ctx.db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
         generation = st.generation
-    sha256 = save_masks([masks], _masks_path(ctx, study_uid, generation))
+    sha256 = save_masks([masks], masks_path(ctx, study_uid, generation))
     record = AnalysisRecord.of(
         findings, (SeriesUse("sagittal_t2", str(mid.SeriesInstanceUID), len(sag)),),
         MasksRef(ctx.spool.masks_rel(study_uid, generation).as_posix(), sha256, (MaskSet.of(masks),)), 1.0)
@@ -332,7 +335,7 @@ def test_masks_written_on_another_host_fail_the_encode_instead_of_dropping_the_s
         data = p.read_bytes()
         ingestor.store(parse_header(data), data, "TEST")
     gen = _analysed(ctx, study.study_uid, study.paths)
-    _masks_path(ctx, study.study_uid, gen).unlink()  # on the analysis host only
+    masks_path(ctx, study.study_uid, gen).unlink()  # on the analysis host only
     encode_study(ctx, study.study_uid, gen)
     with db.session() as s:
         st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()

@@ -123,7 +123,7 @@ def _circles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 
 def test_floors_are_recognised() -> None:
     assert floor("spinenode.app.cli") == (3, "app")
-    assert floor("scp_node.scp") == (2, "scp_node") and floor("workers.pipeline") == (2, "workers")
+    assert floor("scp_node.scp") == (2, "scp_node") and floor("workers.analyze") == (2, "workers")
     assert floor("spinenode.core.settings") == (1, "core") and floor("spinenode") == (1, "core")
     assert floor("models.types") == (0, "models")
 
@@ -131,7 +131,7 @@ def test_floors_are_recognised() -> None:
 def test_the_check_sees_each_kind_of_wrong_import() -> None:
     graph = {
         "spinenode.core.settings": {"scp_node.scp", "models.types"},
-        "workers.pipeline": {"scp_node.scheduler", "spinenode.core.db"},
+        "workers.analyze": {"scp_node.scheduler", "spinenode.core.db"},
         "scp_node.scp": {"workers.tasks", "spinenode.core.status"},
         "models.types": {"spinenode.core.errors"},
         "scp_node.ingest": {"spinenode.app.node"},
@@ -139,7 +139,7 @@ def test_the_check_sees_each_kind_of_wrong_import() -> None:
     }
     assert wrong_way(graph) == {
         ("spinenode.core.settings", "scp_node.scp"),
-        ("workers.pipeline", "scp_node.scheduler"),
+        ("workers.analyze", "scp_node.scheduler"),
         ("scp_node.scp", "workers.tasks"),
         ("models.types", "spinenode.core.errors"),
         ("scp_node.ingest", "spinenode.app.node"),
@@ -158,3 +158,44 @@ def test_nothing_imports_upward_or_sideways() -> None:
 
 def test_no_import_circle() -> None:
     assert not _circles(_graph())
+
+
+#: The stages and what they share: their SQL lives in the study repository
+#: (spinenode/core/repository.py), never here.
+STAGE_MODULES = ("workers/analyze.py", "workers/encode.py", "workers/export_stage.py", "workers/stage.py",
+                 "workers/series.py")
+
+
+def sql_in(source: str) -> list[str]:
+    """What in a module's source talks to the database directly: an import of sqlalchemy
+    or of the index database's modules (the ``Database`` handle a stage passes on to the
+    repository excepted), or a session opened (``.session(``)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            handle = node.module == "spinenode.core.db.session" and [a.name for a in node.names] == ["Database"]
+            names = [] if handle else [node.module or ""]
+        found += [f"imports {n}" for n in names
+                  if n.split(".")[0] == "sqlalchemy" or n == "spinenode.core.db" or n.startswith("spinenode.core.db.")]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "session":
+            found.append(f"opens a session (line {node.lineno})")
+    return found
+
+
+def test_the_check_sees_sql() -> None:
+    assert sql_in("from sqlalchemy import select\n") == ["imports sqlalchemy"]
+    assert sql_in("import sqlalchemy.orm\n") == ["imports sqlalchemy.orm"]
+    assert sql_in("from spinenode.core.db.models import Study\n") == ["imports spinenode.core.db.models"]
+    assert sql_in("def f(db):\n    with db.session() as s:\n        pass\n") == ["opens a session (line 2)"]
+    assert sql_in("from spinenode.core.db.session import Database, Session\n") == [
+        "imports spinenode.core.db.session"]
+    assert sql_in("from spinenode.core import repository\nfrom spinenode.core.db.session import Database\n"
+                  "repository.claim(db)\n") == []
+
+
+def test_stage_modules_hold_no_sql() -> None:
+    for rel in STAGE_MODULES:
+        assert sql_in((ROOT / rel).read_text()) == [], rel

@@ -155,3 +155,85 @@ def test_an_unreadable_sagittal_t2_leaves_the_levels_to_the_t1(study: Path, tmp_
                and "spinal canal stenosis and Pfirrmann grade not assessed" in m for m in res.findings.missing)
     assert res.findings.levels and all(lf.level.series_uid == sel.sagittal_t1 for lf in res.findings.levels)
     assert _conditions(res) == FORAMINAL | SUBARTICULAR
+
+
+def test_each_stage_reads_a_file_once_and_the_series_are_classified_once(
+        study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 item 2, through the analyze and encode stages on a real SQLite database and
+    spool: the analyze stage reads every file of the study once (headers and, for the
+    selected series, pixels: one read) and classifies every series once, handing its
+    selection to the analyzer; the encode stage reads every source header once, and one
+    source image (the key image's) with its pixels."""
+    from collections import Counter
+
+    import pydicom.filereader
+    from sqlalchemy import select
+    from study_states import walk_to
+
+    import models.analyzer
+    import workers.series
+    from scp_node.dicomio import parse_header
+    from scp_node.ingest import Ingestor
+    from spinenode.core.db.models import Result, Study, StudyState
+    from spinenode.core.db.session import Database
+    from spinenode.core.settings import load_settings
+    from spinenode.core.storage import Spool
+    from workers.analyze import analyze_study
+    from workers.encode import encode_study
+    from workers.spool import SpoolAccess
+    from workers.stage import StageContext
+
+    settings = load_settings(data_dir=tmp_path / "data", device="cpu")
+    db = Database(settings.database_url)
+    db.migrate(settings.data_dir)
+    sent: list[tuple[Any, ...]] = []
+    ctx = StageContext(settings, db, SpoolAccess(settings, db), lambda *a: sent.append(a))  # type: ignore[arg-type]
+    ingestor = Ingestor(db, Spool(settings.data_dir))
+    for f in sorted(study.rglob("*.dcm")):
+        data = f.read_bytes()
+        ingestor.store(parse_header(data), data, "TEST")
+    with db.session() as s:
+        row = s.execute(select(Study)).scalar_one()
+        row.region = "lumbar"
+        walk_to(s, row, StudyState.QUEUED)
+        uid, gen = row.study_uid, row.generation
+    sources = {str(p) for p in (settings.data_dir / "incoming").rglob("*.dcm")}
+    series_uids = {p.parent.name for p in map(Path, sources)}
+    assert len(sources) > 30 and len(series_uids) == 3
+
+    reads: Counter[str] = Counter()
+    read_partial = pydicom.filereader.read_partial
+
+    def counting_read(fileobj: Any, *args: Any, **kwargs: Any) -> Any:
+        reads[str(getattr(fileobj, "name", ""))] += 1
+        return read_partial(fileobj, *args, **kwargs)
+
+    classified: Counter[str] = Counter()
+
+    def counting_classifier(header: Any) -> Any:
+        classified[header.series_uid] += 1
+        return classify_series(header)
+
+    monkeypatch.setattr(pydicom.filereader, "read_partial", counting_read)
+    monkeypatch.setattr(workers.series, "classify_series", counting_classifier)
+    monkeypatch.setattr(models.analyzer, "classify_series", counting_classifier)
+
+    analyze_study(ctx, uid, gen)
+    with db.session() as s:
+        row = s.execute(select(Study)).scalar_one()
+        assert row.state == StudyState.ENCODING, [e.detail for e in row.events]
+        assert row.findings is not None and len(row.findings["levels"]) >= 4
+    assert sent == [("encode", uid, gen)]
+    assert classified == Counter({u: 1 for u in series_uids})
+    assert {p: n for p, n in reads.items() if p in sources} == {p: 1 for p in sources}
+
+    reads.clear()
+    encode_study(ctx, uid, gen)
+    with db.session() as s:
+        assert s.execute(select(Study)).scalar_one().state == StudyState.DONE
+        key_image = s.execute(select(Result).where(Result.kind == "key-images")).scalar_one_or_none()
+    assert key_image is not None
+    source_reads = {p: n for p, n in reads.items() if p in sources}
+    assert set(source_reads) == sources
+    assert sorted(source_reads.values()) == [1] * (len(sources) - 1) + [2]  # the key image's source, with pixels
+    db.dispose()

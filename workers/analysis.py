@@ -94,8 +94,12 @@ def read_series(series_files: Mapping[str, Sequence[Path]], selected: Collection
     return SeriesRead(series, unreadable)
 
 
-def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[Any]], region: str | None) -> Any:
+def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[Any]], region: str | None,
+            selection: Any | None = None) -> Any:
     """AnalysisResult, or NotAnalysed(reason) when the models say they cannot read this study.
+
+    With the ``selection`` (``models.series.SeriesSelection``) the caller classified and
+    selected the series already: the analyzer uses it and does not classify again.
 
     A series the analyzer cannot read costs only the conditions it serves (the findings'
     ``missing`` lines say which and why; models/analyzer.py); the study is "not analysed"
@@ -108,7 +112,9 @@ def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[An
 
     analyzer = load_analyzer(settings)
     try:
-        return analyzer.analyze(study_uid, series, region)
+        if selection is None:
+            return analyzer.analyze(study_uid, series, region)
+        return analyzer.analyze_selected(study_uid, series, selection, region)
     except (AnalyzerError, VolumeError) as exc:
         return NotAnalysed(str(exc))
     except SoftTimeLimitExceeded:
@@ -123,24 +129,27 @@ def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[An
         ) from exc
 
 
-def analyse_many(settings: Settings, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], str | None]]
-                 ) -> list[Any]:
+def analyse_many(settings: Settings, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], str | None]],
+                 selections: Sequence[Any] | None = None) -> list[Any]:
     """:func:`analyse` for several studies in one batched analyzer pass
     (``SpineAnalyzer.analyze_batch``): per study, in order, its AnalysisResult, NotAnalysed,
     or the AnalyzerFailedError :func:`analyse` would raise for it. A study's outcome does
     not depend on the others. An analyzer without ``analyze_batch`` (a stand-in) is called
-    study by study."""
+    study by study. ``selections``: each study's ``models.series.SeriesSelection`` when the
+    caller classified already (the analyzer does not classify again)."""
     from models.analyzer import AnalyzerError
     from models.volume import VolumeError
 
     analyzer = load_analyzer(settings)
+    chosen = list(selections) if selections is not None else [None] * len(studies)
     if hasattr(analyzer, "analyze_batch"):
-        results = list(analyzer.analyze_batch(list(studies)))
+        results = list(analyzer.analyze_batch(list(studies), chosen))
     else:
         results = []
-        for uid, series, region in studies:
+        for (uid, series, region), selection in zip(studies, chosen, strict=True):
             try:
-                results.append(analyzer.analyze(uid, series, region))
+                results.append(analyzer.analyze(uid, series, region) if selection is None
+                               else analyzer.analyze_selected(uid, series, selection, region))
             except Exception as exc:  # noqa: BLE001 - kept in the study's slot, as analyze_batch does
                 results.append(exc)
     for result in results:

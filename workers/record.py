@@ -18,9 +18,11 @@ from typing import Any, Final
 
 from models.types import Findings, FindingsJsonError, SeriesMasks
 from spinenode.core.errors import AnalysisError
+from spinenode.core.repository import ANALYSIS_RECORD_KEY
 
-#: The additive key of the Findings JSON that holds the rest of the record.
-RECORD_KEY: Final = "analysis"
+#: The additive key of the Findings JSON that holds the rest of the record (the study
+#: repository knows it too: a retry analyses a study stored without it again).
+RECORD_KEY: Final = ANALYSIS_RECORD_KEY
 
 
 class AnalysisRecordError(AnalysisError):

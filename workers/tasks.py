@@ -1,4 +1,5 @@
-"""Celery tasks: thin, named, idempotent. Take a study id, refetch state, call the pipeline.
+"""Celery tasks: thin, named, idempotent. Take a study id, refetch state, call the stage
+(workers/analyze.py, encode.py, export_stage.py).
 
 Time limits: each stage stops its own work after ``TASK_SOFT_TIME_LIMIT`` in any pool
 (workers/timelimit.py) and records ``FAILED(stage)``. The tasks also carry Celery's
@@ -27,7 +28,10 @@ def celery_soft_time_limit(stage_limit: float) -> float | None:
 
 
 def register_tasks(app: Celery) -> None:
-    from workers.pipeline import StageContext, analyze_study, encode_study, export_study
+    from workers.analyze import analyze_study
+    from workers.encode import encode_study
+    from workers.export_stage import export_study
+    from workers.stage import StageContext
 
     def context() -> StageContext:
         ctx = app.spinenode  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 
 A builder turns an :class:`EncodeInputs` into one DICOM object of its kind, or None
 when the study gives it nothing to show (no masks: no SEG). The encode stage
-(workers/pipeline.py) calls every builder of :data:`workers.results.builders.BUILDERS`
+(workers/encode.py) calls every builder of :data:`workers.results.builders.BUILDERS`
 in order and writes, records and exports what they return.
 """
 
