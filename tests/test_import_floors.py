@@ -163,7 +163,7 @@ def test_no_import_circle() -> None:
 #: The stages and what they share: their SQL lives in the study repository
 #: (spinenode/core/repository.py), never here.
 STAGE_MODULES = ("workers/analyze.py", "workers/encode.py", "workers/export_stage.py", "workers/stage.py",
-                 "workers/series.py")
+                 "workers/series.py", "workers/spool.py")
 
 
 def sql_in(source: str) -> list[str]:

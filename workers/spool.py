@@ -30,9 +30,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import select
 
-from spinenode.core.db.models import Instance, Series, Study
+from spinenode.core import repository
 from spinenode.core.db.session import Database
 from spinenode.core.errors import InstanceUnavailableError, NodeUnreachableError
 from spinenode.core.settings import Settings
@@ -106,15 +105,7 @@ class SpoolAccess:
         return self._client
 
     def files(self, study_uid: str) -> list[SpoolFile]:
-        with self.db.session() as s:
-            rows = s.execute(
-                select(Series.series_uid, Instance.sop_instance_uid, Instance.path)
-                .join(Instance, Instance.series_id == Series.id)
-                .join(Study, Study.id == Series.study_id)
-                .where(Study.study_uid == study_uid)
-                .order_by(Instance.instance_number)
-            ).all()
-        return [SpoolFile(se, sop, Path(rel)) for se, sop, rel in rows]
+        return [SpoolFile(se, sop, Path(rel)) for se, sop, rel in repository.instances(self.db, study_uid)]
 
     def unavailable(self, what: str, detail: str = "") -> InstanceUnavailableError:
         where = f"on host {self.host} (DATA_DIR {self.data_dir})"

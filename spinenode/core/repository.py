@@ -113,18 +113,23 @@ def fetch(db: Database, study_uid: str) -> StageStudy | None:
 
 def series_files(db: Database, study_uid: str) -> dict[str, list[str]]:
     """Series UID -> the paths (relative to DATA_DIR) of its instances, in instance order."""
+    files: dict[str, list[str]] = defaultdict(list)
+    for series_uid, _, rel in instances(db, study_uid):
+        files[series_uid].append(rel)
+    return dict(files)
+
+
+def instances(db: Database, study_uid: str) -> list[tuple[str, str, str]]:
+    """(series UID, SOP instance UID, path relative to DATA_DIR) of every instance, in instance order."""
     with db.session() as s:
         rows = s.execute(
-            select(Series.series_uid, Instance.path)
+            select(Series.series_uid, Instance.sop_instance_uid, Instance.path)
             .join(Instance, Instance.series_id == Series.id)
             .join(Study, Study.id == Series.study_id)
             .where(Study.study_uid == study_uid)
             .order_by(Instance.instance_number)
         ).all()
-    files: dict[str, list[str]] = defaultdict(list)
-    for series_uid, rel in rows:
-        files[series_uid].append(rel)
-    return dict(files)
+    return [(series_uid, sop, rel) for series_uid, sop, rel in rows]
 
 
 # --- failures --------------------------------------------------------------------------
