@@ -39,11 +39,12 @@ from models.grader import (
     CROP_FOV_MM, CROP_PX, HALF_SLICES, SIDE_CONDITION, CropRequest, Grader, grade_from, grader_pixels,
     recess_crop, recess_frame, sagittal_kind,
 )
+from models.herniation import FOCAL_TYPES, HerniationModel, HerniationRequest, axial_crop, sagittal_crop
 from models.multiframe import expand_study
 from models.levels import DiscCandidate, NamedDisc, name_levels, spine_axes, transitional_signs, typical_spacing
 from models.masks3d import spread_labels, spread_slices
 from models.measure import mean_thickness_mm
-from models.registry import Registry
+from models.registry import Registry, UnknownWeightsError
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
 from models.types import (
     AnalysisResult, Condition, Findings, Grade, Level, LevelFindings, ModelId, ModelsError,
@@ -220,8 +221,11 @@ class SpineAnalyzer:
     """Study -> Findings. Loads the detector and grader once; see the module docstring."""
 
     def __init__(self, detector: Detector, grader: Grader, model_id: ModelId,
-                 batch_size: int = 64, disc_score: float = DISC_SCORE) -> None:
+                 batch_size: int = 64, disc_score: float = DISC_SCORE,
+                 herniation: HerniationModel | None = None) -> None:
         self.detector = detector
+        #: disc herniation, its position and HIZ per lumbar MR level; None: not reported
+        self.herniation = herniation
         self.disc_score = disc_score
         self.grader = grader
         self.model_id = model_id
@@ -234,7 +238,8 @@ class SpineAnalyzer:
     @classmethod
     def from_registry(cls, weights_dir: Path | str | None = None, device: str = "auto",
                       batch_size: int = 64) -> SpineAnalyzer:
-        """Load the newest detector and grader of a weights directory (sha256-checked)."""
+        """Load the newest detector and grader of a weights directory (sha256-checked), and the
+        herniation model when the directory lists one (its version is then part of the analyzer's)."""
         dev = resolve_device(device)
         reg = Registry(weights_dir)
         det_e = reg.entry_of_kind("detector")
@@ -243,8 +248,16 @@ class SpineAnalyzer:
                        imgsz=int(det_e.meta.get("imgsz", 384)), conf=PREDICT_CONF)
         gr = Grader.from_file(reg.path_of(gr_e), gr_e.model_id, device=dev)
         version = f"det-{det_e.version}+grd-{gr_e.version}"
+        hern: HerniationModel | None = None
+        try:
+            hn_e = reg.entry_of_kind("herniation")
+        except UnknownWeightsError:
+            hn_e = None
+        if hn_e is not None:
+            hern = HerniationModel.from_file(reg.path_of(hn_e), hn_e.model_id, device=dev)
+            version += f"+hrn-{hn_e.version}"
         return cls(det, gr, ModelId(ALGORITHM_NAME, version), batch_size,
-                   float(det_e.meta.get("disc_score", DISC_SCORE)))
+                   float(det_e.meta.get("disc_score", DISC_SCORE)), hern)
 
     # ------------------------------------------------------------------ entry points
     def analyze_dir(self, path: Path, region: Region | str | None = None,
@@ -377,6 +390,8 @@ class SpineAnalyzer:
         for (si, li, side, head), vecs in views.items():
             cond = SIDE_CONDITION.get((head, side)) if side else None
             grades[(si, li)].append(grade_from(head, np.mean(vecs, axis=0), cond))
+        for key, more in self._herniation(ready, per_study, failed).items():
+            grades[key].extend(more)
         seconds, cpu = (time.perf_counter() - t0[0]) / n, (time.process_time() - t0[1]) / n
         out: list[AnalysisResult | Exception] = []
         for si, p in enumerate(ready):
@@ -396,6 +411,46 @@ class SpineAnalyzer:
                 out.append(AnalysisResult(findings, (masks,) if masks is not None else (), seconds, cpu, n))
             except Exception as exc:  # noqa: BLE001
                 out.append(exc)
+        return out
+
+    def _herniation(self, ready: Sequence[_Prepared], per_study: Mapping[int, tuple[list[Level], SeriesMasks | None]],
+                    failed: dict[int, Exception]) -> dict[tuple[int, int], list[Grade]]:
+        """Herniation type, HIZ and (for a protrusion or extrusion seen on an axial slice) its
+        position, per lumbar MR level with a sagittal T2/STIR, in one batch (:mod:`models.herniation`);
+        a study whose crops cannot be cut keeps its error in ``failed``."""
+        if self.herniation is None:
+            return {}
+        requests: list[HerniationRequest] = []
+        owners: list[tuple[int, int]] = []
+        for si, p in enumerate(ready):
+            if si in failed or si not in per_study or p.region is not Region.LUMBAR or p.modality != "MR" \
+                    or p.primary_role != "sagittal_t2" or p.primary is None or p.primary_pixels is None:
+                continue
+            levels = per_study[si][0]
+            try:
+                axes = spine_axes({lv.name: np.asarray(lv.center_patient) for lv in levels}, levels_of(p.region))
+                mine = []
+                for lv in levels:
+                    c = np.asarray(lv.center_patient)
+                    sag = sagittal_crop(p.primary, p.primary_pixels, c, self.herniation.offsets["sag"])
+                    ax = (axial_crop(p.axial, p.axial_pixels, c, self.herniation.offsets["ax"], axes.get(lv.name))
+                          if p.axial else None)
+                    mine.append(HerniationRequest(sag, ax))
+            except Exception as exc:  # noqa: BLE001 - this study's own failure, kept in its slot
+                failed[si] = exc
+                continue
+            requests += mine
+            owners += [(si, li) for li in range(len(levels))]
+        out: dict[tuple[int, int], list[Grade]] = defaultdict(list)
+        if not requests:
+            return out
+        for key, probs in zip(owners, self.herniation.probabilities(requests, self.batch_size)):
+            kind = Grade(Condition.DISC_HERNIATION, tuple(float(v) for v in probs["type"] / probs["type"].sum()))
+            out[key].append(kind)
+            if "position" in probs and kind.grade in FOCAL_TYPES:
+                pos = probs["position"] / probs["position"].sum()
+                out[key].append(Grade(Condition.HERNIATION_POSITION, tuple(float(v) for v in pos)))
+            out[key].append(Grade(Condition.HIGH_INTENSITY_ZONE, tuple(float(v) for v in probs["hiz"] / probs["hiz"].sum())))
         return out
 
     # ------------------------------------------------------------------ stages

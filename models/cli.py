@@ -1,4 +1,4 @@
-"""``spinenode train detector|grader``, ``spinenode evaluate`` and the report commands
+"""``spinenode train detector|grader|herniation``, ``spinenode evaluate`` and the report commands
 (``models.reports.cli``), registered by spinenode.app.cli.
 
 Heavy imports (torch, ultralytics) happen inside the commands.
@@ -30,10 +30,11 @@ def _progress_log() -> None:
 class Target(StrEnum):
     DETECTOR = "detector"
     GRADER = "grader"
+    HERNIATION = "herniation"
 
 
 def train(
-    target: Annotated[Target, typer.Argument(help="what to train: detector or grader")],
+    target: Annotated[Target, typer.Argument(help="what to train: detector, grader or herniation")],
     data: Annotated[list[Path], typer.Option("--data", help="RSNA-layout dataset root (repeat for several)",
                                              exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", help="run directory (weights, metrics, plots)")],
@@ -46,10 +47,11 @@ def train(
     version: Annotated[str, typer.Option(help="version written to the weights manifest")] = "0.1.0",
     max_studies: Annotated[Optional[int], typer.Option(help="use at most N studies")] = None,
     max_hours: Annotated[Optional[float], typer.Option(help="detector: stop after this many hours")] = None,
-    copies: Annotated[int, typer.Option(min=1, help="grader: crops per level and series (the first "
+    copies: Annotated[int, typer.Option(min=1, help="grader, herniation: crops per level and series (the first "
                                                   "unjittered, the rest jittered by up to 2.5 mm)")] = 3,
 ) -> None:
-    """Train the detector (YOLO-seg) or the grader (2.5D residual CNN) from RSNA-layout data."""
+    """Train the detector (YOLO-seg), the grader (2.5D residual CNN) from RSNA-layout data, or the
+    herniation model (type, position, HIZ) from phantoms made with ``--herniation realistic``."""
     from models.analyzer import resolve_device
     from models.train import TrainConfig, train_detector, train_grader
 
@@ -57,7 +59,12 @@ def train(
     cfg = TrainConfig(data=tuple(data), out=out, epochs=epochs, device=resolve_device(device), seed=seed,
                       workers=workers, batch=batch, imgsz=imgsz, version=version, max_studies=max_studies,
                       max_hours=max_hours, copies=copies)
-    report = train_detector(cfg) if target is Target.DETECTOR else train_grader(cfg)
+    if target is Target.HERNIATION:
+        from models.train_herniation import train_herniation
+
+        report = train_herniation(cfg)
+    else:
+        report = train_detector(cfg) if target is Target.DETECTOR else train_grader(cfg)
     summary = {k: v for k, v in report.items() if k not in ("history", "val_uncalibrated")}
     typer.echo(json.dumps(summary, indent=2, default=str))
 
@@ -131,6 +138,22 @@ def _render(report: dict) -> None:  # type: ignore[type-arg]
         con.print(mt)
     for kind, t in (report.get("transitional_flags") or {}).items():
         con.print(f"transitional segment flagged: {t['flagged']} of {t['studies']} studies whose truth is {kind}")
+    if report.get("herniation"):
+        hm = report["herniation"]
+        ht = Table(title="disc herniation and HIZ (herniation model)")
+        for c in ("finding", "n", "accuracy", "kappa (linear)", "F1"):
+            ht.add_column(c)
+        ty, po, hz = hm["type"], hm["position"], hm["hiz"]
+        f1s = ", ".join(f"{k} {v:.2f}" for k, v in ty["f1"].items() if v is not None)
+        ht.add_row("type", str(ty["n"]), f"{ty['accuracy']:.3f}",
+                   f"{ty['kappa_linear']:.3f}{_interval(ty.get('kappa_linear_ci95'))}", f1s)
+        if po["n"]:
+            ht.add_row("position (of focal herniations called focal)", str(po["n"]),
+                       f"{po['accuracy']:.3f}{_interval(po.get('accuracy_ci95'))}", "",
+                       ", ".join(f"{k} {v:.2f}" for k, v in po["f1"].items() if v is not None))
+        ht.add_row("HIZ present", f"{hz['n']} ({hz['positives']} true)", "", "",
+                   f"{hz['f1']:.3f}{_interval(hz.get('f1_ci95'))}")
+        con.print(ht)
     if report.get("bootstrap"):
         con.print(f"95 % intervals: {report['bootstrap']['resamples']} resamples of the studies (seed "
                   f"{report['bootstrap']['seed']})")

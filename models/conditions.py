@@ -9,12 +9,14 @@ Codes are plain :class:`Code` triples so that this module imports nothing heavy 
 dashboard reads it without highdicom); ``workers/results/codes.py`` turns them into
 highdicom ``CodedConcept``. Standard codes are SNOMED CT (SCT) concepts verified
 against the PS3.16 tables bundled with pydicom (toolchain.md); where none exists
-(neural foramen, lateral recess, the Pfirrmann grade, the RSNA "normal/mild" class),
-the private scheme :data:`PRIVATE_SCHEME` is used, declared in the SR.
+(neural foramen, lateral recess, the Pfirrmann grade, the RSNA "normal/mild" class,
+disc herniation and its types, the paracentral and foraminal positions, the high-intensity
+zone), the private scheme :data:`PRIVATE_SCHEME` is used, declared in the SR.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -48,6 +50,16 @@ SPINAL_CANAL: Final = sct("61853006", "Spinal canal")
 NEURAL_FORAMEN: Final = private("NEURAL_FORAMEN", "Neural foramen")
 LATERAL_RECESS: Final = private("LATERAL_RECESS", "Lateral recess (subarticular zone)")
 PFIRRMANN_GRADE: Final = private("PFIRRMANN", "Pfirrmann grade")
+#: Disc herniation and the high-intensity zone (models.herniation). pydicom's PS3.16 tables
+#: hold no herniation concept (searched: herniat, protrusion, extrusion, bulg, prolaps, annul,
+#: fissur; only "Herniated implant" of breast imaging): private. The position's concept is
+#: SNOMED's Topographical modifier, "central" and the present/absent values are SNOMED too.
+DISC_HERNIATION_CONCEPT: Final = private("DISC_HERNIATION", "Disc herniation")
+TOPOGRAPHICAL_MODIFIER: Final = sct("106233006", "Topographical modifier")
+HIGH_INTENSITY_ZONE_CONCEPT: Final = private("HIGH_INTENSITY_ZONE", "High-intensity zone of the annulus")
+#: The group (ConditionSpec.group) of the herniation conditions: said together in one phrase
+#: (:func:`herniation_phrase`), not in the generic lines of the other conditions.
+HERNIATION_GROUP: Final = "herniation"
 
 
 class Laterality(StrEnum):
@@ -68,6 +80,11 @@ class Laterality(StrEnum):
 SEVERITY_GRADES: tuple[str, ...] = ("normal_mild", "moderate", "severe")
 #: Pfirrmann disc degeneration grades 1-5, as labels.
 PFIRRMANN_GRADES: tuple[str, ...] = ("1", "2", "3", "4", "5")
+#: Disc herniation type, the position of a protrusion or extrusion, the high-intensity zone.
+HERNIATION_GRADES: tuple[str, ...] = ("none", "bulge", "protrusion", "extrusion")
+HERNIATION_POSITION_GRADES: tuple[str, ...] = ("central", "paracentral_left", "paracentral_right",
+                                               "foraminal_left", "foraminal_right")
+HIZ_GRADES: tuple[str, ...] = ("absent", "present")
 
 
 class Condition(StrEnum):
@@ -79,6 +96,10 @@ class Condition(StrEnum):
     LEFT_SUBARTICULAR_STENOSIS = "left_subarticular_stenosis"
     RIGHT_SUBARTICULAR_STENOSIS = "right_subarticular_stenosis"
     PFIRRMANN = "pfirrmann"
+    #: reported only when the herniation model is installed (models.herniation)
+    DISC_HERNIATION = "disc_herniation"
+    HERNIATION_POSITION = "herniation_position"
+    HIGH_INTENSITY_ZONE = "high_intensity_zone"
 
     @property
     def spec(self) -> ConditionSpec:
@@ -147,6 +168,15 @@ CONDITIONS: Final[dict[Condition, ConditionSpec]] = {
     Condition.PFIRRMANN: ConditionSpec(
         Condition.PFIRRMANN, "Pfirrmann grade of disc degeneration", "Pfirrmann", "Pfirrmann", None,
         PFIRRMANN_GRADE, None, PFIRRMANN_GRADE, PFIRRMANN_GRADES, None),
+    Condition.DISC_HERNIATION: ConditionSpec(
+        Condition.DISC_HERNIATION, "disc herniation", "herniation", HERNIATION_GROUP, None,
+        DISC_HERNIATION_CONCEPT, None, DISC_HERNIATION_CONCEPT, HERNIATION_GRADES, None),
+    Condition.HERNIATION_POSITION: ConditionSpec(
+        Condition.HERNIATION_POSITION, "position of the disc herniation", "position", HERNIATION_GROUP, None,
+        TOPOGRAPHICAL_MODIFIER, None, TOPOGRAPHICAL_MODIFIER, HERNIATION_POSITION_GRADES, None),
+    Condition.HIGH_INTENSITY_ZONE: ConditionSpec(
+        Condition.HIGH_INTENSITY_ZONE, "high-intensity zone (annular fissure)", "HIZ", HERNIATION_GROUP, None,
+        HIGH_INTENSITY_ZONE_CONCEPT, None, HIGH_INTENSITY_ZONE_CONCEPT, HIZ_GRADES, None),
 }
 
 
@@ -186,7 +216,36 @@ GRADES: Final[dict[str, GradeSpec]] = {
     "severe": GradeSpec(sct("24484000", "Severe"), "severe", "SEVERE", "SEV", 2),
     **{g: GradeSpec(private(f"PFIRRMANN_{g}", f"Pfirrmann grade {g}"), g, g, g, (0, 0, 1, 2, 2)[int(g) - 1])
        for g in PFIRRMANN_GRADES},
+    "none": GradeSpec(sct("260413007", "None"), "none", "none", "-", 0),
+    "bulge": GradeSpec(private("DISC_BULGE", "Disc bulge"), "bulge", "bulge", "bulge", 0),
+    "protrusion": GradeSpec(private("DISC_PROTRUSION", "Disc protrusion"), "protrusion", "PROTRUSION", "prot", 1),
+    "extrusion": GradeSpec(private("DISC_EXTRUSION", "Disc extrusion"), "extrusion", "EXTRUSION", "EXTR", 2),
+    "central": GradeSpec(sct("26216008", "Central"), "central", "central", "C", 0),
+    **{f"{where}_{side}": GradeSpec(private(f"{where.upper()}_{side.upper()}", f"{where.capitalize()}, {side}"),
+                                    f"{side} {where}", f"{where} {side[0].upper()}", f"{where[0].upper()}{side[0].upper()}", 0)
+       for where in ("paracentral", "foraminal") for side in ("left", "right")},
+    "absent": GradeSpec(sct("272519000", "Absent"), "absent", "absent", "-", 0),
+    "present": GradeSpec(sct("52101004", "Present"), "present", "PRESENT", "yes", 1),
 }
+
+
+def herniation_phrase(grades: Mapping[Condition, str], min_concern: int = 0, prose: bool = False) -> str | None:
+    """The herniation findings of a level in one phrase, as the SR's lines and the key image
+    write them: 'PROTRUSION paracentral L, HIZ', 'bulge', 'HIZ'; None for no herniation and
+    no HIZ (or none reported). ``grades``: condition -> its grade; a herniation type whose
+    concern is below ``min_concern`` is left out (the key image: no bulges); ``prose`` writes the
+    grades' labels ('protrusion left paracentral') instead of their short words."""
+    parts = []
+    kind = grades.get(Condition.DISC_HERNIATION)
+    if kind is not None and kind != "none" and GRADES[kind].concern >= min_concern:
+        pos = grades.get(Condition.HERNIATION_POSITION)
+        def say(g: str) -> str:
+            return GRADES[g].label if prose else GRADES[g].word
+
+        parts.append(say(kind) + (f" {say(pos)}" if pos is not None else ""))
+    if grades.get(Condition.HIGH_INTENSITY_ZONE) == "present":
+        parts.append("HIZ")
+    return ", ".join(parts) or None
 
 
 def grade_label(grade: object) -> str:

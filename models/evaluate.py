@@ -6,7 +6,8 @@ calibration error, and the mean predicted probability of each grade beside its
 observed frequency), level detection recall (a
 predicted disc centre within 5 mm of the true one) and naming accuracy (of the
 detected levels, the share given the true name), Pfirrmann accuracy and kappa,
-and seconds per study. The RSNA score and every kappa carry a 95 % interval from a
+and seconds per study; on phantoms with herniation, the herniation model's metrics
+(:mod:`models.evaluate_herniation`). The RSNA score and every kappa carry a 95 % interval from a
 study-level bootstrap (:func:`models.metrics.study_resample_counts`, fixed seed, so
 the same data give the same interval).
 
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from models import rsna
+from models.evaluate_herniation import herniation_metrics
 from models.measure import KINDS as MEASUREMENT_KINDS
 from models.measure import MeasurementError, compare_to_truth, measure_levels
 from models.metrics import (
@@ -173,6 +175,11 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
         out["bootstrap"] = {"unit": "study", "resamples": resamples, "seed": BOOTSTRAP_SEED, "level": 0.95}
     if seconds:
         out["seconds_per_study"] = float(np.mean(seconds))
+    hern = rsna.read_herniation(ds.root)
+    if hern:
+        hm = herniation_metrics(hern, [(o.study_id, o.result) for o in outcomes], counts)
+        if hm is not None:
+            out["herniation"] = hm
     errors = [e for o in outcomes for e in o.measurement_errors]
     if errors:
         out["measurements_mm"] = {kind: absolute_error_summary([e.error_mm for e in errors if e.kind == kind])

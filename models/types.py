@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 
 # defined with the condition table, re-exported here where the types have always been
+from models.conditions import HERNIATION_GRADES as HERNIATION_GRADES
+from models.conditions import HERNIATION_POSITION_GRADES as HERNIATION_POSITION_GRADES
+from models.conditions import HIZ_GRADES as HIZ_GRADES
 from models.conditions import PFIRRMANN_GRADES as PFIRRMANN_GRADES
 from models.conditions import SEVERITY_GRADES as SEVERITY_GRADES
 from models.conditions import Condition as Condition
@@ -55,7 +58,15 @@ def _field(data: Mapping[str, Any], key: str, where: str) -> Any:
         raise FindingsJsonError(f"{where}: no {key!r}") from None
 
 
-LUMBAR_CONDITIONS: tuple[Condition, ...] = tuple(Condition)
+#: What the detector and grader report (the herniation model adds HERNIATION_CONDITIONS).
+LUMBAR_CONDITIONS: tuple[Condition, ...] = (
+    Condition.SPINAL_CANAL_STENOSIS, Condition.LEFT_NEURAL_FORAMINAL_NARROWING,
+    Condition.RIGHT_NEURAL_FORAMINAL_NARROWING, Condition.LEFT_SUBARTICULAR_STENOSIS,
+    Condition.RIGHT_SUBARTICULAR_STENOSIS, Condition.PFIRRMANN,
+)
+HERNIATION_CONDITIONS: tuple[Condition, ...] = (
+    Condition.DISC_HERNIATION, Condition.HERNIATION_POSITION, Condition.HIGH_INTENSITY_ZONE,
+)
 CERVICAL_CONDITIONS: tuple[Condition, ...] = (Condition.SPINAL_CANAL_STENOSIS,)
 
 

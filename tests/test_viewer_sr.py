@@ -19,7 +19,9 @@ from pydicom.dataset import Dataset
 
 import dicomgen
 from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement
-from models.types import LUMBAR_LEVELS, Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region
+from models.types import (
+    LUMBAR_CONDITIONS, LUMBAR_LEVELS, Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region,
+)
 from peers import dciodvfy
 from viewer_node import sr_in_viewer
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
@@ -49,7 +51,7 @@ def _lumbar(headers: list[Dataset]) -> tuple[Findings, dict[str, list[LinearMeas
         lvl = Level(name, str(mid.SeriesInstanceUID), str(mid.SOPInstanceUID), 4, Box(30, y, 60, y + 7), 0.93,
                     (0.0, 0.0, float(i)))
         grades = tuple(Grade(c, sev.get(name, (0.9, 0.07, 0.03)) if c is not Condition.PFIRRMANN
-                             else (0.0, 0.1, 0.6, 0.3, 0.0)) for c in Condition)
+                             else (0.0, 0.1, 0.6, 0.3, 0.0)) for c in LUMBAR_CONDITIONS)
         if name == "L5-S1":  # left and right foramen differ
             grades = tuple(Grade(g.condition, (0.1, 0.8, 0.1)) if g.condition is Condition.LEFT_NEURAL_FORAMINAL_NARROWING
                            else g for g in grades)

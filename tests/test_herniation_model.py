@@ -1,0 +1,193 @@
+"""The herniation model (issue 19): training end to end on a tiny set, the analyzer's new
+findings beside unchanged old ones, and the evaluation metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from models import rsna
+from models.herniation import HERNIATION_POSITIONS, MIRROR_POSITION, HerniationCheckpoint, HerniationModel
+from models.registry import PACKAGE_WEIGHTS_DIR, Registry
+from models.types import (
+    HERNIATION_CONDITIONS, AnalysisResult, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region,
+)
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+LEVELS = rsna.LUMBAR_LEVELS
+
+
+@pytest.fixture(scope="module")
+def herniated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two lumbar MR phantoms (seed 4243, used by no training run), every level herniated
+    (protrusions and extrusions), HIZ at about half of them."""
+    from models.phantom.config import HerniationFrequencies, PhantomConfig
+    from models.phantom.generate import generate_dataset
+
+    base = HerniationFrequencies.realistic("lumbar")
+    cfg = replace(PhantomConfig.for_region("lumbar", "MR", matrix=128), herniation=base.with_overrides({
+        "types": {lv: [0.0, 0.2, 0.4, 0.4] for lv in LEVELS}, "hiz": {lv: 0.5 for lv in LEVELS}}))
+    out = tmp_path_factory.mktemp("herniated")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        generate_dataset(out, 2, cfg, seed=4243)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(herniated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``spinenode train herniation`` for one epoch on the two studies, through the CLI."""
+    import typer
+
+    from models.cli import register
+
+    app = typer.Typer()
+    register(app)
+    out = tmp_path_factory.mktemp("run")
+    lg = logging.getLogger("models")
+    handlers = list(lg.handlers)
+    res = CliRunner().invoke(app, ["train", "herniation", "--data", str(herniated), "--out", str(out),
+                                   "--epochs", "1", "--device", "cpu", "--copies", "1", "--batch", "8"])
+    for h in lg.handlers[:]:  # the CLI's progress log writes to CliRunner's stderr, closed now
+        if h not in handlers:
+            lg.removeHandler(h)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_training_runs_end_to_end(tiny_run: Path, herniated: Path) -> None:
+    entry, path = Registry(tiny_run / "weights").resolve("spinenode-herniation")
+    assert entry.kind == "herniation" and 50_000 < path.stat().st_size < 2_000_000
+    report = json.loads((tiny_run / "herniation_metrics.json").read_text())
+    assert report["studies"] == 2 and report["crops_train"] > 0 and report["crops_val"] > 0
+    assert set(report["temperatures"]) == {"type", "position", "hiz"}
+    assert all(0.05 <= t <= 20 for t in report["temperatures"].values())
+    ckpt = HerniationCheckpoint.load(path)
+    assert set(ckpt.crop_offsets) == {"sag", "ax"}
+    # the crops are cached: one file per dataset, reused by the next run
+    assert len(list((tiny_run / "crops").glob(f"{herniated.name}-*.npz"))) == 1
+
+
+def test_mirror_swaps_left_and_right() -> None:
+    names = [HERNIATION_POSITIONS[i] for i in MIRROR_POSITION]
+    assert names == ["central", "paracentral_right", "paracentral_left", "foraminal_right", "foraminal_left"]
+
+
+def _weights(tmp: Path, herniation: Path | None) -> Path:
+    """The shipped detector and grader (linked, not copied), with or without a herniation model."""
+    reg = Registry(PACKAGE_WEIGHTS_DIR)
+    tmp.mkdir()
+    out = Registry(tmp)
+    for kind in ("detector", "grader"):
+        e = reg.entry_of_kind(kind)
+        (tmp / e.file).symlink_to(reg.path_of(e))
+        out.register(tmp / e.file, e.name, e.version, e.kind, file=e.file, meta=e.meta)
+    if herniation is not None:
+        e, path = Registry(herniation / "weights").resolve("spinenode-herniation")
+        out.register(path, e.name, e.version, e.kind, file=e.file, meta=e.meta)
+    return tmp
+
+
+def test_analyzer_adds_findings_and_leaves_the_others(tiny_run: Path, herniated: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.analyzer import SpineAnalyzer
+
+    monkeypatch.setenv("SPINENODE_YOLO_DIR", str(tmp_path / "yolo"))
+    ds = rsna.read_dataset(herniated)
+    sid = ds.study_ids[0]
+    study = herniated / "train_images" / str(sid)
+    plain = SpineAnalyzer.from_registry(_weights(tmp_path / "plain", None), device="cpu").analyze_dir(study)
+    withh = SpineAnalyzer.from_registry(_weights(tmp_path / "with", tiny_run), device="cpu").analyze_dir(study)
+    assert withh.findings.model.version == plain.findings.model.version + "+hrn-0.1.0"
+    assert [lf.level for lf in withh.findings.levels] == [lf.level for lf in plain.findings.levels]
+    assert len(plain.findings.levels) >= 4
+    positions = focal = 0
+    for a, b in zip(plain.findings.levels, withh.findings.levels):
+        old = [g for g in b.grades if g.condition not in HERNIATION_CONDITIONS]
+        assert old == list(a.grades)  # the existing findings, bit for bit
+        assert not any(g.condition in HERNIATION_CONDITIONS for g in a.grades)
+        kind = b.grade_of(Condition.DISC_HERNIATION)
+        hiz = b.grade_of(Condition.HIGH_INTENSITY_ZONE)
+        assert kind is not None and hiz is not None
+        pos = b.grade_of(Condition.HERNIATION_POSITION)
+        assert pos is None or kind.grade in ("protrusion", "extrusion")  # a position only for a focal one
+        positions += pos is not None
+        focal += kind.grade in ("protrusion", "extrusion")
+        js = b.to_json()["findings"]
+        assert set(js["disc_herniation"]["p"]) == {"none", "bulge", "protrusion", "extrusion"}
+        assert set(js["high_intensity_zone"]["p"]) == {"absent", "present"}
+    assert positions >= min(focal, 1)  # (a level whose axial slice misses the disc has none)
+    assert plain.masks[0].segments == withh.masks[0].segments
+    assert np.array_equal(plain.masks[0].labels, withh.masks[0].labels)
+
+
+def test_model_without_axial_crop_reports_no_position(tiny_run: Path) -> None:
+    from models.herniation import HerniationRequest
+
+    e, path = Registry(tiny_run / "weights").resolve("spinenode-herniation")
+    model = HerniationModel.from_file(path, e.model_id)
+    rng = np.random.default_rng(0)
+    sag = rng.random((5, 64, 64)).astype(np.float32)
+    ax = rng.random((3, 64, 64)).astype(np.float32)
+    both, alone = model.probabilities([HerniationRequest(sag, ax), HerniationRequest(sag, None)])
+    assert set(both) == {"type", "position", "hiz"} and set(alone) == {"type", "hiz"}
+    for p in (*both.values(), *alone.values()):
+        assert abs(float(p.sum()) - 1.0) < 1e-5
+
+
+def _result(sid: int, per_level: dict[str, tuple[str, str | None, str]]) -> AnalysisResult:
+    from models.types import Box
+
+    lfs = []
+    for name, (kind, pos, hiz) in per_level.items():
+        def onehot(c: Condition, g: str) -> Grade:
+            return Grade(c, tuple(0.9 if x == g else 0.1 / (len(c.grades) - 1) for x in c.grades))
+
+        grades = [onehot(Condition.DISC_HERNIATION, kind), onehot(Condition.HIGH_INTENSITY_ZONE, hiz)]
+        if pos is not None:
+            grades.append(onehot(Condition.HERNIATION_POSITION, pos))
+        lv = Level(name, "1.2", "1.2.3", 0, Box(0, 0, 1, 1), 0.9, (0.0, 0.0, 0.0))
+        lfs.append(LevelFindings(lv, tuple(grades)))
+    return AnalysisResult(Findings(str(sid), Region.LUMBAR, ModelId("m", "1"), tuple(lfs)))
+
+
+def test_herniation_metrics_by_hand() -> None:
+    from models.evaluate_herniation import herniation_metrics
+
+    def lab(sid: int, lv: str, h: str, pos: str, hiz: bool) -> rsna.HerniationLabel:
+        return rsna.HerniationLabel(sid, lv, h, pos, "none", 0.0, hiz)
+
+    truth = {(1, "L1/L2"): lab(1, "L1/L2", "none", "", False),
+             (1, "L2/L3"): lab(1, "L2/L3", "protrusion", "central", True),
+             (1, "L3/L4"): lab(1, "L3/L4", "extrusion", "paracentral_left", False),
+             (2, "L1/L2"): lab(2, "L1/L2", "bulge", "", True),
+             (2, "L2/L3"): lab(2, "L2/L3", "protrusion", "foraminal_right", False)}
+    outcomes = [
+        (1, _result(1, {"L1-L2": ("none", None, "absent"), "L2-L3": ("protrusion", "central", "present"),
+                        "L3-L4": ("protrusion", "paracentral_right", "present")})),
+        (2, _result(2, {"L1-L2": ("none", None, "present")})),  # L2-L3 not found: missing
+    ]
+    m = herniation_metrics(truth, outcomes, None)
+    assert m is not None and m["missing"] == 1
+    assert m["type"]["n"] == 4 and m["type"]["accuracy"] == 0.5
+    assert m["type"]["confusion"][1][0] == 1 and m["type"]["confusion"][3][2] == 1
+    # F1 none: tp 1, fp 1 (the bulge) -> 2/3; protrusion: tp 1, fp 1 (the extrusion) -> 2/3
+    assert m["type"]["f1"]["none"] == pytest.approx(2 / 3) and m["type"]["f1"]["protrusion"] == pytest.approx(2 / 3)
+    assert m["type"]["f1"]["bulge"] == 0.0
+    assert m["position"]["n"] == 2 and m["position"]["true_focal"] == 2 and m["position"]["accuracy"] == 0.5
+    # HIZ: tp 2 (L2-L3, study 2 L1-L2), fp 1 (L3-L4), fn 0 -> precision 2/3, recall 1, F1 0.8
+    assert m["hiz"]["precision"] == pytest.approx(2 / 3) and m["hiz"]["recall"] == 1.0
+    assert m["hiz"]["f1"] == pytest.approx(0.8)
+    assert herniation_metrics(truth, [(1, AnalysisResult(Findings("1", Region.LUMBAR, ModelId("m", "1"))))],
+                              None) is None
+
