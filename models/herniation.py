@@ -58,16 +58,16 @@ HEAD_ORDER: tuple[str, ...] = tuple(HEAD_CLASSES)
 FOCAL_TYPES: tuple[str, ...] = ("protrusion", "extrusion")
 
 CROP_PX = 64
-SAG_FOV_MM = 56.0
+SAG_FOV_MM = 40.0
 SAG_HALF_SLICES = 2
-AX_FOV_MM = 64.0
+AX_FOV_MM = 48.0
 AX_HALF_SLICES = 1
 #: An axial slice farther than this from the disc centre (mm) does not pass through the disc.
 AXIAL_MAX_DISTANCE_MM = 6.0
 #: Default crop centres from the disc centre (mm), when a checkpoint has none: sagittal in
 #: patient LPS (posterior, cranial), axial in the disc plane (lateral, posterior, 0).
 DEFAULT_OFFSETS: Mapping[str, tuple[float, float, float]] = {
-    "sag": (0.0, 6.0, 2.0), "ax": (0.0, 8.0, 0.0),
+    "sag": (0.0, 10.0, 2.0), "ax": (0.0, 16.0, 0.0),
 }
 
 
