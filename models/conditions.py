@@ -56,7 +56,8 @@ PFIRRMANN_GRADE: Final = private("PFIRRMANN", "Pfirrmann grade")
 #: SNOMED's Topographical modifier, "central" and the present/absent values are SNOMED too.
 DISC_HERNIATION_CONCEPT: Final = private("DISC_HERNIATION", "Disc herniation")
 TOPOGRAPHICAL_MODIFIER: Final = sct("106233006", "Topographical modifier")
-HIGH_INTENSITY_ZONE_CONCEPT: Final = private("HIGH_INTENSITY_ZONE", "High-intensity zone of the annulus")
+#: (private code values stay within 16 characters: a longer one becomes a Long Code Value)
+HIGH_INTENSITY_ZONE_CONCEPT: Final = private("ANNULAR_HIZ", "High-intensity zone of the annulus")
 #: The group (ConditionSpec.group) of the herniation conditions: said together in one phrase
 #: (:func:`herniation_phrase`), not in the generic lines of the other conditions.
 HERNIATION_GROUP: Final = "herniation"
@@ -221,7 +222,7 @@ GRADES: Final[dict[str, GradeSpec]] = {
     "protrusion": GradeSpec(private("DISC_PROTRUSION", "Disc protrusion"), "protrusion", "PROTRUSION", "prot", 1),
     "extrusion": GradeSpec(private("DISC_EXTRUSION", "Disc extrusion"), "extrusion", "EXTRUSION", "EXTR", 2),
     "central": GradeSpec(sct("26216008", "Central"), "central", "central", "C", 0),
-    **{f"{where}_{side}": GradeSpec(private(f"{where.upper()}_{side.upper()}", f"{where.capitalize()}, {side}"),
+    **{f"{where}_{side}": GradeSpec(private(f"{where.upper()}_{side[0].upper()}", f"{where.capitalize()}, {side}"),
                                     f"{side} {where}", f"{where} {side[0].upper()}", f"{where[0].upper()}{side[0].upper()}", 0)
        for where in ("paracentral", "foraminal") for side in ("left", "right")},
     "absent": GradeSpec(sct("272519000", "Absent"), "absent", "absent", "-", 0),

@@ -58,9 +58,28 @@ def test_sr_key_image_and_dashboard_read_the_table(monkeypatch: object) -> None:
     grid = findings_grid({"model": {"name": "m", "version": "1"}, "levels": [
         {"level": "L4-L5", "findings": {str(g.condition): g.to_json() for g in lf.grades}}]})
     assert grid is not None
-    assert grid.columns == [(s.short, s.long) for s in CONDITIONS.values()]
+    assert grid.columns == [(s.short, s.long) for c, s in CONDITIONS.items() if lf.grade_of(c) is not None]
     assert grade_class("pfirrmann", "4") == "g-bad" and grade_class("pfirrmann", "severe") == "g-none"
     assert grade_class("spinal_canal_stenosis", "moderate") == "g-mid"
+
+
+def test_herniation_is_one_phrase_on_the_graded_line() -> None:
+    """Issue 19: type, position and HIZ said together, on the line OHIF draws second (it
+    draws five at most), on the key image only from a protrusion up, in the dashboard as
+    three columns with their colours."""
+    lf = _lf(spinal_canal_stenosis=1, pfirrmann=3, left_neural_foraminal_narrowing=0,
+             right_neural_foraminal_narrowing=0, disc_herniation=2, herniation_position=1, high_intensity_zone=1)
+    assert level_lines(lf)[1:] == ["canal MODERATE, Pfirrmann 4, PROTRUSION paracentral L, HIZ",
+                                   "foramina normal/mild"]
+    assert _label(lf) == "L4-L5: canal moderate, Pfirrmann 4, protrusion left paracentral, HIZ"
+    bulge = _lf(disc_herniation=1, high_intensity_zone=0)
+    assert level_lines(bulge)[1:] == ["bulge"] and _label(bulge) == "L4-L5: no moderate/severe finding"
+    none = _lf(spinal_canal_stenosis=0, disc_herniation=0, high_intensity_zone=0)
+    assert level_lines(none)[1:] == ["canal normal/mild"]
+    grid = findings_grid({"model": {"name": "m", "version": "1"}, "levels": [
+        {"level": "L4-L5", "findings": {str(g.condition): g.to_json() for g in lf.grades}}]})
+    assert grid is not None and ("herniation", "disc herniation") in grid.columns
+    assert grade_class("disc_herniation", "extrusion") == "g-bad" and grade_class("high_intensity_zone", "present") == "g-mid"
 
 
 def test_no_other_module_spells_the_conditions_out() -> None:

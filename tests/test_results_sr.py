@@ -15,7 +15,7 @@ from models.types import Box, Condition, Findings, Grade, Level, LevelFindings, 
 from peers import dciodvfy
 from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
-from workers.results.sr import build_findings_sr, build_not_analysed_sr
+from workers.results.sr import build_findings_sr, build_not_analysed_sr, grades_from_sr
 
 MODEL = ModelId("spinenode-test-model", "0.0.1")
 
@@ -107,6 +107,36 @@ def test_findings_sr_valid_and_readable(evidence: list[Dataset], tmp_path: Path)
     assert "NOT A DIAGNOSIS" in text and "spinenode-test-model" in text
     assert '"Comment")="L4-L5 disc - AI, PRELIMINARY, not a diagnosis"' in text
     assert '"Comment")="canal SEVERE, Pfirrmann 3"' in text
+
+
+def test_findings_sr_carries_herniation(evidence: list[Dataset], tmp_path: Path) -> None:
+    """Issue 19: herniation type, position and HIZ per level, coded (SNOMED where pydicom's
+    PS3.16 tables have a concept, the declared private scheme where not), on the graded line
+    OHIF draws, in the summary; dciodvfy 0 errors."""
+    f = _findings(evidence)
+    extra = {"L4-L5": (Grade(Condition.DISC_HERNIATION, (0.05, 0.1, 0.15, 0.7)),
+                       Grade(Condition.HERNIATION_POSITION, (0.1, 0.8, 0.05, 0.03, 0.02)),
+                       Grade(Condition.HIGH_INTENSITY_ZONE, (0.2, 0.8))),
+             "L3-L4": (Grade(Condition.DISC_HERNIATION, (0.9, 0.05, 0.03, 0.02)),
+                       Grade(Condition.HIGH_INTENSITY_ZONE, (0.95, 0.05)))}
+    levels = tuple(LevelFindings(lf.level, lf.grades + extra.get(lf.level.name, ())) for lf in f.levels)
+    sr = build_findings_sr(Findings(f.study_uid, f.region, f.model, levels, f.missing), evidence,
+                           _identity(evidence, ResultKind.SR))
+    ds = _roundtrip(sr, tmp_path / "sr.dcm")
+    grades = grades_from_sr(ds)
+    assert grades[("disc_herniation", "L4-L5")] == "Disc extrusion"
+    assert grades[("herniation_position", "L4-L5")] == "Paracentral, left"
+    assert grades[("high_intensity_zone", "L4-L5")] == "Present"
+    assert grades[("disc_herniation", "L3-L4")] == "None" and grades[("high_intensity_zone", "L3-L4")] == "Absent"
+    assert ("herniation_position", "L3-L4") not in grades and ("disc_herniation", "L5-S1") not in grades
+    schemes = {(it.ConceptCodeSequence[0].CodeMeaning, it.ConceptCodeSequence[0].CodingSchemeDesignator)
+               for it in _walk(ds) if it.get("ValueType") == "CODE"}
+    assert {("None", "SCT"), ("Present", "SCT"), ("Absent", "SCT"), ("Disc extrusion", "99SPINENODE")} <= schemes
+    text = subprocess.run(["/usr/bin/dsrdump", "+Pl", "+Pt", str(tmp_path / "sr.dcm")], capture_output=True,
+                          text=True).stdout
+    assert '"Comment")="canal SEVERE, Pfirrmann 3, EXTRUSION paracentral L, HIZ"' in text
+    assert '"Comment")="canal normal/mild, Pfirrmann 3"' in text  # L3-L4: no herniation, no HIZ: nothing said
+    assert "disc herniation extrusion (p=0.70); position of the disc herniation left paracentral (p=0.80)" in text
 
 
 def test_findings_sr_linear_measurements(evidence: list[Dataset], tmp_path: Path) -> None:

@@ -52,6 +52,10 @@ def _lumbar(headers: list[Dataset]) -> tuple[Findings, dict[str, list[LinearMeas
                     (0.0, 0.0, float(i)))
         grades = tuple(Grade(c, sev.get(name, (0.9, 0.07, 0.03)) if c is not Condition.PFIRRMANN
                              else (0.0, 0.1, 0.6, 0.3, 0.0)) for c in LUMBAR_CONDITIONS)
+        if name == "L4-L5":  # issue 19: a herniation and a HIZ join the graded line
+            grades += (Grade(Condition.DISC_HERNIATION, (0.05, 0.1, 0.15, 0.7)),
+                       Grade(Condition.HERNIATION_POSITION, (0.1, 0.8, 0.05, 0.03, 0.02)),
+                       Grade(Condition.HIGH_INTENSITY_ZONE, (0.2, 0.8)))
         if name == "L5-S1":  # left and right foramen differ
             grades = tuple(Grade(g.condition, (0.1, 0.8, 0.1)) if g.condition is Condition.LEFT_NEURAL_FORAMINAL_NARROWING
                            else g for g in grades)
@@ -95,7 +99,7 @@ def test_every_level_imports_and_reads_level_first(sagittal: list[Dataset], tmp_
         assert lines[1].startswith("canal ") and "Pfirrmann 3" in lines[1], lines
         assert "foramina " in lines[2] and "; subart. " in lines[2], lines
         assert not any(re.search(r"(^|\s)1$", ln) or "[empty]" in ln or "Probability" in ln for ln in lines), lines
-    assert display["L4-L5"]["lines"][1].startswith("canal SEVERE")
+    assert display["L4-L5"]["lines"][1].startswith("canal SEVERE, Pfirrmann 3, EXTRUSION paracentral L, HIZ")
     assert display["L4-L5"]["lines"][2] == "foramina SEVERE; subart. SEVERE: "  # both sides alike: said once
     assert display["L5-S1"]["lines"][2] == "foramina L MODERATE R normal/mild; subart. normal/mild: "
     assert display["L4-L5"]["lines"][3:] == ["Spinal canal AP diameter: 8.52 mm", "Disc height: 8.25 mm"]

@@ -40,15 +40,18 @@ def _worst(lf: LevelFindings) -> str:
 
 
 def _label(lf: LevelFindings) -> str:
-    """'L4-L5: canal moderate, L foramen severe' (moderate and worse only, in the words of
-    the condition table; a left/right pair with the same grade said once)."""
+    """'L4-L5: canal moderate, L foramen severe, extrusion left paracentral, HIZ' (moderate and worse
+    only, protrusions and extrusions with their position and a HIZ, in the words of the
+    condition table; a left/right pair with the same grade said once)."""
     by = {g.condition: g.grade for g in lf.grades}
 
     def shown(grade: str | None) -> bool:
         return grade is not None and conditions.GRADES[grade].concern > 0
 
     parts = [f"{spec.short} {conditions.grade_label(by[c])}" for c, spec in conditions.CONDITIONS.items()
-             if spec.laterality is None and shown(by.get(c))]
+             if spec.laterality is None and spec.group != conditions.HERNIATION_GROUP and shown(by.get(c))]
+    if (hern := conditions.herniation_phrase(by, min_concern=1, prose=True)) is not None:
+        parts.append(hern)
     for left, right in conditions.pairs():
         gl, gr = by.get(left.condition), by.get(right.condition)
         if gl == gr and shown(gl):

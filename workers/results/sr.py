@@ -105,12 +105,14 @@ def _word(g: Grade) -> str:
 
 def level_lines(lf: LevelFindings) -> list[str]:
     """The comment lines of a level: its name and the AI caveat, then the graded findings
-    grouped as a radiologist reads them (canal and Pfirrmann; foramina; subarticular),
-    in the words of the condition table (``models.conditions``)."""
+    grouped as a radiologist reads them (canal, Pfirrmann and a herniation or HIZ; foramina;
+    subarticular), in the words of the condition table (``models.conditions``)."""
     lines = [f"{lf.level.name} disc - AI, PRELIMINARY, not a diagnosis"]
     by = {g.condition: g for g in lf.grades}
     first = [f"{spec.short} {_word(g)}" for c, spec in conditions.CONDITIONS.items()
-             if spec.laterality is None and (g := by.get(c)) is not None]
+             if spec.laterality is None and spec.group != conditions.HERNIATION_GROUP and (g := by.get(c)) is not None]
+    if (hern := conditions.herniation_phrase({c: g.grade for c, g in by.items()})) is not None:
+        first.append(hern)  # on the graded line: OHIF draws at most five lines per level
     if first:
         lines.append(", ".join(first))
     sides: list[str] = []
