@@ -16,7 +16,11 @@ keeps each study's failure to itself):
    3D geometry) one crop per subarticular recess (left, right), placed in the
    disc plane (:func:`models.grader.recess_frame`: the spine axis from the
    disc centres tells the disc's tilt against an unangled block);
-4. grade all crops in one batched pass (:mod:`models.grader`).
+4. grade all crops in one batched pass (:mod:`models.grader`);
+5. when the weights directory lists a herniation model (:mod:`models.herniation`), read
+   each lumbar MR level's sagittal T2 and axial crops with it in one more batch: disc
+   herniation type, HIZ and, for a protrusion or extrusion seen on an axial slice, its
+   position (three more conditions; the others stay exactly as without it).
 """
 
 from __future__ import annotations
