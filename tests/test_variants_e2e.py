@@ -16,6 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.multival import MultiValue
 
+from models.types import HERNIATION_CONDITIONS, LUMBAR_CONDITIONS
 from nodeproc import Node
 from peers import dciodvfy, storescu
 
@@ -102,7 +103,11 @@ def test_legacy_converted_multiframe_study_by_cstore(node_factory: Any, tmp_path
     sources = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
     for lv in levels:
         assert lv["sop_instance_uid"] in sources and 1 <= lv["frame_number"] <= 15
-        assert len(lv["findings"]) == 6  # canal, Pfirrmann, both foramina, both recesses
+        # canal, Pfirrmann, both foramina, both recesses; herniation type and HIZ (the shipped
+        # herniation model, issue 19) and a position where it calls a protrusion or extrusion
+        graded = {str(c) for c in LUMBAR_CONDITIONS}
+        assert graded | {"disc_herniation", "high_intensity_zone"} <= set(lv["findings"]) <= graded | {
+            str(c) for c in HERNIATION_CONDITIONS}
 
     results = {r["kind"]: node.data_dir / "results" / study_uid / f"{r['sop_instance_uid']}.dcm"
                for r in final["results"]}
