@@ -92,7 +92,9 @@ def test_every_orientation_slice_order_and_multiframe_gives_the_same_findings(
     for uid, series in studies[:n_studies]:
         plain = analyzer.analyze(uid, series, "lumbar")
         base = _grades(plain)
-        assert len(plain.findings.levels) == 5 and len(base) == 30
+        # 6 graded conditions per level, and the shipped herniation model's type and HIZ
+        # (a position where it calls a protrusion or extrusion): agreed on like the others
+        assert len(plain.findings.levels) == 5 and 40 <= len(base) <= 45
         assert all(lf.level.frame_number is None for lf in plain.findings.levels)
         (pm,) = plain.masks
         plain_masks = {u: pm.labels[i] for i, u in enumerate(pm.sop_instance_uids)}
