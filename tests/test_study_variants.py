@@ -160,7 +160,7 @@ def test_awkward_studies(studies: Any, analyzer: Any) -> None:
     from models.series import classify_series, header_from_datasets, select_series
 
     agree = [0, 0]
-    for uid, series in studies[:n_studies]:
+    for uid, series in studies:
         plain = analyzer.analyze(uid, series, "lumbar")
         base = _grades(plain)
         names = [lf.level.name for lf in plain.findings.levels]
