@@ -131,6 +131,10 @@ def _render(report: dict) -> None:  # type: ignore[type-arg]
         con.print(mt)
     for kind, t in (report.get("transitional_flags") or {}).items():
         con.print(f"transitional segment flagged: {t['flagged']} of {t['studies']} studies whose truth is {kind}")
+    for name, m in report.get("measurements_mm2", {}).items():
+        con.print(f"{name} (mm², axial slice through the disc, against the phantom's canal label): n {m['n']}, "
+                  f"median |error| {m['median_abs_error']:.1f} ({m['median_abs_error_percent']:.1f} %), "
+                  f"90th pct {m['p90_abs_error']:.1f}, bias {m['bias']:+.1f} ({m['bias_percent']:+.1f} %)")
     if report.get("bootstrap"):
         con.print(f"95 % intervals: {report['bootstrap']['resamples']} resamples of the studies (seed "
                   f"{report['bootstrap']['seed']})")
