@@ -88,6 +88,10 @@ def test_phantom_study_round_trip_with_findings(node_factory: Any, orthanc_facto
     assert len(sr_view["toolState"].get("Length", [])) >= 4, sr_view["toolState"].keys()
     assert all(any(ln.startswith("Spinal canal AP diameter: ") and ln.endswith(" mm") for ln in d["lines"])
                for d in sr_view["display"] if "Length" in d["trackingIdentifier"])
+    # the phantom has an axial T2 series: the dural sac area (mm2) follows the canal diameter
+    areas = [d["lines"][4] for d in sr_view["display"] if len(d["lines"]) > 4
+             and d["lines"][4].startswith("Dural sac cross-sectional area: ")]
+    assert len(areas) >= 3 and all(a.endswith(" mm2") for a in areas), sr_view["display"]
     hd.sr.srread(objs["SR"])
     found = grades_from_sr(dcmread(objs["SR"]))
     levels = {lv for _, lv in found}
