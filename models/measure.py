@@ -38,6 +38,10 @@ STEP_PX: Final = 0.25
 CANAL_SEARCH_MM: Final = 25.0
 #: A canal end found on the mask moves to the image's half-maximum edge within this distance (mm).
 EDGE_SEARCH_MM: Final = 3.0
+#: The sac must stand out from the median signal beyond each end by this share of its
+#: contrast to the darkest signal there, else the mask's ends stay (CSF is bright on T2
+#: and STIR; on CT and T1 the disc and ligament are brighter than the sac).
+MIN_CONTRAST: Final = 0.25
 #: Sampling step (mm) of the image profile along the canal line.
 PROFILE_STEP_MM: Final = 0.1
 
@@ -136,7 +140,8 @@ def half_max_edges(image: np.ndarray, spacing: tuple[float, float], start: np.nd
     equina's roots are darker spots inside the sac); each end's background is the darkest
     signal within :data:`EDGE_SEARCH_MM` outside it; the edge is where the profile crosses
     halfway between the two, searched within :data:`EDGE_SEARCH_MM` of the mask's end.
-    An end without a crossing stays where the mask put it. Pixel values are read at pixel
+    An end without a crossing stays where the mask put it; so do both when the sac is not
+    brighter than the median signal beyond either end (:data:`MIN_CONTRAST`). Pixel values are read at pixel
     centres (bilinear), the same convention as the mask's runs.
     """
     w = EDGE_SEARCH_MM
@@ -144,9 +149,13 @@ def half_max_edges(image: np.ndarray, spacing: tuple[float, float], start: np.nd
     pts = start[None, :] + ts[:, None] * direction[None, :]
     prof = _bilinear(np.asarray(image, dtype=float), pts[:, 1] / spacing[0], pts[:, 0] / spacing[1])
     inside = (ts >= near) & (ts <= far)
-    if not inside.any():
+    out_near, out_far = prof[ts < near], prof[ts > far]
+    if not inside.any() or out_near.size == 0 or out_far.size == 0:
         return near, far
     peak = float(np.percentile(prof[inside], 90))
+    low = float(min(out_near.min(), out_far.min()))
+    if peak - max(float(np.median(out_near)), float(np.median(out_far))) < MIN_CONTRAST * (peak - low):
+        return near, far  # not a sac brighter than what lies around it (CT, T1): the mask's ends
     a = _crossing(ts, prof, 0.5 * (peak + float(prof[ts <= near].min())), near - w, near + w, rising=True)
     b = _crossing(ts, prof, 0.5 * (peak + float(prof[ts >= far].min())), far - w, far + w, rising=False)
     a = near if a is None else a

@@ -131,3 +131,17 @@ def test_canal_ends_move_to_the_sac_edges_in_the_image(angle: float) -> None:
 
     assert depth(on_image[CANAL_AP_DIAMETER].p0) == pytest.approx(depth(truth[CANAL_AP_DIAMETER].p0), abs=0.25)
     assert on_image[DISC_HEIGHT].value_mm == on_mask[DISC_HEIGHT].value_mm
+
+
+def test_a_sac_darker_than_its_surroundings_keeps_the_mask_ends() -> None:
+    """CT (or T1): the disc and the ligament are brighter than the sac, so there is no bright
+    sac edge to find; the mask's ends stay."""
+    shape = (200, 200)
+    centre = (40.0, 50.0)
+    disc = _rotated_rect(shape, centre, 36.0, 9.0, 0.0)
+    sac = _rotated_rect(shape, (centre[0] + 18 + 2 + 6, centre[1]), 12.0, 60.0, 0.0)
+    mask = _rotated_rect(shape, (centre[0] + 18 + 0.5 + 6.5, centre[1]), 13.0, 60.0, 0.0) & ~disc
+    image = np.where(disc, 88.0, np.where(sac, 8.0, 62.0))  # HU: annulus, CSF, ligament
+    on_mask = {m.kind: m for m in measure_level(_level(), disc, mask, SPACING)}
+    on_image = {m.kind: m for m in measure_level(_level(), disc, mask, SPACING, image)}
+    assert on_image[CANAL_AP_DIAMETER] == on_mask[CANAL_AP_DIAMETER]
