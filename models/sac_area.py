@@ -67,8 +67,8 @@ def _edge(prof: np.ndarray, peak: float) -> float | None:
     """Distance (mm) along a ray profile (sampled every STEP_MM from the seed) of the sac's
     edge: the first fall below halfway between the sac's signal and the darkest signal in
     the next :data:`OUTSIDE_MM` that stays below for :data:`PERSIST_MM`."""
-    ahead = int(round(OUTSIDE_MM / STEP_MM))
-    hold = int(round(PERSIST_MM / STEP_MM))
+    ahead = round(OUTSIDE_MM / STEP_MM)
+    hold = round(PERSIST_MM / STEP_MM)
     for i in range(1, prof.size - hold):
         thr = 0.5 * (peak + float(prof[i:i + ahead].min()))
         if prof[i] < thr <= prof[i - 1] and float(prof[i:i + hold].max()) < thr:
