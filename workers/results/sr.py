@@ -17,9 +17,9 @@ Designed for the viewer (OHIF 3.13, checked against its code and against
    polyline on the source sagittal image (OHIF: Length). The first NUM carries the
    geometry tracking imports. Where an axial T2 series crosses the disc, the dural sac's
    cross-sectional area in mm2 (Area, SCT, with the private finding site Dural sac)
-   follows the canal AP diameter, with its outline as a closed polyline on the axial
-   image; OHIF's five lines then end with it and the disc height is the sixth (in the
-   SR for every other reader). Without a measurement the level's first NUM is the
+   comes last, inferred from the axial image it was measured on (an IMAGE reference, no
+   outline: OHIF would draw it on the sagittal slice, and without one OHIF does not list
+   it; plain-text SR renderers do). Without a measurement the level's first NUM is the
    detection certainty (%) over the detection box (a 5-point polyline: RectangleROI).
 5. Finding (DCM 121071) = Stenosis (SCT) when the level has a stenosis grade, and one
    qualitative evaluation per condition, post-coordinated: ``Stenosis = Severe`` with
@@ -190,10 +190,17 @@ def _linear(m: LinearMeasurement, source: Dataset) -> hd.sr.Measurement:
 
 
 def _area(a: AreaMeasurement, source: Dataset) -> hd.sr.Measurement:
+    """The area with the axial image it was measured on (INFERRED FROM IMAGE), not its
+    outline: OHIF 3.13 draws every SCOORD of a group on the image the group is shown on,
+    so an axial outline appeared on the sagittal slice (seen in tests/test_viewer_ohif.py).
+    Without a SCOORD, OHIF leaves the NUM out of its lines; it is in the SR for every other
+    reader (plain-text renderers, dsrdump, highdicom)."""
     return hd.sr.Measurement(
         name=MEASUREMENT_NAMES[a.kind], value=round(a.value_mm2, 1), unit=codes.SQUARE_MILLIMETRE,
         finding_sites=[hd.sr.FindingSite(codes.DURAL_SAC)],
-        referenced_coordinates=[_polyline(a.outline, source, a.frame_number)],
+        referenced_images=[hd.sr.SourceImageForMeasurement(
+            str(source.SOPClassUID), str(source.SOPInstanceUID),
+            referenced_frame_numbers=[a.frame_number] if a.frame_number else None)],
     )
 
 
@@ -215,8 +222,7 @@ def _level_group(
     usable = [m for m in measurements if m.sop_instance_uid in sources]
     nums = [_linear(m, sources[m.sop_instance_uid]) for m in usable]
     if nums and area is not None and area.sop_instance_uid in sources:
-        # after the canal AP diameter, before the disc height: within OHIF's five lines
-        nums.insert(1, _area(area, sources[area.sop_instance_uid]))
+        nums.append(_area(area, sources[area.sop_instance_uid]))
     tool = "Length" if nums else "RectangleROI"
     if not nums:
         nums = [_box_certainty(lf, source)]
