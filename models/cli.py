@@ -154,6 +154,10 @@ def _render(report: dict) -> None:  # type: ignore[type-arg]
         ht.add_row("HIZ present", f"{hz['n']} ({hz['positives']} true)", "", "",
                    f"{hz['f1']:.3f}{_interval(hz.get('f1_ci95'))}")
         con.print(ht)
+    for name, m in report.get("measurements_mm2", {}).items():
+        con.print(f"{name} (mm², axial slice through the disc, against the phantom's canal label): n {m['n']}, "
+                  f"median |error| {m['median_abs_error']:.1f} ({m['median_abs_error_percent']:.1f} %), "
+                  f"90th pct {m['p90_abs_error']:.1f}, bias {m['bias']:+.1f} ({m['bias_percent']:+.1f} %)")
     if report.get("bootstrap"):
         con.print(f"95 % intervals: {report['bootstrap']['resamples']} resamples of the studies (seed "
                   f"{report['bootstrap']['seed']})")

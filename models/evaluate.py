@@ -31,14 +31,15 @@ import numpy as np
 from models import rsna
 from models.evaluate_herniation import herniation_metrics
 from models.measure import KINDS as MEASUREMENT_KINDS
-from models.measure import MeasurementError, compare_to_truth, measure_levels
+from models.measure import CANAL_AP_DIAMETER, LinearMeasurement, MeasurementError, compare_to_truth, measure_levels
+from models.sac_area import DURAL_SAC_AREA, canal_seed, measure_sac_area
 from models.metrics import (
     BOOTSTRAP_RESAMPLES, absolute_error_summary, ScoreRow, accuracy, cohen_kappa, cohen_kappa_resampled, expected_calibration_error,
     macro_f1, percentile_interval, rsna_score, rsna_score_resampled, study_resample_counts,
 )
 from models.train_data import disc_centers, primary_series, to_level_name
-from models.types import AnalysisResult, Condition, Region
-from models.volume import load_volume
+from models.types import AnalysisResult, Condition, Level, Region
+from models.volume import Volume, load_volume, read_series_dir, volumes_from_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,12 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
     if errors:
         out["measurements_mm"] = {kind: absolute_error_summary([e.error_mm for e in errors if e.kind == kind])
                                   for kind in MEASUREMENT_KINDS}
+        areas = [e for e in errors if e.kind == DURAL_SAC_AREA]
+        if areas:
+            rel = absolute_error_summary([100.0 * e.error_mm / e.true_mm for e in areas])
+            out["measurements_mm2"] = {DURAL_SAC_AREA: {
+                **absolute_error_summary([e.error_mm for e in areas]),
+                "median_abs_error_percent": rel["median_abs_error"], "bias_percent": rel["bias"]}}
     return out
 
 
@@ -263,7 +270,8 @@ def _measurement_errors(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> 
     slice_of = {uid: truth.instance_numbers.index(n)
                 for uid, n in zip(vol.sop_instance_uids, vol.instance_numbers) if n in truth.instance_numbers}
     levels = [lf.level for lf in res.findings.levels]
-    predicted = measure_levels(levels, masks, vol.pixel_spacing)
+    images = {(uid, vol.frame_of(k)): vol.pixels[k] for k, uid in enumerate(vol.sop_instance_uids)}
+    predicted = measure_levels(levels, masks, vol.pixel_spacing, images)
     out: list[MeasurementError] = []
     for lv in levels:
         k = slice_of.get(lv.sop_instance_uid)
@@ -273,6 +281,37 @@ def _measurement_errors(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> 
         labels = truth.labels[k]
         out += compare_to_truth([lv], predicted, {lv.name: labels == value}, labels == rsna.MASK_SPINAL_CANAL,
                                 vol.pixel_spacing)
+    return out + _area_errors(ds, sid, vol, levels, predicted)
+
+
+def _area_errors(ds: rsna.RsnaDataset, sid: int, sag: Volume, levels: Sequence[Level],
+                 predicted: dict[str, list[LinearMeasurement]]) -> list[MeasurementError]:
+    """Dural sac area on the axial T2 slice through each disc (seeded by the predicted canal
+    line) against the phantom's canal label on that slice (pixels x pixel area)."""
+    axial_info = next((s for s in ds.series_of(sid) if s.series_description == rsna.AXIAL_T2
+                       and ds.masks_path(sid, s.series_id).exists()), None)
+    if axial_info is None:
+        return []
+    axial = volumes_from_datasets(read_series_dir(ds.series_dir(sid, axial_info.series_id)))
+    truth = rsna.read_masks(ds.masks_path(sid, axial_info.series_id))
+    out: list[MeasurementError] = []
+    for lv in levels:
+        line = next((m for m in predicted.get(lv.name, ()) if m.kind == CANAL_AP_DIAMETER), None)
+        if line is None or lv.sop_instance_uid not in sag.sop_instance_uids:
+            continue
+        k = sag.sop_instance_uids.index(lv.sop_instance_uid)
+        seed = canal_seed(line, sag.positions[k], sag.row_dir, sag.col_dir, sag.pixel_spacing)
+        area = measure_sac_area(lv.name, seed, axial)
+        if area is None:
+            continue
+        vol = next(v for v in axial if area.sop_instance_uid in v.sop_instance_uids)
+        n = vol.instance_numbers[area.slice_index]
+        if n not in truth.instance_numbers:
+            continue
+        canal = truth.labels[truth.instance_numbers.index(n)] == rsna.MASK_SPINAL_CANAL
+        true_mm2 = float(canal.sum()) * vol.pixel_spacing[0] * vol.pixel_spacing[1]
+        if true_mm2 > 0:
+            out.append(MeasurementError(DURAL_SAC_AREA, lv.name, area.value_mm2, true_mm2))
     return out
 
 

@@ -6,9 +6,16 @@ Per disc level, on the sagittal slice the level was found on:
   through the disc's centroid;
 - **canal AP diameter at the disc**: the spinal canal mask's extent along the disc's
   long (anteroposterior) axis, on the line through the disc centroid, behind the disc.
+  With the image, each end then moves to the sac's edge in the image: the half-maximum
+  crossing of the signal along the line within :data:`EDGE_SEARCH_MM` of the mask's end
+  (halfway between the sac's signal and the darkest signal just outside that end).
+  The mask alone puts the anterior end about a pixel too far forward: the detector's
+  canal and disc masks are drawn independently and the disc mask stops short of the
+  disc's posterior margin, so the canal takes in the gap (+0.70 mm bias on 50 phantoms).
 
-Each is returned with its two end points in pixel coordinates (column, row) of the
-source image, so the SR can draw it as a two-point polyline (OHIF imports it as a
+Each is returned with its two end points in SCOORD pixel coordinates (column, row;
+the top-left corner of the top-left pixel is (0, 0), so a pixel's centre is at +0.5) of
+the source image, so the SR can draw it as a two-point polyline (OHIF imports it as a
 Length). Pure NumPy; nothing here reads DICOM.
 """
 
@@ -29,11 +36,20 @@ KINDS: Final = (CANAL_AP_DIAMETER, DISC_HEIGHT)
 STEP_PX: Final = 0.25
 #: The canal is searched this far behind the disc's posterior edge (mm).
 CANAL_SEARCH_MM: Final = 25.0
+#: A canal end found on the mask moves to the image's half-maximum edge within this distance (mm).
+EDGE_SEARCH_MM: Final = 3.0
+#: The sac must stand out from the median signal beyond each end by this share of its
+#: contrast to the darkest signal there, else the mask's ends stay (CSF is bright on T2
+#: and STIR; on CT and T1 the disc and ligament are brighter than the sac).
+MIN_CONTRAST: Final = 0.25
+#: Sampling step (mm) of the image profile along the canal line.
+PROFILE_STEP_MM: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True)
 class LinearMeasurement:
-    """One distance on one image: ``p0``/``p1`` are (column, row) pixel coordinates."""
+    """One distance on one image: ``p0``/``p1`` are (column, row) SCOORD pixel coordinates
+    (pixel-edge origin: the centre of the top-left pixel is (0.5, 0.5))."""
 
     kind: str
     level: str
@@ -90,18 +106,79 @@ def _run(mask: np.ndarray, spacing: tuple[float, float], start: np.ndarray, dire
     return float(ts[first] - step / 2), float(ts[last] + step / 2)
 
 
+def _bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    r0 = np.clip(np.floor(rows).astype(int), 0, image.shape[0] - 2)
+    c0 = np.clip(np.floor(cols).astype(int), 0, image.shape[1] - 2)
+    fr = np.clip(rows - r0, 0.0, 1.0)
+    fc = np.clip(cols - c0, 0.0, 1.0)
+    return (image[r0, c0] * (1 - fr) * (1 - fc) + image[r0 + 1, c0] * fr * (1 - fc)
+            + image[r0, c0 + 1] * (1 - fr) * fc + image[r0 + 1, c0 + 1] * fr * fc)
+
+
+def _crossing(ts: np.ndarray, prof: np.ndarray, threshold: float, lo: float, hi: float,
+              rising: bool) -> float | None:
+    """Where ``prof`` crosses ``threshold`` within [lo, hi] (linear between samples): the
+    first rise into the structure, or the last fall out of it."""
+    idx = np.nonzero((ts >= lo) & (ts <= hi))[0]
+    above = np.nonzero(prof[idx] >= threshold)[0]
+    if above.size == 0:
+        return None
+    i = int(idx[above[0]] if rising else idx[above[-1]])
+    j = i - 1 if rising else i + 1
+    if not 0 <= j < ts.size:
+        return float(ts[i])
+    frac = (threshold - prof[i]) / (prof[j] - prof[i]) if prof[j] != prof[i] else 0.0
+    return float(ts[i] + (ts[j] - ts[i]) * frac)
+
+
+def half_max_edges(image: np.ndarray, spacing: tuple[float, float], start: np.ndarray, direction: np.ndarray,
+                   near: float, far: float) -> tuple[float, float]:
+    """The ends of a bright structure along a line, refined on the image.
+
+    ``near``/``far`` (mm from ``start`` along ``direction``) are the ends the mask gave.
+    The structure's signal is the 90th percentile of the profile between them (the cauda
+    equina's roots are darker spots inside the sac); each end's background is the darkest
+    signal within :data:`EDGE_SEARCH_MM` outside it; the edge is where the profile crosses
+    halfway between the two, searched within :data:`EDGE_SEARCH_MM` of the mask's end.
+    An end without a crossing stays where the mask put it; so do both when the sac is not
+    brighter than the median signal beyond either end (:data:`MIN_CONTRAST`). Pixel values are read at pixel
+    centres (bilinear), the same convention as the mask's runs.
+    """
+    w = EDGE_SEARCH_MM
+    ts = np.arange(near - w, far + w + PROFILE_STEP_MM / 2, PROFILE_STEP_MM)
+    pts = start[None, :] + ts[:, None] * direction[None, :]
+    prof = _bilinear(np.asarray(image, dtype=float), pts[:, 1] / spacing[0], pts[:, 0] / spacing[1])
+    inside = (ts >= near) & (ts <= far)
+    out_near, out_far = prof[ts < near], prof[ts > far]
+    if not inside.any() or out_near.size == 0 or out_far.size == 0:
+        return near, far
+    peak = float(np.percentile(prof[inside], 90))
+    low = float(min(out_near.min(), out_far.min()))
+    if peak - max(float(np.median(out_near)), float(np.median(out_far))) < MIN_CONTRAST * (peak - low):
+        return near, far  # not a sac brighter than what lies around it (CT, T1): the mask's ends
+    a = _crossing(ts, prof, 0.5 * (peak + float(prof[ts <= near].min())), near - w, near + w, rising=True)
+    b = _crossing(ts, prof, 0.5 * (peak + float(prof[ts >= far].min())), far - w, far + w, rising=False)
+    a = near if a is None else a
+    b = far if b is None else b
+    return (a, b) if b > a else (near, far)
+
+
 def _to_px(p: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
-    return (float(p[0] / spacing[1]), float(p[1] / spacing[0]))
+    """mm (from the centre of pixel (0, 0)) -> SCOORD pixel coordinates, whose origin is the
+    top-left corner of the top-left pixel: the centre of pixel (0, 0) is (0.5, 0.5)."""
+    return (float(p[0] / spacing[1]) + 0.5, float(p[1] / spacing[0]) + 0.5)
 
 
 def measure_level(level: Level, disc: np.ndarray, canal: np.ndarray | None,
-                  spacing: tuple[float, float]) -> list[LinearMeasurement]:
+                  spacing: tuple[float, float], image: np.ndarray | None = None) -> list[LinearMeasurement]:
     """Disc height and canal AP diameter of one level on one slice.
 
     ``disc`` and ``canal`` are binary masks of the slice; ``spacing`` is the
     (row, column) pixel spacing in mm. The posterior direction is the one of the
     disc's long axis that points towards the canal; without a canal mask only the
-    disc height is measured.
+    disc height is measured. With ``image`` (the slice's pixels, same grid as the
+    masks) the canal's ends are refined to the sac's edges in the image
+    (:func:`half_max_edges`).
     """
     axes = _axes(disc, spacing)
     if axes is None:
@@ -126,19 +203,22 @@ def measure_level(level: Level, disc: np.ndarray, canal: np.ndarray | None,
             start = centre + edge[1] * posterior
             hit = _run(canal, spacing, start, posterior, CANAL_SEARCH_MM)
             if hit is not None:
-                a = start + hit[0] * posterior
-                b = start + hit[1] * posterior
+                near, far = hit if image is None else half_max_edges(image, spacing, start, posterior, *hit)
+                a = start + near * posterior
+                b = start + far * posterior
                 out.insert(0, LinearMeasurement(CANAL_AP_DIAMETER, level.name, float(np.linalg.norm(b - a)),
                                                 level.sop_instance_uid, _to_px(a, spacing), _to_px(b, spacing),
                                                 level.frame_number))
     return out
 
 
-def measure_levels(levels: Sequence[Level], masks: SeriesMasks,
-                   spacing: tuple[float, float]) -> dict[str, list[LinearMeasurement]]:
+def measure_levels(levels: Sequence[Level], masks: SeriesMasks, spacing: tuple[float, float],
+                   images: Mapping[tuple[str, int | None], np.ndarray] | None = None) -> dict[str, list[LinearMeasurement]]:
     """Measurements per level name, from the masks of the series the levels were found on.
 
-    A level whose disc segment is missing from ``masks`` gets no entry.
+    ``images``: the pixels of a level's slice by (SOP Instance UID, frame number or None),
+    to refine the canal's ends; a level without one is measured on
+    the masks alone. A level whose disc segment is missing from ``masks`` gets no entry.
     """
     by_label = {label: n for n, label in masks.segments.items()}
     canal_n = by_label.get("spinal canal")
@@ -152,7 +232,10 @@ def measure_levels(levels: Sequence[Level], masks: SeriesMasks,
             continue
         disc = masks.labels[k] == n
         canal = masks.labels[k] == canal_n if canal_n is not None else None
-        found = measure_level(lv, disc, canal, spacing)
+        image = images.get((lv.sop_instance_uid, lv.frame_number)) if images is not None else None
+        if image is not None and image.shape != disc.shape:
+            image = None
+        found = measure_level(lv, disc, canal, spacing, image)
         if found:
             out[lv.name] = found
     return out
@@ -179,7 +262,8 @@ def by_kind(measurements: Mapping[str, Sequence[LinearMeasurement]], kind: str) 
 
 @dataclass(frozen=True, slots=True)
 class MeasurementError:
-    """One predicted measurement beside the same measurement on the true masks."""
+    """One predicted measurement beside the same measurement on the true masks (mm; mm²
+    for an area, :mod:`models.sac_area`)."""
 
     kind: str
     level: str

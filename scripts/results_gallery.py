@@ -89,9 +89,11 @@ tests/test_viewer_sr.py): its Tracking Identifier names the cornerstone tool its
 measurement imports as (`Cornerstone3DTools@^0.1.0:Length:disc L4-L5`; OHIF offers
 "Track measurements" only for identifiers it knows); the Comment items are the lines
 OHIF draws first (the level with "AI, PRELIMINARY, not a diagnosis", then the grades,
-moderate and severe in capitals); the NUMs are the measurements in mm with their
-2-point lines on the sagittal image (a level without one: the detection certainty in %
-over its box); then Finding = Stenosis and one evaluation per condition, post-coordinated
+moderate and severe in capitals); the NUMs are the measurements: the canal AP diameter
+and the disc height (mm) with their 2-point lines on the sagittal image, then the dural
+sac area (mm2) with a reference to the axial T2 slice it was measured on (no outline:
+OHIF would draw it on the sagittal image; OHIF does not list it) (a level without a
+measurement: the detection certainty in % over its box); then Finding = Stenosis and one evaluation per condition, post-coordinated
 with Finding Site and Laterality, with the probability of every grade in % below it.
 OHIF draws at most five lines per group and no CODE items, so the probabilities stay
 out of its way.

@@ -88,6 +88,11 @@ def test_phantom_study_round_trip_with_findings(node_factory: Any, orthanc_facto
     assert len(sr_view["toolState"].get("Length", [])) >= 4, sr_view["toolState"].keys()
     assert all(any(ln.startswith("Spinal canal AP diameter: ") and ln.endswith(" mm") for ln in d["lines"])
                for d in sr_view["display"] if "Length" in d["trackingIdentifier"])
+    # the phantom has an axial T2 series: the dural sac area (mm2) is in the SR (OHIF does not list it)
+    report = hd.sr.srread(objs["SR"]).content
+    areas = [n for g in report.get_image_measurement_groups() for n in g.get_measurements()
+             if n.name.meaning == "Dural sac cross-sectional area"]
+    assert len(areas) >= 3 and all(n.unit.value == "mm2" and 20 < n.value < 400 for n in areas), areas
     hd.sr.srread(objs["SR"])
     found = grades_from_sr(dcmread(objs["SR"]))
     levels = {lv for _, lv in found}

@@ -362,3 +362,41 @@ def test_export_proposes_explicit_then_implicit_little_endian_only(tmp_path: Pat
             assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1", (ds.Modality, ds.file_meta.TransferSyntaxUID)
             assert dciodvfy(path).errors == [], ds.Modality
         ctx.db.dispose()
+
+
+DEFLATED_ONLY_PROFILE = """[[TransferSyntaxes]]
+[Deflated]
+TransferSyntax1 = DeflatedLittleEndianExplicit
+[Uncompressed]
+TransferSyntax1 = LittleEndianImplicit
+[[PresentationContexts]]
+[DeflatedOnly]
+PresentationContext1 = VerificationSOPClass\\Uncompressed
+PresentationContext2 = Comprehensive3DSRStorage\\Deflated
+PresentationContext3 = SegmentationStorage\\Deflated
+PresentationContext4 = SecondaryCaptureImageStorage\\Deflated
+[[Profiles]]
+[DeflatedOnly]
+PresentationContexts = DeflatedOnly
+"""
+
+
+def test_destination_option_asks_for_deflated(tmp_path: Path) -> None:
+    """A destination given as ``AE@HOST:PORT;ts=deflate`` gets Deflated Explicit VR Little
+    Endian proposed: DCMTK storescp with a profile that accepts only Deflated for the three
+    result classes receives all three objects deflated (written bit-preserving)."""
+    from peers import StorescpServer
+
+    cfg = tmp_path / "deflated-only.cfg"
+    cfg.write_text(DEFLATED_ONLY_PROFILE)
+    with StorescpServer(tmp_path / "pacs", extra_args=("-xf", str(cfg), "DeflatedOnly")) as pacs:
+        ctx, study, _gen = _encode_and_export(tmp_path, f"{pacs.destination};ts=deflate", seed=75)
+        with ctx.db.session() as s:
+            st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+            assert st.state == StudyState.DONE, st.reason
+        received = pacs.wait_for_files(3)
+        assert len(received) == 3
+        for path in received:
+            ds = dcmread(path)
+            assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99", (ds.Modality, ds.file_meta)
+        ctx.db.dispose()

@@ -53,6 +53,8 @@ def test_shipped_weights_on_phantoms(lumbar: Path, monkeypatch: pytest.MonkeyPat
     mm = report["measurements_mm"]  # against the phantom's label masks (a loose bar for 2 studies)
     for kind in ("canal_ap_diameter", "disc_height"):
         assert mm[kind]["n"] >= 8 and mm[kind]["median_abs_error"] < 2.0, mm
+    area = report["measurements_mm2"]["dural_sac_area"]  # on the axial T2 slice through each disc
+    assert area["n"] >= 6 and area["median_abs_error_percent"] < 30.0, area
 
 
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason="no shipped weights (test_weights_are_shipped fails)")

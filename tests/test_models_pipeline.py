@@ -298,8 +298,10 @@ def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path,
     from models.measure import MeasurementError
 
     errs = (MeasurementError("disc_height", "L1-L2", 9.5, 9.0), MeasurementError("disc_height", "L2-L3", 8.0, 9.0),
-            MeasurementError("canal_ap_diameter", "L1-L2", 12.0, 11.0))
-    mm = score_outcomes(dataset, [replace(outs[0], measurement_errors=errs), *outs[1:]], resamples=0)["measurements_mm"]
+            MeasurementError("canal_ap_diameter", "L1-L2", 12.0, 11.0),
+            MeasurementError("dural_sac_area", "L1-L2", 90.0, 100.0), MeasurementError("dural_sac_area", "L2-L3", 160.0, 150.0))
+    scored = score_outcomes(dataset, [replace(outs[0], measurement_errors=errs), *outs[1:]], resamples=0)
+    mm = scored["measurements_mm"]
     assert mm["disc_height"] == {"n": 2, "median_abs_error": 0.75, "mean_abs_error": 0.75, "p90_abs_error": 0.95,
                                  "bias": -0.25}
     assert mm["canal_ap_diameter"]["n"] == 1 and mm["canal_ap_diameter"]["bias"] == 1.0
@@ -310,10 +312,16 @@ def test_level_matching_and_scoring(dataset: rsna.RsnaDataset, tmp_path: Path,
     flagged = replace(outs[0].result, findings=replace(outs[0].result.findings, flags=(f"{TRANSITIONAL_FLAG} (x)",)))
     t = transitional_flags([replace(outs[0], result=flagged), *outs[1:]], {outs[0].study_id: "sacralised_l5"})
     assert t == {"sacralised_l5": {"studies": 1, "flagged": 1}, "none": {"studies": len(outs) - 1, "flagged": 0}}
-    _render({**rep, "model": "test", "measurements_mm": mm, "transitional_flags": t})
+    # the dural sac area (mm2) on its own, with the error in % of the true area
+    assert scored["measurements_mm2"] == {"dural_sac_area": {
+        "n": 2, "median_abs_error": 10.0, "mean_abs_error": 10.0, "p90_abs_error": 10.0, "bias": 0.0,
+        "median_abs_error_percent": pytest.approx(25 / 3), "bias_percent": pytest.approx(-5 / 3)}}
+    _render({**rep, "model": "test", "measurements_mm": mm, "transitional_flags": t,
+             "measurements_mm2": scored["measurements_mm2"]})
     out = capsys.readouterr().out
     assert "measurements (mm) against the phantom's label masks" in out
     assert "transitional segment flagged: 1 of 1 studies whose truth is sacralised_l5" in out
+    assert "dural_sac_area (mm²" in out and "median |error| 10.0 (8.3 %)" in out
 
 
 def test_detector_image_channels() -> None:

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -14,6 +15,7 @@ import dicomgen
 from models.types import Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region
 from peers import dciodvfy
 from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement
+from models.sac_area import DURAL_SAC_AREA, AreaMeasurement
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
 from workers.results.sr import build_findings_sr, build_not_analysed_sr, grades_from_sr
 
@@ -144,14 +146,26 @@ def test_findings_sr_linear_measurements(evidence: list[Dataset], tmp_path: Path
     lv = findings.levels[1].level
     ms = {lv.name: [LinearMeasurement(CANAL_AP_DIAMETER, lv.name, 11.52, lv.sop_instance_uid, (30, 20), (40, 21)),
                     LinearMeasurement(DISC_HEIGHT, lv.name, 9.0, lv.sop_instance_uid, (25, 18), (25, 27))]}
-    sr = build_findings_sr(findings, evidence, _identity(evidence, ResultKind.SR), measurements=ms)
+    ax = next(ds for ds in evidence if ds.SeriesDescription == "AX T2")
+    ring = [(32 + 6 * np.cos(t), 30 + 4 * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
+    area = AreaMeasurement(DURAL_SAC_AREA, lv.name, 152.34, str(ax.SeriesInstanceUID), str(ax.SOPInstanceUID),
+                           (*ring, ring[0]))
+    sr = build_findings_sr(findings, evidence, _identity(evidence, ResultKind.SR), measurements=ms,
+                           areas={lv.name: area})
     ds = _roundtrip(sr, tmp_path / "sr.dcm")
     groups = hd.sr.srread(tmp_path / "sr.dcm").content.get_image_measurement_groups()
     l45 = next(g for g in groups if g.finding_sites[0].value.value == "84020006")
     nums = l45.get_measurements()
     assert [(n.name.meaning, n.value, n.unit.value) for n in nums] == [
-        ("Spinal canal AP diameter", 11.52, "mm"), ("Disc height", 9.0, "mm")]
-    assert [n.finding_sites[0].value.value for n in nums] == ["61853006", "84020006"]  # canal; L4/L5 disc
+        ("Spinal canal AP diameter", 11.52, "mm"), ("Disc height", 9.0, "mm"),
+        ("Dural sac cross-sectional area", 152.3, "mm2")]
+    assert [(n.name.value, n.name.scheme_designator) for n in nums] == [("81827009", "SCT"), ("121207", "DCM"),
+                                                                       ("42798000", "SCT")]
+    assert [n.finding_sites[0].value.value for n in nums] == ["61853006", "84020006", "DURAL_SAC"]
+    # the axial image it was measured on, as an IMAGE reference: no SCOORD for OHIF to draw on the sagittal slice
+    assert [it.ValueType for it in nums[2][0].ContentSequence if it.RelationshipType == "INFERRED FROM"] == ["IMAGE"]
+    image = next(it for it in nums[2][0].ContentSequence if it.ValueType == "IMAGE")
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ax.SOPInstanceUID
     line = next(it for it in nums[0][0].ContentSequence if it.ValueType == "SCOORD")
     assert line.GraphicType == "POLYLINE" and [float(v) for v in line.GraphicData] == [30, 20, 40, 21]
     assert l45.tracking_identifier.endswith(":Length:disc L4-L5")

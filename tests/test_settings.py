@@ -45,12 +45,25 @@ def test_environment_lists_and_precedence(tmp_path: Path, monkeypatch: pytest.Mo
     assert s.destination_list == [Destination("PACS", "10.0.0.5", 104), Destination("ARCH", "::1", 11112)]
 
 
+def test_destination_transfer_syntax_option() -> None:
+    """``;ts=NAME+NAME`` lists the transfer syntaxes export proposes to that destination, in order."""
+    s = load_settings(destinations=["PACS@10.0.0.5:104;ts=deflate+explicit", "ARCH@h:11112;tls;ts=implicit"])
+    pacs, arch = s.destination_list
+    assert pacs.transfer_syntaxes == ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1") and not pacs.tls
+    assert arch.tls and arch.transfer_syntaxes == ("1.2.840.10008.1.2",)
+    assert [str(d) for d in s.destination_list] == s.destinations  # round trip
+    for bad in ("PACS@h:104;ts=jpeg2000", "PACS@h:104;ts=", "PACS@h:104;ts=explicit+explicit", "PACS@h:104;tls=1"):
+        with pytest.raises(ValueError):
+            Destination.parse(bad)
+
+
 @pytest.mark.parametrize(
     ("name", "value", "fragment"),
     [
         ("DICOM_PORT", "70000", "SPINENODE_DICOM_PORT"),
         ("AE_TITLE", "WAY_TOO_LONG_AE_TITLE", "SPINENODE_AE_TITLE"),
         ("DESTINATIONS", "PACS-no-port", "SPINENODE_DESTINATIONS"),
+        ("DESTINATIONS", "PACS@h:104;ts=jpeg", "SPINENODE_DESTINATIONS"),
         ("STABLE_SECONDS", "-1", "SPINENODE_STABLE_SECONDS"),
         ("DEVICE", "tpu", "SPINENODE_DEVICE"),
         ("DATABASE_URL", "not a url", "SPINENODE_DATABASE_URL"),

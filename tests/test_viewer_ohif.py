@@ -21,8 +21,11 @@ import pytest
 from pydicom import dcmread
 
 from models.analyzer import SpineAnalyzer, read_study_dir
+from models.measure import CANAL_AP_DIAMETER
 from models.phantom.config import PhantomConfig
 from models.phantom.generate import generate_dataset
+from models.sac_area import sac_areas
+from models.series import classify_series, header_from_datasets, select_series
 from peers import OrthancServer
 from viewer_node import VIEWER_DIR, node_binary
 from viewer_web import ViewerServer
@@ -66,8 +69,20 @@ def test_ohif_shows_sr_seg_and_key_image(tmp_path: Path) -> None:
 
     out = tmp_path / "results"
     out.mkdir()
-    sr = build_findings_sr(findings, headers, identity(ResultKind.SR),
-                           measurements=measurements_from_masks(findings, list(result.masks), headers))
+    # as the encode stage does: the canal's ends on the image, the dural sac area on the axial T2 slices
+    full = {str(h.SOPInstanceUID): p for p, h in zip(files, headers)}
+    images = {(lf.level.sop_instance_uid, lf.level.frame_number): dcmread(full[lf.level.sop_instance_uid]).pixel_array
+              for lf in findings.levels}
+    measured = measurements_from_masks(findings, list(result.masks), headers, images)
+    by_series: dict[str, list] = {}
+    for h in headers:
+        by_series.setdefault(str(h.SeriesInstanceUID), []).append(h)
+    axial_uid = select_series([classify_series(header_from_datasets(hs)) for hs in by_series.values()]).axial_t2
+    axial = [dcmread(p) for p, h in zip(files, headers) if h.SeriesInstanceUID == axial_uid]
+    lines = {lv: m for lv, ms in measured.items() for m in ms if m.kind == CANAL_AP_DIAMETER}
+    areas = sac_areas(lines, {str(h.SOPInstanceUID): h for h in headers}, axial)
+    assert len(areas) >= 3
+    sr = build_findings_sr(findings, headers, identity(ResultKind.SR), measurements=measured, areas=areas)
     sr.save_as(out / "sr.dcm", enforce_file_format=True)
     build_seg(result.masks[0], headers, identity(ResultKind.SEG), findings.model).save_as(out / "seg.dcm")
     source = next(p for p, h in zip(files, headers) if h.SOPInstanceUID == findings.levels[0].level.sop_instance_uid)
@@ -94,7 +109,9 @@ def test_ohif_shows_sr_seg_and_key_image(tmp_path: Path) -> None:
         assert m["loaded"] and m["coords"] >= 1
         assert m["labels"][0]["label"] == f"{name} disc - AI, PRELIMINARY, not a diagnosis"
         assert m["labels"][1]["label"].startswith("canal ")
-        assert len(m["labels"]) <= 5
+        # OHIF lists no NUM without a SCOORD: the dural sac area (inferred from its axial image) is not
+        # among the lines, and no axial outline is drawn on the sagittal slice
+        assert len(m["labels"]) <= 5 and not any(lb["label"].startswith("Dural sac") for lb in m["labels"])
     assert sr_view["trackPrompt"] is True
     tracked = sr_view["tracked"]
     assert sorted(t["label"].split(" ")[0] for t in tracked) == sorted(names)  # one measurement per level

@@ -11,14 +11,17 @@ findings, then the measurements in mm; no probability and no bare unit "1" among
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 import dicomgen
 from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement
+from models.sac_area import DURAL_SAC_AREA, AreaMeasurement
 from models.types import (
     LUMBAR_CONDITIONS, LUMBAR_LEVELS, Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region,
 )
@@ -106,6 +109,40 @@ def test_every_level_imports_and_reads_level_first(sagittal: list[Dataset], tmp_
     assert [c["points"] for c in display["L4-L5"]["coords"]] == [2, 2]
     assert display["L1-L2"]["lines"][3] == "Certainty of Finding: 93.00 %"
     assert [c["points"] for c in display["L1-L2"]["coords"]] == [5]
+
+
+def test_dural_sac_area_is_in_the_sr_but_not_in_ohifs_lines(tmp_path: Path) -> None:
+    """With an axial series, the dural sac area (mm2, inferred from the axial image, no
+    outline) comes last: OHIF still draws the level, its grades, the canal diameter and
+    the disc height, nothing on the sagittal view from the axial image, and tracking still
+    imports the canal diameter as the level's Length; a plain-text renderer shows the area."""
+    st = dicomgen.write_study(tmp_path / "src", seed=83, rows=96, cols=96,
+                              series=(dicomgen.SeriesSpec("SAG T2", "sagittal", 9, "T2"),
+                                      dicomgen.SeriesSpec("AX T2", "axial", 5, "T2")))
+    headers = [dcmread(p, stop_before_pixels=True) for p in st.paths]
+    sag = [h for h in headers if h.SeriesDescription == "SAG T2"]
+    ax = next(h for h in headers if h.SeriesDescription == "AX T2")
+    findings, measured = _lumbar(sag)
+    ring = [(48 + 8 * np.cos(t), 40 + 6 * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 24, endpoint=False)]
+    areas = {"L4-L5": AreaMeasurement(DURAL_SAC_AREA, "L4-L5", 143.26, str(ax.SeriesInstanceUID),
+                                      str(ax.SOPInstanceUID), (*ring, ring[0]))}
+    sr = build_findings_sr(findings, headers, _identity(headers, ResultKind.SR), measurements=measured, areas=areas)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy(path).errors == []
+    out = sr_in_viewer(path, headers, tmp_path)
+    assert out["warnings"] == []
+    display = {d["trackingIdentifier"].rsplit(" ", 1)[-1]: d for d in out["display"]}
+    lines = display["L4-L5"]["lines"]
+    assert lines[0].startswith("L4-L5 disc - AI, PRELIMINARY, not a diagnosis") and lines[1].startswith("canal SEVERE")
+    assert lines[3:] == ["Spinal canal AP diameter: 8.52 mm", "Disc height: 8.25 mm"]
+    assert display["L4-L5"]["allLabels"] == 5
+    assert [c["points"] for c in display["L4-L5"]["coords"]] == [2, 2]  # no axial outline on the sagittal view
+    l45 = next(m for m in out["toolState"]["Length"] if m["label"].startswith("L4-L5"))
+    (stats,) = l45["cachedStats"].values()
+    assert stats == {"length": 8.52, "unit": "mm"}
+    text = subprocess.run(["/usr/bin/dsrdump", "+Pl", str(path)], capture_output=True, text=True, check=False).stdout
+    assert '"Dural sac cross-sectional area")="143.3" (mm2,UCUM,"mm2")' in text
 
 
 def test_cervical_level_lines(tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 #: list adds Deflated and Explicit Big Endian, and a peer that accepts everything
 #: (DCMTK ``storescp +xa``) then picks Deflated, which many archives and ``dciodvfy``
 #: cannot read. The result objects are written in Explicit VR Little Endian, and
-#: pynetdicom re-encodes them to Implicit for a peer that accepts only that.
+#: pynetdicom re-encodes them to Implicit for a peer that accepts only that. A
+#: destination's ``;ts=`` option replaces this list for that destination (settings).
 PROPOSED_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 #: Warning statuses that still mean "stored" (PS3.4 B.2.3).
@@ -94,13 +95,14 @@ def send_objects(
     timeout: float,
     tls: ssl.SSLContext | None = None,
 ) -> list[SendOutcome]:
-    """One association to ``dest`` (over TLS when ``dest.tls``); one outcome per object."""
+    """One association to ``dest`` (over TLS when ``dest.tls``), proposing its transfer
+    syntaxes (``;ts=``) or :data:`PROPOSED_TRANSFER_SYNTAXES`; one outcome per object."""
     if not objects:
         return []
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in sorted({o.sop_class_uid for o in objects}):
-        ae.add_requested_context(sop_class, list(PROPOSED_TRANSFER_SYNTAXES))
+        ae.add_requested_context(sop_class, list(dest.transfer_syntaxes or PROPOSED_TRANSFER_SYNTAXES))
     if dest.tls and tls is None:
         return [SendOutcome(o.export_id, False, False, None, "destination needs TLS but no TLS context")
                 for o in objects]

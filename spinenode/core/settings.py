@@ -26,10 +26,18 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "SPINENODE_"
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
 _DEST_RE = re.compile(
-    r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@;]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})(?P<opts>(;[a-z]+)*)$"
+    r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@;]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})(?P<opts>(;[a-z]+(=[a-z0-9+]+)?)*)$"
 )
-#: Per-destination options after the port, e.g. ``PACS@10.0.0.5:2762;tls``.
-DESTINATION_OPTIONS = frozenset({"tls"})
+#: Per-destination options after the port, e.g. ``PACS@10.0.0.5:2762;tls;ts=explicit+deflate``.
+DESTINATION_OPTIONS = frozenset({"tls", "ts"})
+#: Names for ``;ts=NAME+NAME...``: the transfer syntaxes export proposes to that
+#: destination, in this order, instead of Explicit then Implicit VR Little Endian.
+TRANSFER_SYNTAX_NAMES: dict[str, str] = {
+    "explicit": "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "implicit": "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "deflate": "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "bigendian": "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+}
 #: DESTINATIONS given as URLs: the scheme chooses the exporter (``workers.export``);
 #: ``AE@HOST:PORT`` (no scheme) is DIMSE C-STORE.
 URL_DESTINATION_SCHEMES = frozenset({"dicomweb+http", "dicomweb+https"})
@@ -37,7 +45,7 @@ _URL_DEST_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[^/\s:]+|\
 
 
 def validate_destination(text: str) -> str:
-    """``AE@HOST:PORT[;tls]`` or a URL with one of :data:`URL_DESTINATION_SCHEMES`."""
+    """``AE@HOST:PORT[;tls][;ts=NAME+NAME]`` or a URL with one of :data:`URL_DESTINATION_SCHEMES`."""
     text = text.strip()
     if "://" not in text:
         return str(Destination.parse(text))
@@ -64,24 +72,34 @@ class Destination:
     host: str
     port: int
     tls: bool = False
+    #: transfer syntax UIDs to propose (``;ts=``), in order; empty: export's default
+    transfer_syntaxes: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> Destination:
         m = _DEST_RE.match(text.strip())
         if not m:
-            raise ValueError(f"{text!r} is not of the form AE@HOST:PORT[;tls]")
+            raise ValueError(f"{text!r} is not of the form AE@HOST:PORT[;tls][;ts=NAME+NAME]")
         port = int(m["port"])
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} out of range in {text!r}")
-        opts = {o for o in m["opts"].split(";") if o}
-        unknown = opts - DESTINATION_OPTIONS
-        if unknown:
-            raise ValueError(f"unknown destination option(s) {', '.join(sorted(unknown))} in {text!r}")
-        return cls(validate_ae_title(m["ae"]), m["host"].strip("[]"), port, "tls" in opts)
+        opts = dict(o.partition("=")[::2] for o in m["opts"].split(";") if o)
+        unknown = set(opts) - DESTINATION_OPTIONS
+        if unknown or opts.get("tls", "") != "":
+            raise ValueError(f"unknown destination option(s) {', '.join(sorted(unknown or {'tls='}))} in {text!r}")
+        names = [n for n in opts.get("ts", "").split("+") if n] if "ts" in opts else []
+        bad = [n for n in names if n not in TRANSFER_SYNTAX_NAMES]
+        if "ts" in opts and (not names or bad or len(set(names)) != len(names)):
+            raise ValueError(f"ts= takes distinct names from {', '.join(TRANSFER_SYNTAX_NAMES)} joined by '+', "
+                             f"in {text!r}")
+        return cls(validate_ae_title(m["ae"]), m["host"].strip("[]"), port, "tls" in opts,
+                   tuple(TRANSFER_SYNTAX_NAMES[n] for n in names))
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.ae_title}@{host}:{self.port}" + (";tls" if self.tls else "")
+        names = {uid: n for n, uid in TRANSFER_SYNTAX_NAMES.items()}
+        ts = ";ts=" + "+".join(names[u] for u in self.transfer_syntaxes) if self.transfer_syntaxes else ""
+        return f"{self.ae_title}@{host}:{self.port}" + (";tls" if self.tls else "") + ts
 
 
 def _split_list(value: Any) -> Any:

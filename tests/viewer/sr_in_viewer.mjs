@@ -125,7 +125,10 @@ function processNonGeometric(items) {
     const cs = toArray(i.ContentSequence);
     if (cs.length) {
       const g = cs.find(x => isScoord(x) && !x.ConceptNameCodeSequence) ?? cs.find(isScoord);
-      if (g) m.coords.push(coordOf(g));
+      // OHIF 3.13.2 leaves out a NUM whose content has no SCOORD (seen in the browser,
+      // tests/test_viewer_ohif.py: an area inferred from an IMAGE is not listed)
+      if (!g) return;
+      m.coords.push(coordOf(g));
     }
     if (mv) m.labels.push(labelFromMeasuredValue(cname(i), mv));
   });

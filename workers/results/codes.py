@@ -58,6 +58,10 @@ DIAMETER: Final = sct("81827009", "Diameter")
 HEIGHT: Final = CodedConcept("121207", "DCM", "Height")
 PERCENT: Final = CodedConcept("%", "UCUM", "Percent")
 MILLIMETRE: Final = CodedConcept("mm", "UCUM", "mm")
+SQUARE_MILLIMETRE: Final = CodedConcept("mm2", "UCUM", "mm2")
+AREA: Final = sct("42798000", "Area")
+#: The dural sac (thecal sac) has no code in pydicom's PS3.16 tables: private.
+DURAL_SAC: Final = private("DURAL_SAC", "Dural sac")
 
 
 @dataclass(frozen=True, slots=True)

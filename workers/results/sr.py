@@ -15,7 +15,11 @@ Designed for the viewer (OHIF 3.13, checked against its code and against
 3. Finding site: the disc (SNOMED CT).
 4. Numeric measurements in mm, each with its geometry as INFERRED FROM a 2-point
    polyline on the source sagittal image (OHIF: Length). The first NUM carries the
-   geometry tracking imports. Without a measurement the level's first NUM is the
+   geometry tracking imports. Where an axial T2 series crosses the disc, the dural sac's
+   cross-sectional area in mm2 (Area, SCT, with the private finding site Dural sac)
+   comes last, inferred from the axial image it was measured on (an IMAGE reference, no
+   outline: OHIF would draw it on the sagittal slice, and without one OHIF does not list
+   it; plain-text SR renderers do). Without a measurement the level's first NUM is the
    detection certainty (%) over the detection box (a 5-point polyline: RectangleROI).
 5. Finding (DCM 121071) = Stenosis (SCT) when the level has a stenosis grade, and one
    qualitative evaluation per condition, post-coordinated: ``Stenosis = Severe`` with
@@ -43,6 +47,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 
 from models import conditions
 from models.measure import CANAL_AP_DIAMETER, DISC_HEIGHT, LinearMeasurement, measure_levels
+from models.sac_area import DURAL_SAC_AREA, AreaMeasurement
 from models.types import Findings, Grade, LevelFindings, ModelId, SeriesMasks
 from workers.results import codes
 from workers.results.builder import EncodeInputs
@@ -61,6 +66,7 @@ OHIF_LINES: Final = 5
 MEASUREMENT_NAMES: Final[dict[str, CodedConcept]] = {
     CANAL_AP_DIAMETER: CodedConcept("81827009", "SCT", "Spinal canal AP diameter"),
     DISC_HEIGHT: CodedConcept("121207", "DCM", "Disc height"),
+    DURAL_SAC_AREA: CodedConcept(codes.AREA.value, codes.AREA.scheme_designator, "Dural sac cross-sectional area"),
 }
 
 
@@ -185,6 +191,21 @@ def _linear(m: LinearMeasurement, source: Dataset) -> hd.sr.Measurement:
     )
 
 
+def _area(a: AreaMeasurement, source: Dataset) -> hd.sr.Measurement:
+    """The area with the axial image it was measured on (INFERRED FROM IMAGE), not its
+    outline: OHIF 3.13 draws every SCOORD of a group on the image the group is shown on,
+    so an axial outline appeared on the sagittal slice (seen in tests/test_viewer_ohif.py).
+    Without a SCOORD, OHIF leaves the NUM out of its lines; it is in the SR for every other
+    reader (plain-text renderers, dsrdump, highdicom)."""
+    return hd.sr.Measurement(
+        name=MEASUREMENT_NAMES[a.kind], value=round(a.value_mm2, 1), unit=codes.SQUARE_MILLIMETRE,
+        finding_sites=[hd.sr.FindingSite(codes.DURAL_SAC)],
+        referenced_images=[hd.sr.SourceImageForMeasurement(
+            str(source.SOPClassUID), str(source.SOPInstanceUID),
+            referenced_frame_numbers=[a.frame_number] if a.frame_number else None)],
+    )
+
+
 def _box_certainty(lf: LevelFindings, source: Dataset) -> hd.sr.Measurement:
     b = lf.level.box
     corners = [(b.x0, b.y0), (b.x1, b.y0), (b.x1, b.y1), (b.x0, b.y1), (b.x0, b.y0)]
@@ -196,12 +217,14 @@ def _box_certainty(lf: LevelFindings, source: Dataset) -> hd.sr.Measurement:
 
 def _level_group(
     lf: LevelFindings, identity: ResultIdentity, model: ModelId, sources: Mapping[str, Dataset],
-    measurements: Sequence[LinearMeasurement],
+    measurements: Sequence[LinearMeasurement], area: AreaMeasurement | None = None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     level = lf.level
     source = sources[level.sop_instance_uid]
     usable = [m for m in measurements if m.sop_instance_uid in sources]
     nums = [_linear(m, sources[m.sop_instance_uid]) for m in usable]
+    if nums and area is not None and area.sop_instance_uid in sources:
+        nums.append(_area(area, sources[area.sop_instance_uid]))
     tool = "Length" if nums else "RectangleROI"
     if not nums:
         nums = [_box_certainty(lf, source)]
@@ -234,17 +257,19 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
         return None
 
 
-def measurements_from_masks(findings: Findings, masks: Sequence[SeriesMasks],
-                            evidence: Sequence[Dataset]) -> dict[str, list[LinearMeasurement]]:
+def measurements_from_masks(findings: Findings, masks: Sequence[SeriesMasks], evidence: Sequence[Dataset],
+                            images: Mapping[tuple[str, int | None], np.ndarray] | None = None,
+                            ) -> dict[str, list[LinearMeasurement]]:
     """Disc height and canal AP diameter per level (models.measure) from the analyzer's
-    masks, with the pixel spacing of each level's source image."""
+    masks, with the pixel spacing of each level's source image; ``images`` (the pixels of
+    the levels' slices by SOP Instance UID and frame) refine the canal's ends on the image."""
     spacing = {str(ds.SOPInstanceUID): sp for ds in evidence if (sp := _pixel_spacing(ds)) is not None}
     out: dict[str, list[LinearMeasurement]] = {}
     for m in masks:
         for lf in findings.levels:
             sp = spacing.get(lf.level.sop_instance_uid)
             if lf.level.series_uid == m.series_uid and sp is not None and lf.level.name not in out:
-                out.update(measure_levels([lf.level], m, sp))
+                out.update(measure_levels([lf.level], m, sp, images))
     return out
 
 
@@ -254,16 +279,19 @@ def build_findings_sr(
     identity: ResultIdentity,
     predecessor: Dataset | None = None,
     measurements: Mapping[str, Sequence[LinearMeasurement]] | None = None,
+    areas: Mapping[str, AreaMeasurement] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The SR for analysed findings. ``evidence`` holds the headers of the source
     instances (at least those the levels point at); ``measurements`` the linear
-    measurements per level name (models.measure)."""
+    measurements per level name (models.measure); ``areas`` the dural sac area per
+    level name (models.sac_area), shown after a level's linear measurements."""
     sources = {str(ds.SOPInstanceUID): ds for ds in evidence}
     missing = [lf.level.sop_instance_uid for lf in findings.levels if lf.level.sop_instance_uid not in sources]
     if missing:
         raise ValueError(f"evidence lacks the source images of {len(missing)} level(s)")
     measured = measurements or {}
-    groups = [_level_group(lf, identity, findings.model, sources, measured.get(lf.level.name, ()))
+    groups = [_level_group(lf, identity, findings.model, sources, measured.get(lf.level.name, ()),
+                           (areas or {}).get(lf.level.name))
               for lf in findings.levels]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(identity, findings.model),
@@ -281,10 +309,13 @@ def build_findings_sr(
 
 def build_result(inputs: EncodeInputs, identity: ResultIdentity) -> Dataset:
     """The findings SR of the analysis record (builders.BUILDERS), with the measurements
-    taken from its masks."""
+    taken from its masks and the source images (workers/results/measure_inputs.py)."""
+    from workers.results.measure_inputs import dural_sac_areas, level_images
+
     findings = inputs.record.findings
+    measured = measurements_from_masks(findings, inputs.masks, inputs.evidence, level_images(inputs))
     return build_findings_sr(findings, inputs.evidence, identity, inputs.predecessor(identity),
-                             measurements=measurements_from_masks(findings, inputs.masks, inputs.evidence))
+                             measurements=measured, areas=dural_sac_areas(inputs, measured))
 
 
 def _document(
