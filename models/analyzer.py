@@ -241,9 +241,10 @@ class SpineAnalyzer:
 
     @classmethod
     def from_registry(cls, weights_dir: Path | str | None = None, device: str = "auto",
-                      batch_size: int = 64) -> SpineAnalyzer:
+                      batch_size: int = 64, herniation: bool = True) -> SpineAnalyzer:
         """Load the newest detector and grader of a weights directory (sha256-checked), and the
-        herniation model when the directory lists one (its version is then part of the analyzer's)."""
+        herniation model when the directory lists one and ``herniation`` is true (its version is
+        then part of the analyzer's)."""
         dev = resolve_device(device)
         reg = Registry(weights_dir)
         det_e = reg.entry_of_kind("detector")
@@ -254,7 +255,7 @@ class SpineAnalyzer:
         version = f"det-{det_e.version}+grd-{gr_e.version}"
         hern: HerniationModel | None = None
         try:
-            hn_e = reg.entry_of_kind("herniation")
+            hn_e = reg.entry_of_kind("herniation") if herniation else None
         except UnknownWeightsError:
             hn_e = None
         if hn_e is not None:

@@ -53,7 +53,7 @@ class NotAnalysed:
 
 def load_analyzer(settings: Settings, weights_dir: Path | None = None) -> Any:
     """The process's SpineAnalyzer (loaded once; sha256-checked weights, never downloaded)."""
-    key = (str(weights_dir or ""), settings.device)
+    key = (str(weights_dir or ""), settings.device, settings.herniation_model)
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -63,7 +63,8 @@ def load_analyzer(settings: Settings, weights_dir: Path | None = None) -> Any:
         except ImportError as exc:
             raise AnalyzerUnavailableError(f"analyzer not installed: {exc}") from exc
         try:
-            analyzer = SpineAnalyzer.from_registry(weights_dir, device=settings.device)
+            analyzer = SpineAnalyzer.from_registry(weights_dir, device=settings.device,
+                                                   herniation=settings.herniation_model)
         except WeightsError as exc:
             raise AnalyzerUnavailableError(f"analyzer weights unavailable: {exc}") from exc
         log.info("analyzer %s %s loaded on %s", analyzer.model_id.name, analyzer.model_id.version, settings.device)
