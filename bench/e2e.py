@@ -38,7 +38,7 @@ from pydicom import dcmread  # noqa: E402
 
 
 def _phantoms(out: Path, n: int, seed: int) -> list[tuple[str, list[Path]]]:
-    subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(out), "--studies", str(n), "--seed",
+    subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(out), "--studies", str(n), "--seed",
                     str(seed), "--no-masks"], check=True, capture_output=True)
     studies = []
     for d in sorted(p for p in (out / "train_images").iterdir() if p.is_dir()):

@@ -103,7 +103,7 @@ def probe(code: Path, work: Path) -> list[tuple[str, str]]:
     env.update({"PYTHONPATH": str(code), "SPINENODE_DATA_DIR": str(work / "public"), "SPINENODE_HTTP_HOST": "0.0.0.0",
                 "SPINENODE_HTTP_PORT": str(free_port()), "SPINENODE_DICOM_PORT": str(free_port()),
                 "SPINENODE_DICOM_HOST": "127.0.0.1"})
-    r = subprocess.run([sys.executable, "-m", "spinenode.app.cli", "serve"], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "spinenode_app.cli", "serve"], env=env, capture_output=True, text=True,
                        timeout=120, cwd=work)
     rows.append(("serve with HTTP_HOST=0.0.0.0 and no ADMIN_TOKEN",
                  f"exit {r.returncode}, {len(r.stderr.strip().splitlines())} line(s) on stderr"))

@@ -55,7 +55,7 @@ _ANALYZER_CPU = re.compile(r"graded in [0-9.]+ s \(([0-9.]+) s CPU; batch of (\d
 
 
 def _phantoms(out: Path, n: int, seed: int) -> list[tuple[str, list[Path]]]:
-    subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(out), "--studies", str(n), "--seed",
+    subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(out), "--studies", str(n), "--seed",
                     str(seed), "--no-masks"], check=True, capture_output=True)
     studies = []
     for d in sorted(p for p in (out / "train_images").iterdir() if p.is_dir()):

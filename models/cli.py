@@ -1,5 +1,5 @@
 """``spinenode train detector|grader|herniation``, ``spinenode evaluate`` and the report commands
-(``models.reports.cli``), registered by spinenode.app.cli.
+(``models.reports.cli``), registered by spinenode_app.cli.
 
 Heavy imports (torch, ultralytics) happen inside the commands.
 """

@@ -1,4 +1,4 @@
-"""spinenode: the application (``spinenode.app``) and the shared core (``spinenode.core``).
+"""spinenode: the application (``spinenode_app``) and the shared core (``spinenode.core``).
 
 The receiver (``scp_node``) and the stages (``workers``) stand between them; ``models`` is the
 ground floor (docs/architecture.md).

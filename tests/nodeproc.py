@@ -32,7 +32,7 @@ class SpinenodeProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spinenode.app.cli", *self.command],
+            [sys.executable, "-m", "spinenode_app.cli", *self.command],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

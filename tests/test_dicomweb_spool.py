@@ -254,11 +254,11 @@ def test_fetched_headers_and_series_and_the_cache_budget(node: Any, tmp_path: Pa
 
 
 def test_worker_fetches_over_https_verified_against_tls_ca(node: Any, tmp_path: Path) -> None:
-    """HTTP_TLS: the node's HTTP listener (spinenode.app.node._start_http) serves /dicom-web over
+    """HTTP_TLS: the node's HTTP listener (spinenode_app.node._start_http) serves /dicom-web over
     TLS; a worker with TLS_CA fetches; one without the CA is refused at the handshake and
     the error names the host."""
     from spinenode.core.errors import NodeUnreachableError
-    from spinenode.app.node import _start_http
+    from spinenode_app.node import _start_http
     from test_tls import _openssl
 
     settings, db, study, _http = node

@@ -53,7 +53,7 @@ def test_every_compose_command_is_a_real_cli_command() -> None:
     commands = _spinenode_commands(config)
     assert len(commands) == 3
     for argv in commands:
-        r = subprocess.run([sys.executable, "-m", "spinenode.app.cli", *argv, "--help"], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", "spinenode_app.cli", *argv, "--help"], capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0, f"spinenode {' '.join(argv)}: {r.stderr}"
     # the Dockerfiles' default commands too

@@ -23,7 +23,7 @@ SEED = 2026
 
 
 def _phantom(out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(out), "--studies", "1", "--region",
+    subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(out), "--studies", "1", "--region",
                     "lumbar", "--modality", "MR", "--seed", str(SEED)], check=True, capture_output=True)
     return out
 

@@ -26,7 +26,7 @@ def _alive(pid: int) -> bool:
 
 def test_kill9_serve_mid_analysis_with_embedded_broker(node_factory: Any, tmp_path: Path) -> None:
     root = tmp_path / "phantom"
-    subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(root), "--studies", "1", "--seed", "9"],
+    subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(root), "--studies", "1", "--seed", "9"],
                    check=True, capture_output=True)
     files = sorted((root / "train_images").rglob("*.dcm"))
     uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)

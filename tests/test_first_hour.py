@@ -22,7 +22,7 @@ from peers import StorescpServer
 def _spinenode(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SPINENODE_")}
-    return subprocess.run([sys.executable, "-m", "spinenode.app.cli", *args], env={**clean, **(env or {})},
+    return subprocess.run([sys.executable, "-m", "spinenode_app.cli", *args], env={**clean, **(env or {})},
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 

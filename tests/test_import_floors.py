@@ -1,7 +1,7 @@
 """Imports run one way, floor by floor (docs/architecture.md), read from the source with ``ast``
 (function-level imports included, nothing imported):
 
-3. ``spinenode.app`` (cli, node supervisor, demo) may import every floor below;
+3. ``spinenode_app`` (cli, node supervisor, demo) may import every floor below;
 2. ``scp_node`` (the receiver) and ``workers`` (the stages) stand beside each other, neither
    imports the other;
 1. ``spinenode.core`` (and the ``spinenode`` package face), the shared core;
@@ -15,12 +15,12 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("spinenode", "scp_node", "workers", "models")
+PACKAGES = ("spinenode_app", "spinenode", "scp_node", "workers", "models")
 
 
 def floor(module: str) -> tuple[int, str]:
     """The floor of a project module and its room on that floor (floor 2 has two rooms)."""
-    if module == "spinenode.app" or module.startswith("spinenode.app."):
+    if module == "spinenode_app" or module.startswith("spinenode_app."):
         return 3, "app"
     top = module.split(".")[0]
     if top in ("scp_node", "workers"):
@@ -122,7 +122,7 @@ def _circles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 
 
 def test_floors_are_recognised() -> None:
-    assert floor("spinenode.app.cli") == (3, "app")
+    assert floor("spinenode_app.cli") == (3, "app")
     assert floor("scp_node.scp") == (2, "scp_node") and floor("workers.analyze") == (2, "workers")
     assert floor("spinenode.core.settings") == (1, "core") and floor("spinenode") == (1, "core")
     assert floor("models.types") == (0, "models")
@@ -134,15 +134,15 @@ def test_the_check_sees_each_kind_of_wrong_import() -> None:
         "workers.analyze": {"scp_node.scheduler", "spinenode.core.db"},
         "scp_node.scp": {"workers.tasks", "spinenode.core.status"},
         "models.types": {"spinenode.core.errors"},
-        "scp_node.ingest": {"spinenode.app.node"},
-        "spinenode.app.cli": {"scp_node.scp", "workers.celery_app", "models.cli", "spinenode.core.logs"},
+        "scp_node.ingest": {"spinenode_app.node"},
+        "spinenode_app.cli": {"scp_node.scp", "workers.celery_app", "models.cli", "spinenode.core.logs"},
     }
     assert wrong_way(graph) == {
         ("spinenode.core.settings", "scp_node.scp"),
         ("workers.analyze", "scp_node.scheduler"),
         ("scp_node.scp", "workers.tasks"),
         ("models.types", "spinenode.core.errors"),
-        ("scp_node.ingest", "spinenode.app.node"),
+        ("scp_node.ingest", "spinenode_app.node"),
     }
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
 
@@ -151,7 +151,7 @@ def test_nothing_imports_upward_or_sideways() -> None:
     graph = _graph()
     # the graph is read at all, on every floor
     assert "spinenode.core.settings" in graph["workers.celery_app"]
-    assert "scp_node.scheduler" in graph["spinenode.app.node"]
+    assert "scp_node.scheduler" in graph["spinenode_app.node"]
     assert "models.train_data" in graph["models.train_grader"]
     assert not wrong_way(graph)
 

@@ -86,7 +86,7 @@ def test_parallel_senders(node_factory: Any, tmp_path: Path, senders: int, image
 @pytest.mark.parametrize("n,wait", STUDIES)
 def test_studies_back_to_back(node_factory: Any, tmp_path: Path, n: int, wait: int) -> None:
     root = tmp_path / "phantom"
-    subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(root), "--studies", str(n), "--seed", "301",
+    subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(root), "--studies", str(n), "--seed", "301",
                     "--matrix", "256", "--no-masks"], check=True, capture_output=True)
     dirs = sorted(p for p in (root / "train_images").iterdir() if p.is_dir())
     assert len(dirs) == n

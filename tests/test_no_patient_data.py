@@ -35,7 +35,7 @@ INDEX_COLUMNS = {("studies", "patient_id"), ("studies", "accession_number")}
 
 
 def _phantom_with_markers(out: Path) -> tuple[str, list[Path]]:
-    subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(out), "--studies", "1", "--region",
+    subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(out), "--studies", "1", "--region",
                     "lumbar", "--modality", "MR", "--seed", "7"], check=True, capture_output=True)
     files = sorted((out / "train_images").rglob("*.dcm"))
     for path in files:

@@ -326,7 +326,7 @@ def test_degenerated_discs_are_dark_on_t2() -> None:
 def test_cli_phantom_with_preview(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from spinenode.app.cli import app
+    from spinenode_app.cli import app
 
     out, png = tmp_path / "out", tmp_path / "p.png"
     res = CliRunner().invoke(app, ["phantom", str(out), "--studies", "1", "--matrix", "96",

@@ -210,7 +210,7 @@ def test_side_file_and_preview(tmp_path: Path) -> None:
 def test_cli_herniation_preset(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from spinenode.app.cli import app
+    from spinenode_app.cli import app
 
     toml = tmp_path / "h.toml"
     toml.write_text('[herniation.types]\n"L5/S1" = [0.0, 0.0, 1.0, 0.0]\n')

@@ -24,7 +24,7 @@ TOKEN = "two-host-worker-token"
 
 
 def _phantom(out: Path, seed: int) -> list[Path]:
-    subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(out), "--studies", "1", "--region",
+    subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(out), "--studies", "1", "--region",
                     "lumbar", "--modality", "MR", "--seed", str(seed)], check=True, capture_output=True)
     return sorted((out / "train_images").rglob("*.dcm"))
 
@@ -146,7 +146,7 @@ class NamespacedProcess(SpinenodeProcess):
     def start(self) -> None:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "spinenode.app.cli", *self.command],
+            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "spinenode_app.cli", *self.command],
                                          cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 

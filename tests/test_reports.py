@@ -241,7 +241,7 @@ def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 
 
 def test_cli_keys_by_study_uid_or_accession(tmp_path: Path) -> None:
-    from spinenode.app.cli import app
+    from spinenode_app.cli import app
 
     uid = "1.2.826.0.1.3680043.8.498.12345"
     src = _csv(
@@ -275,7 +275,7 @@ def test_cli_keys_by_study_uid_or_accession(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_a_csv_without_key_or_text(tmp_path: Path) -> None:
-    from spinenode.app.cli import app
+    from spinenode_app.cli import app
 
     src = _csv(tmp_path / "r.csv", ["patient", "report"], [["x", "L4-5: normal."]])
     res = CliRunner().invoke(app, ["labels-from-reports", str(src), "--out", str(tmp_path / "o")])
@@ -300,7 +300,7 @@ def test_score_counts_missing_and_wrong_labels() -> None:
 @pytest.mark.parametrize("phrasings, seed", [("dev", 101), ("heldout", 202)])
 def test_generated_reports_meet_the_bars(tmp_path: Path, phrasings: str, seed: int) -> None:
     """precision >= 0.97 and recall >= 0.95 per field on 200 generated reports."""
-    from spinenode.app.cli import app
+    from spinenode_app.cli import app
 
     write_phantom_reports(tmp_path, 200, seed=seed, phrasings=phrasings)
     res = CliRunner().invoke(

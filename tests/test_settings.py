@@ -117,7 +117,7 @@ def test_device_and_log_level_are_case_insensitive(monkeypatch: pytest.MonkeyPat
 
 def test_serve_refuses_bad_setting_with_one_line(tmp_path: Path) -> None:
     env = {"SPINENODE_DICOM_PORT": "notaport", "SPINENODE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "spinenode.app.cli", "serve"], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "spinenode_app.cli", "serve"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -126,7 +126,7 @@ def test_serve_refuses_bad_setting_with_one_line(tmp_path: Path) -> None:
 
 def test_serve_refuses_public_http_without_token(tmp_path: Path) -> None:
     env = {"SPINENODE_HTTP_HOST": "0.0.0.0", "SPINENODE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "spinenode.app.cli", "serve"], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "spinenode_app.cli", "serve"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2
     assert "SPINENODE_ADMIN_TOKEN" in r.stderr

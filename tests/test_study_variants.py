@@ -133,7 +133,7 @@ def test_evaluate_on_a_variant_set(dataset: Path, tmp_path: Path) -> None:
     """``spinenode evaluate --variant`` scores the re-encoded set within 0.05 of the plain one."""
     from typer.testing import CliRunner
 
-    from spinenode.app.cli import app
+    from spinenode_app.cli import app
 
     os.environ.setdefault("SPINENODE_YOLO_DIR", str(tmp_path / "yolo"))
     runner = CliRunner()

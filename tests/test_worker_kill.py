@@ -18,7 +18,7 @@ def test_worker_killed_mid_analysis(node_factory: Any, redis_server: Any, tmp_pa
     with StorescpServer(tmp_path / "pacs") as pacs:
         node: Node = node_factory(broker_url=redis_server.url, requeue_after=8, destinations=pacs.destination)
         root = tmp_path / "phantom"
-        subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(root), "--studies", "1",
+        subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(root), "--studies", "1",
                         "--seed", "7"], check=True, capture_output=True)
         files = sorted((root / "train_images").rglob("*.dcm"))
         uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)

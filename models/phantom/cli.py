@@ -1,4 +1,4 @@
-"""``spinenode phantom``: synthetic spine studies with ground truth (registered by spinenode.app.cli)."""
+"""``spinenode phantom``: synthetic spine studies with ground truth (registered by spinenode_app.cli)."""
 
 from __future__ import annotations
 

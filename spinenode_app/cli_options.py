@@ -1,5 +1,5 @@
-"""What the ``spinenode`` commands that load settings share (``spinenode.app.cli`` and
-``spinenode.app.cli_workers``): the ``--config`` option, loading the settings once, and how a
+"""What the ``spinenode`` commands that load settings share (``spinenode_app.cli`` and
+``spinenode_app.cli_workers``): the ``--config`` option, loading the settings once, and how a
 bad setting ends a command."""
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import typer
 
 import models.cli as models_cli
 import models.phantom.cli as phantom_cli
-from spinenode.app import cli_workers
-from spinenode.app.cli_options import ConfigOpt, config_exit, settings_or_exit
+from spinenode_app import cli_workers
+from spinenode_app.cli_options import ConfigOpt, config_exit, settings_or_exit
 from spinenode.core.errors import ConfigError, SpinenodeError
 from spinenode.core.logs import configure_logging
 from spinenode.core.settings import Settings
@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 def _existing_node(settings: Settings) -> None:
-    from spinenode.app.data_dir import existing_node
+    from spinenode_app.data_dir import existing_node
 
     try:
         existing_node(settings)
@@ -44,7 +44,7 @@ def serve(config: ConfigOpt = None) -> None:
     embedded broker, a worker for every queue as a child process)."""
     settings = settings_or_exit(config)
     configure_logging(settings)
-    from spinenode.app.node import run_node
+    from spinenode_app.node import run_node
 
     try:
         run_node(settings)

@@ -1,4 +1,4 @@
-"""The ``worker`` and ``demo`` commands (registered by :mod:`spinenode.app.cli`): a Celery worker
+"""The ``worker`` and ``demo`` commands (registered by :mod:`spinenode_app.cli`): a Celery worker
 of the stages, and the whole path on one machine."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from spinenode.app.cli_options import ConfigOpt, config_exit, settings_or_exit
+from spinenode_app.cli_options import ConfigOpt, config_exit, settings_or_exit
 from spinenode.core.errors import ConfigError, SpinenodeError
 from spinenode.core.logs import configure_logging
 
@@ -22,7 +22,7 @@ def worker(
     """Run a Celery worker for the given queues."""
     settings = settings_or_exit(config)
     configure_logging(settings)
-    from spinenode.app.data_dir import prepare_data_dir
+    from spinenode_app.data_dir import prepare_data_dir
     from workers.celery_app import run_worker
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
@@ -42,7 +42,7 @@ def demo(
 ) -> None:
     """The whole path on this machine: node, a built-in PACS, a phantom lumbar MR study; prints
     the findings per level and where the SR, SEG and key images landed."""
-    from spinenode.app.demo import run_demo
+    from spinenode_app.demo import run_demo
 
     raise typer.Exit(run_demo(keep, timeout))
 

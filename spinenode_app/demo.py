@@ -101,7 +101,7 @@ def _node(work: Path, dicom_port: int, http_port: int, destination: str) -> Iter
     env.pop("SPINENODE_BROKER_URL", None)
     env.pop("SPINENODE_DATABASE_URL", None)
     log = (work / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "spinenode.app.cli", "serve"], env=env, stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "spinenode_app.cli", "serve"], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         yield proc
@@ -201,7 +201,7 @@ def _run_demo(work: Path, timeout: float) -> int:
         with _node(work, dicom_port, http_port, pacs.destination) as proc:
             phantom = work / "phantom"
             print("writing a phantom lumbar MR study (sagittal T1, sagittal T2, axial T2) ...")
-            subprocess.run([sys.executable, "-m", "spinenode.app.cli", "phantom", str(phantom), "--studies", "1",
+            subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(phantom), "--studies", "1",
                             "--region", "lumbar", "--modality", "MR", "--seed", "2026"],
                            check=True, stdout=subprocess.DEVNULL)
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from spinenode.core.broker import TaskSender, make_celery, queue_depths
 from spinenode.core.db.models import Instance
-from spinenode.app.data_dir import prepare_data_dir
+from spinenode_app.data_dir import prepare_data_dir
 from spinenode.core.db.session import Database
 from scp_node.dicomio import parse_header
 from scp_node.disk import DiskGuard
@@ -80,7 +80,7 @@ class EmbeddedWorker:
 
     def start(self) -> None:
         env = {**os.environ, **self.settings.to_env()}
-        cmd = [sys.executable, "-m", "spinenode.app.cli", "worker", "--queues", "gpu,cpu,export"]
+        cmd = [sys.executable, "-m", "spinenode_app.cli", "worker", "--queues", "gpu,cpu,export"]
         self.proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
         self._last_start = time.monotonic()
         log.info("embedded worker started (pid %d)", self.proc.pid)
