@@ -112,9 +112,18 @@ def _encode_objects(ctx: StageContext, study: StageStudy, generation: int) -> tu
         record = AnalysisRecord.from_json(study.findings)
     except FindingsJsonError as exc:
         raise AnalysisRecordError(f"the stored analysis cannot be read ({exc})") from exc
+    images: dict[tuple[str, str], Dataset] = {}
+
+    def source_image(series_uid: str, sop: str) -> Dataset:
+        """A source image with its pixels, read once per encode (the key image and the
+        measurements ask for the same slices)."""
+        if (series_uid, sop) not in images:
+            images[series_uid, sop] = dcmread(ctx.spool.instance_path(study_uid, series_uid, sop))
+        return images[series_uid, sop]
+
     inputs = EncodeInputs(
         record, evidence, _masks(ctx, study_uid, generation, record), digest,
-        source_image=lambda series_uid, sop: dcmread(ctx.spool.instance_path(study_uid, series_uid, sop)),
+        source_image=source_image,
         predecessor=lambda identity: _predecessor(ctx, study, identity.sop_instance_uid),
     )
     encoded = []
