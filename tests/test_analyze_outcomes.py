@@ -221,3 +221,24 @@ def test_findings_stored_before_the_record_are_analysed_again_on_retry(tmp_path:
     requeue_studies(ctx.db, lambda *a: sent.append(a), study_uid=uid, all_failed=False)
     assert sent == [("encode", uid, gen)] and _row(ctx, uid).state == StudyState.ENCODING
     ctx.db.dispose()
+
+
+def test_worker_resources_are_typed_and_built_once_per_process(tmp_path: Path) -> None:
+    """The tasks read the worker's resources from their app (no module state): one set per
+    process, a new one in a forked child (a prefork pool's), the same through every task."""
+    import os
+
+    from spinenode.core.broker import TASK_ANALYZE, TASK_EXPORT
+    from workers.celery_app import create_app
+
+    app = create_app(load_settings(data_dir=tmp_path / "data"), "test@host")
+    first = app.resources
+    assert app.resources is first and first.hostname == "test@host"
+    assert app.tasks[TASK_ANALYZE].resources is first and app.tasks[TASK_EXPORT].resources is first
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own database engine and spool access
+        os.write(w, b"new" if app.resources is not first and app.resources.db is not first.db else b"old")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 3) == b"new"

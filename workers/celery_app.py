@@ -6,39 +6,23 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
 
-from celery import Celery
-
-from spinenode.core.broker import QUEUES, make_celery
-from spinenode.core.db.session import Database
+from spinenode.core.broker import QUEUES, celery_config
 from spinenode.core.errors import ConfigError
 from spinenode.core.settings import Settings
-from workers.spool import SpoolAccess
+from workers.resources import WorkerApp
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5.0
 
 
-@dataclass
-class WorkerContext:
-    """What every task needs, built once per worker process."""
-
-    settings: Settings
-    db: Database
-    spool: SpoolAccess
-    hostname: str
-
-
-def create_app(settings: Settings, hostname: str | None = None) -> Celery:
+def create_app(settings: Settings, hostname: str | None = None) -> WorkerApp:
     from workers.tasks import register_tasks
 
-    app = make_celery(settings, name="spinenode-worker")
-    db = Database(settings.database_url)
-    name = hostname or default_hostname()
-    ctx = WorkerContext(settings, db, SpoolAccess(settings, db, socket.gethostname()), name)
-    app.spinenode = ctx  # type: ignore[attr-defined]
+    app = WorkerApp(settings, hostname or default_hostname(), main="spinenode-worker",
+                    task_cls="workers.resources:StageTask")
+    app.conf.update(celery_config(settings))
     register_tasks(app)
     return app
 
@@ -54,7 +38,7 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, h
         raise ConfigError(f"unknown queue(s) {','.join(unknown) or '(none)'}; use {','.join(QUEUES)}")
     name = hostname or default_hostname()
     app = create_app(settings, name)
-    ctx: WorkerContext = app.spinenode  # type: ignore[attr-defined]
+    ctx = app.resources
     ctx.db.migrate(settings.data_dir)
     if "gpu" in queues and settings.worker_warmup:
         # Tasks run in this process (solo or threads pool): warm the models before the

@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from spinenode.core.broker import TASK_ANALYZE, TASK_ENCODE, TASK_EXPORT, TaskSender
+
+if TYPE_CHECKING:
+    from workers.resources import WorkerApp
 
 log = logging.getLogger(__name__)
 
@@ -27,36 +30,37 @@ def celery_soft_time_limit(stage_limit: float) -> float | None:
     return stage_limit + CELERY_LIMIT_MARGIN if stage_limit else None
 
 
-def register_tasks(app: Celery) -> None:
+def register_tasks(app: WorkerApp) -> None:
     from workers.analyze import analyze_study
     from workers.encode import encode_study
     from workers.export_stage import export_study
+    from workers.resources import StageTask
     from workers.stage import StageContext
 
-    def context() -> StageContext:
-        ctx = app.spinenode  # type: ignore[attr-defined]
-        return StageContext(ctx.settings, ctx.db, ctx.spool, TaskSender(app))
-
-    def run(stage: Callable[[StageContext, str, int], None], study_uid: str, generation: int) -> None:
+    def run(task: StageTask, stage: Callable[[StageContext, str, int], None], study_uid: str,
+            generation: int) -> None:
         from workers.heartbeat import set_current_study
 
-        ctx = app.spinenode  # type: ignore[attr-defined]
-        set_current_study(ctx.db, ctx.hostname, study_uid)
+        res = task.resources
+        set_current_study(res.db, res.hostname, study_uid)
         try:
-            stage(context(), study_uid, generation)
+            stage(StageContext(res.settings, res.db, res.spool, TaskSender(app)), study_uid, generation)
         finally:
-            set_current_study(ctx.db, ctx.hostname, None)
+            set_current_study(res.db, res.hostname, None)
 
-    limit = celery_soft_time_limit(app.spinenode.settings.task_soft_time_limit)  # type: ignore[attr-defined]
+    limit = celery_soft_time_limit(app.settings.task_soft_time_limit)
 
-    @app.task(name=TASK_ANALYZE, acks_late=True, reject_on_worker_lost=True, soft_time_limit=limit)
-    def analyze(study_uid: str, generation: int) -> None:
-        run(analyze_study, study_uid, generation)
+    @app.task(name=TASK_ANALYZE, bind=True, base=StageTask, acks_late=True, reject_on_worker_lost=True,
+              soft_time_limit=limit)
+    def analyze(self: StageTask, study_uid: str, generation: int) -> None:
+        run(self, analyze_study, study_uid, generation)
 
-    @app.task(name=TASK_ENCODE, acks_late=True, reject_on_worker_lost=True, soft_time_limit=limit)
-    def encode(study_uid: str, generation: int) -> None:
-        run(encode_study, study_uid, generation)
+    @app.task(name=TASK_ENCODE, bind=True, base=StageTask, acks_late=True, reject_on_worker_lost=True,
+              soft_time_limit=limit)
+    def encode(self: StageTask, study_uid: str, generation: int) -> None:
+        run(self, encode_study, study_uid, generation)
 
-    @app.task(name=TASK_EXPORT, acks_late=True, reject_on_worker_lost=True, soft_time_limit=limit)
-    def export(study_uid: str, generation: int) -> None:
-        run(export_study, study_uid, generation)
+    @app.task(name=TASK_EXPORT, bind=True, base=StageTask, acks_late=True, reject_on_worker_lost=True,
+              soft_time_limit=limit)
+    def export(self: StageTask, study_uid: str, generation: int) -> None:
+        run(self, export_study, study_uid, generation)
