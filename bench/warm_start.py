@@ -8,7 +8,7 @@ Usage::
 ``DIR`` is an RSNA-layout dataset (``spinenode phantom DIR --studies 5 ...``). Each
 mode runs in a fresh Python process (``--mode cold|warm`` runs one inside): the warm
 mode first calls ``warm_analyzer`` (timed apart), then both analyse the same studies in
-order through ``workers.analysis.run_analysis``, which loads the analyzer on first use
+order through ``workers.analysis.run_analysis``; the analyzer cache loads it on first use
 as the analyze stage does. Prints a table; asserts nothing.
 """
 
@@ -31,14 +31,15 @@ def _one_mode(data: Path, studies: int, device: str, warm: bool) -> dict[str, ob
     from pydicom import dcmread
 
     from spinenode.core.settings import load_settings
-    from workers.analysis import run_analysis
+    from workers.analysis import AnalyzerCache, run_analysis
     from workers.warmup import warm_analyzer
 
     settings = load_settings(data_dir=Path(os.environ.get("TMPDIR", "/tmp")) / "spinenode-bench-warm", device=device)
     warm_s = None
+    analyzers = AnalyzerCache()
     if warm:
         t = time.perf_counter()
-        warm_analyzer(settings)
+        warm_analyzer(settings, analyzers)
         warm_s = time.perf_counter() - t
     dirs = sorted(p for p in (data / "train_images").iterdir() if p.is_dir())[:studies]
     seconds: list[float] = []
@@ -51,7 +52,7 @@ def _one_mode(data: Path, studies: int, device: str, warm: bool) -> dict[str, ob
             series[str(head.SeriesInstanceUID)] = files
         uid = str(head.StudyInstanceUID)
         t = time.perf_counter()
-        outcome = run_analysis(settings, uid, series, "lumbar")
+        outcome = run_analysis(analyzers.get(settings), uid, series, "lumbar")
         seconds.append(time.perf_counter() - t)
         levels.append(len(getattr(getattr(outcome, "findings", None), "levels", ())))
     return {"warmup_s": warm_s, "seconds": seconds, "levels": levels}
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         sec = r["seconds"]
         w = f"{r['warmup_s']:.1f}" if r["warmup_s"] is not None else "-"
         print(f"| {mode} | {w} | " + " | ".join(f"{s:.2f}" for s in sec) + f" | {sec[0] / sec[-1]:.1f}x |")
-        print(f"|   levels graded | | " + " | ".join(str(n) for n in r["levels"]) + " | |")
+        print("|   levels graded | | " + " | ".join(str(n) for n in r["levels"]) + " | |")
     return 0
 
 

@@ -97,13 +97,13 @@ def _row(ctx: StageContext, uid: str) -> Study:
 
 
 def test_an_analyzer_bug_fails_the_stage_and_the_admin_api_retries_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from scp_node.admin.app import AdminContext, create_app
 
     ctx, uid, gen = _queued(tmp_path)
-    monkeypatch.setattr(analysis, "load_analyzer", lambda settings: Buggy())
+    ctx.analyzers = analysis.AnalyzerCache(lambda settings, weights_dir: Buggy())
     analyze_study(ctx, uid, gen)
     row = _row(ctx, uid)
     assert row.state == StudyState.FAILED and row.failed_stage == "analyze"
@@ -121,9 +121,9 @@ def test_an_analyzer_bug_fails_the_stage_and_the_admin_api_retries_it(
     ctx.db.dispose()
 
 
-def test_a_study_the_models_refuse_gets_the_not_analysed_sr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_study_the_models_refuse_gets_the_not_analysed_sr(tmp_path: Path) -> None:
     ctx, uid, gen = _queued(tmp_path)
-    monkeypatch.setattr(analysis, "load_analyzer", lambda settings: Refusing())
+    ctx.analyzers = analysis.AnalyzerCache(lambda settings, weights_dir: Refusing())
     analyze_study(ctx, uid, gen)
     row = _row(ctx, uid)
     assert row.state == StudyState.ENCODING and row.not_analysed_reason == "the sagittal series is a single slice"
@@ -135,9 +135,9 @@ def test_a_study_the_models_refuse_gets_the_not_analysed_sr(tmp_path: Path, monk
 
 
 @pytest.mark.timeout(120)  # without the limit the stand-in never returns
-def test_a_stage_past_its_soft_time_limit_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stage_past_its_soft_time_limit_fails_clearly(tmp_path: Path) -> None:
     ctx, uid, gen = _queued(tmp_path, task_soft_time_limit=1)
-    monkeypatch.setattr(analysis, "load_analyzer", lambda settings: Endless())
+    ctx.analyzers = analysis.AnalyzerCache(lambda settings, weights_dir: Endless())
     analyze_study(ctx, uid, gen)
     row = _row(ctx, uid)
     assert row.state == StudyState.FAILED and row.failed_stage == "analyze"

@@ -7,6 +7,7 @@ stage makes), on a phantom study whose axial T2 is five angled blocks.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import warnings
@@ -61,7 +62,15 @@ def _files(root: Path) -> tuple[dict[str, list[Path]], Any]:
 def _run(files: dict[str, list[Path]], selected: set[str] | None) -> Any:
     from workers.analysis import run_analysis
 
-    return run_analysis(SimpleNamespace(device="cpu", herniation_model=False), "1.2.3", files, "lumbar", selected)  # type: ignore[arg-type]
+    return run_analysis(_analyzer(), "1.2.3", files, "lumbar", selected)
+
+
+@functools.cache
+def _analyzer() -> Any:
+    """The shipped analyzer on the CPU, loaded once for the module's tests."""
+    from workers.analysis import load_analyzer
+
+    return load_analyzer(SimpleNamespace(device="cpu", herniation_model=False))  # type: ignore[arg-type]
 
 
 def _conditions(result: Any) -> set[Condition]:

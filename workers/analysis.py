@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,8 @@ from spinenode.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_cache: dict[tuple[str, str], Any] = {}
+#: Builds an analyzer for the settings and a weights directory (None: the shipped weights).
+AnalyzerLoader = Callable[[Settings, Path | None], Any]
 
 
 class AnalyzerFailedError(AnalysisError):
@@ -52,24 +52,43 @@ class NotAnalysed:
 
 
 def load_analyzer(settings: Settings, weights_dir: Path | None = None) -> Any:
-    """The process's SpineAnalyzer (loaded once; sha256-checked weights, never downloaded)."""
-    key = (str(weights_dir or ""), settings.device, settings.herniation_model)
-    with _lock:
-        if key in _cache:
-            return _cache[key]
-        try:
-            from models.analyzer import SpineAnalyzer
-            from models.registry import WeightsError
-        except ImportError as exc:
-            raise AnalyzerUnavailableError(f"analyzer not installed: {exc}") from exc
-        try:
-            analyzer = SpineAnalyzer.from_registry(weights_dir, device=settings.device,
-                                                   herniation=settings.herniation_model)
-        except WeightsError as exc:
-            raise AnalyzerUnavailableError(f"analyzer weights unavailable: {exc}") from exc
-        log.info("analyzer %s %s loaded on %s", analyzer.model_id.name, analyzer.model_id.version, settings.device)
-        _cache[key] = analyzer
-        return analyzer
+    """A new SpineAnalyzer (sha256-checked weights, never downloaded); the worker keeps
+    the one it uses in its :class:`AnalyzerCache`."""
+    try:
+        from models.analyzer import SpineAnalyzer
+        from models.registry import WeightsError
+    except ImportError as exc:
+        raise AnalyzerUnavailableError(f"analyzer not installed: {exc}") from exc
+    try:
+        analyzer = SpineAnalyzer.from_registry(weights_dir, device=settings.device,
+                                               herniation=settings.herniation_model)
+    except WeightsError as exc:
+        raise AnalyzerUnavailableError(f"analyzer weights unavailable: {exc}") from exc
+    log.info("analyzer %s %s loaded on %s", analyzer.model_id.name, analyzer.model_id.version, settings.device)
+    return analyzer
+
+
+class AnalyzerCache:
+    """The analyzers a worker process has loaded, one per (weights, device, herniation
+    model), each loaded once. Held by the worker's resources (``workers/resources.py``)
+    and handed to the stages in their context: no module-level state. ``load`` is the
+    loader (:func:`load_analyzer`; a stand-in in tests)."""
+
+    def __init__(self, load: AnalyzerLoader | None = None) -> None:
+        self._load: AnalyzerLoader = load or load_analyzer
+        self._lock = threading.Lock()
+        self._loaded: dict[tuple[str, str, bool], Any] = {}
+
+    def get(self, settings: Settings, weights_dir: Path | None = None) -> Any:
+        """The analyzer for these settings, loaded on first use."""
+        key = (str(weights_dir or ""), settings.device, bool(settings.herniation_model))
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = self._load(settings, weights_dir)
+            return self._loaded[key]
+
+    def __len__(self) -> int:
+        return len(self._loaded)
 
 
 def read_series(series_files: Mapping[str, Sequence[Path]], selected: Collection[str] | None = None) -> SeriesRead:
@@ -95,7 +114,7 @@ def read_series(series_files: Mapping[str, Sequence[Path]], selected: Collection
     return SeriesRead(series, unreadable)
 
 
-def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[Any]], region: str | None,
+def analyse(analyzer: Any, study_uid: str, series: Mapping[str, Sequence[Any]], region: str | None,
             selection: Any | None = None) -> Any:
     """AnalysisResult, or NotAnalysed(reason) when the models say they cannot read this study.
 
@@ -111,7 +130,6 @@ def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[An
     from models.analyzer import AnalyzerError
     from models.volume import VolumeError
 
-    analyzer = load_analyzer(settings)
     try:
         if selection is None:
             return analyzer.analyze(study_uid, series, region)
@@ -130,7 +148,7 @@ def analyse(settings: Settings, study_uid: str, series: Mapping[str, Sequence[An
         ) from exc
 
 
-def analyse_many(settings: Settings, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], str | None]],
+def analyse_many(analyzer: Any, studies: Sequence[tuple[str, Mapping[str, Sequence[Any]], str | None]],
                  selections: Sequence[Any] | None = None) -> list[Any]:
     """:func:`analyse` for several studies in one batched analyzer pass
     (``SpineAnalyzer.analyze_batch``): per study, in order, its AnalysisResult, NotAnalysed,
@@ -141,7 +159,6 @@ def analyse_many(settings: Settings, studies: Sequence[tuple[str, Mapping[str, S
     from models.analyzer import AnalyzerError
     from models.volume import VolumeError
 
-    analyzer = load_analyzer(settings)
     chosen = list(selections) if selections is not None else [None] * len(studies)
     if hasattr(analyzer, "analyze_batch"):
         results = list(analyzer.analyze_batch(list(studies), chosen))
@@ -186,11 +203,12 @@ def _raised_at(exc: BaseException) -> str:
 
 
 def run_analysis(
-    settings: Settings, study_uid: str, series_files: Mapping[str, Sequence[Path]], region: str | None,
+    analyzer: Any, study_uid: str, series_files: Mapping[str, Sequence[Path]], region: str | None,
     selected: Collection[str] | None = None,
 ) -> Any:
-    """:func:`read_series` then :func:`analyse`: AnalysisResult or NotAnalysed."""
-    return analyse(settings, study_uid, read_series(series_files, selected).datasets, region)
+    """:func:`read_series` then :func:`analyse` with ``analyzer`` (an
+    :class:`AnalyzerCache`'s, or :func:`load_analyzer`'s): AnalysisResult or NotAnalysed."""
+    return analyse(analyzer, study_uid, read_series(series_files, selected).datasets, region)
 
 
 def model_identity() -> tuple[str, str]:

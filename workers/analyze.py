@@ -106,7 +106,7 @@ def _analyze_batch(ctx: StageContext, batch: list[tuple[str, int]]) -> list[Any]
         else:
             ready.append((i, got))
     try:
-        results = analyse_many(ctx.settings, [(batch[i][0], inp.series, inp.region) for i, inp in ready],
+        results = analyse_many(ctx.analyzers.get(ctx.settings), [(batch[i][0], inp.series, inp.region) for i, inp in ready],
                                [inp.selection for _, inp in ready])
     except SoftTimeLimitExceeded:
         raise

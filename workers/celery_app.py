@@ -45,7 +45,7 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, h
         # first message is taken, not inside the first study's task.
         from workers.warmup import warm_analyzer
 
-        warm_analyzer(settings)
+        warm_analyzer(settings, ctx.analyzers)
     from workers.heartbeat import Heartbeat
 
     beat = Heartbeat(ctx.db, name, queues, device=settings.device)

@@ -1,4 +1,4 @@
-"""The worker's resources (database, spool access) held by its Celery app, typed, one set
+"""The worker's resources (database, spool access, loaded analyzers) held by its Celery app, typed, one set
 per process, and the base class of the pipeline tasks that reads them: no module-level
 state, nothing hung on the app with ``type: ignore``."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task
@@ -15,6 +15,7 @@ from celery.signals import worker_process_init
 from spinenode.core.db.session import Database
 from spinenode.core.errors import ConfigError
 from spinenode.core.settings import Settings
+from workers.analysis import AnalyzerCache
 from workers.spool import SpoolAccess
 
 
@@ -26,12 +27,14 @@ class WorkerContext:
     db: Database
     spool: SpoolAccess
     hostname: str
+    #: The analyzers this process loaded (the warm-up's, reused by every analyze task).
+    analyzers: AnalyzerCache = field(default_factory=AnalyzerCache)
 
 
 class WorkerApp(Celery):
     """The worker's Celery app, holding the process's resources as a typed attribute.
 
-    The resources (database engine, spool access) belong to one process: they are built on
+    The resources (database engine, spool access, analyzers) belong to one process: they are built on
     first use in the process that uses them, and built again in a prefork child
     (``worker_process_init``), which must not share its parent's database connections.
     """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -24,6 +24,7 @@ from spinenode.core.enums import Stage
 from spinenode.core.errors import NodeUnreachableError, SpinenodeError
 from spinenode.core.logs import log_failure
 from spinenode.core.settings import Settings
+from workers.analysis import AnalyzerCache
 from workers.spool import SpoolAccess
 from workers.timelimit import soft_time_limit
 
@@ -45,6 +46,8 @@ class StageContext:
     #: The node's files as this host can read them (DATA_DIR, or fetched from NODE_URL).
     spool: SpoolAccess
     send: TaskSender
+    #: The worker process's loaded analyzers (its resources'; a fresh cache by default).
+    analyzers: AnalyzerCache = field(default_factory=AnalyzerCache)
 
 
 def over_time(ctx: StageContext, stage: Stage) -> str:

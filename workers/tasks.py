@@ -44,7 +44,8 @@ def register_tasks(app: WorkerApp) -> None:
         res = task.resources
         set_current_study(res.db, res.hostname, study_uid)
         try:
-            stage(StageContext(res.settings, res.db, res.spool, TaskSender(app)), study_uid, generation)
+            stage(StageContext(res.settings, res.db, res.spool, TaskSender(app), res.analyzers), study_uid,
+                  generation)
         finally:
             set_current_study(res.db, res.hostname, None)
 

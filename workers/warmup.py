@@ -2,7 +2,8 @@
 
 Loading the weights is only part of a cold start: the first forward passes also pay for
 torch's and ultralytics' lazy set-up (predictor, kernels, allocator). The warm-up loads
-the analyzer into the process cache (``workers.analysis.load_analyzer``) and analyses
+the analyzer into the worker's cache (``workers.analysis.AnalyzerCache``, held by the
+worker's resources) and analyses
 one small synthetic lumbar MR study (``models.phantom``), rendered in a temp dir, through
 the same entry point the analyze stage uses. Failure to warm up is logged, never fatal:
 the first task then fails or succeeds exactly as it would have.
@@ -19,6 +20,7 @@ from pathlib import Path
 from spinenode.core.errors import SpinenodeError
 from spinenode.core.logs import log_failure
 from spinenode.core.settings import Settings
+from workers.analysis import AnalyzerCache
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,12 @@ class Warmup:
     levels: int
 
 
-def warm_analyzer(settings: Settings) -> Warmup | None:
-    """Load the analyzer and run it once on a phantom; None when it could not be warmed."""
-    from workers.analysis import load_analyzer
-
+def warm_analyzer(settings: Settings, analyzers: AnalyzerCache) -> Warmup | None:
+    """Load the analyzer into ``analyzers`` and run it once on a phantom; None when it
+    could not be warmed."""
     t0 = time.perf_counter()
     try:
-        analyzer = load_analyzer(settings)
+        analyzer = analyzers.get(settings)
     except SpinenodeError as exc:
         log.warning("analyzer not warmed up: %s", exc)
         return None
