@@ -27,9 +27,11 @@ test-deps:
 demo: install
 	$(BIN)/spinenode demo
 
-## everything the tests need, then the whole suite
+## everything the tests need, then the whole suite, one test module per worker process
+## (pytest-xdist): most tests wait on real peers, so parallel modules share 2 cores well
+TEST_WORKERS ?= 2
 test: test-deps install
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 ## ingest benchmark (node vs DCMTK storescp vs Orthanc); prints a table
 bench: test-deps install

@@ -15,6 +15,20 @@ pytest_plugins = ["peer_fixtures"]
 # Tests never reach a network; keep threaded math libraries to one core each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+#: The longest modules (minutes each on a loaded machine), started first: ``make test``
+#: runs whole modules on parallel workers (pytest-xdist ``--dist loadfile``, which hands
+#: out modules in collection order), and a long module started last keeps one worker
+#: busy while the others idle. Order only; every test runs.
+LONGEST_FIRST = (
+    "test_remote_workers.py", "test_study_variants.py", "test_first_hour.py", "test_load.py",
+    "test_restarts.py", "test_redis_postgres.py", "test_crash.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
