@@ -11,7 +11,8 @@ from alembic.migration import MigrationContext
 
 from spinenode.core import status
 from spinenode.core.db import Base, Database
-from workers.export import backoff_seconds, classify_status, next_attempt
+from workers.export import backoff_seconds, next_attempt
+from workers.exporters.dimse import classify_status
 
 
 def test_migrations_match_models(tmp_path: Path) -> None:

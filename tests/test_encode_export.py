@@ -268,11 +268,16 @@ def test_exporter_registry_and_destination_settings(tmp_path: Path) -> None:
     import pytest
 
     from spinenode.core.errors import ConfigError
-    from workers.export import EXPORTERS, DimseExporter, StowExporter, exporter_for
+    from spinenode.core.destinations import EXPORTERS
+    from workers.export import exporter_for
+    from workers.exporters.dimse import DimseExporter
+    from workers.exporters.stow import StowExporter
 
     assert isinstance(exporter_for("PACS@10.0.0.5:104;tls"), DimseExporter)
     assert isinstance(exporter_for("dicomweb+https://pacs.example/dicom-web"), StowExporter)
     assert set(EXPORTERS) == {"dimse", "dicomweb+http", "dicomweb+https"}
+    for scheme in EXPORTERS:  # every registration names a class with the Exporter's send
+        assert callable(exporter_for(f"{scheme}://h/p" if scheme != "dimse" else "A@h:104").send)
     with pytest.raises(ConfigError):
         exporter_for("ftp://x/y")
     s = load_settings(data_dir=tmp_path, destinations="PACS@10.0.0.5:104, dicomweb+http://10.0.0.6:8042/dicom-web/")
@@ -350,7 +355,7 @@ def test_export_proposes_explicit_then_implicit_little_endian_only(tmp_path: Pat
     pynetdicom's default list; export now proposes Explicit VR Little Endian, then Implicit,
     so the PACS stores Explicit VR Little Endian files that dciodvfy reads with 0 errors."""
     from peers import StorescpServer
-    from workers.export import PROPOSED_TRANSFER_SYNTAXES
+    from workers.exporters.dimse import PROPOSED_TRANSFER_SYNTAXES
 
     assert PROPOSED_TRANSFER_SYNTAXES == ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
     with StorescpServer(tmp_path / "pacs") as pacs:  # +xa: accepts all, prefers compressed/deflated

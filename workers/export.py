@@ -1,6 +1,7 @@
 """Export of result objects to the configured destinations, with a retry policy.
 
-Each destination is served by an exporter chosen by its scheme (:data:`EXPORTERS`):
+Each destination is served by the exporter its scheme names in the registry
+(``spinenode/core/destinations.py``; the exporters are in ``workers/exporters/``):
 ``AE@HOST:PORT[;tls]`` (no scheme) is DIMSE C-STORE, ``dicomweb+http://HOST:PORT/PATH``
 and ``dicomweb+https://...`` are DICOMweb STOW-RS to ``http(s)://HOST:PORT/PATH``. An
 exporter takes the objects for one destination and returns one outcome per object.
@@ -14,53 +15,13 @@ status and last error of every (object, destination) pair are in the database.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import socket
-import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+import importlib
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
-
-from spinenode.core import status
+from spinenode.core.destinations import EXPORTERS, scheme_of
 from spinenode.core.errors import ConfigError
-from spinenode.core.settings import Destination, Settings
+from workers.exporters.base import Exporter, ObjectToSend, SendOutcome
 
-log = logging.getLogger(__name__)
-
-#: The transfer syntaxes export proposes, in order of preference. pynetdicom's default
-#: list adds Deflated and Explicit Big Endian, and a peer that accepts everything
-#: (DCMTK ``storescp +xa``) then picks Deflated, which many archives and ``dciodvfy``
-#: cannot read. The result objects are written in Explicit VR Little Endian, and
-#: pynetdicom re-encodes them to Implicit for a peer that accepts only that. A
-#: destination's ``;ts=`` option replaces this list for that destination (settings).
-PROPOSED_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-#: Warning statuses that still mean "stored" (PS3.4 B.2.3).
-STORED_WITH_WARNING = frozenset({0xB000, 0xB006, 0xB007})
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectToSend:
-    export_id: int
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-
-
-@dataclass(frozen=True, slots=True)
-class SendOutcome:
-    export_id: int
-    ok: bool
-    transient: bool
-    status: int | None
-    error: str | None
-    #: The destination did not accept a presentation context for this SOP class.
-    context_refused: bool = False
+__all__ = ["Exporter", "ObjectToSend", "SendOutcome", "backoff_seconds", "exporter_for", "next_attempt"]
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -72,170 +33,12 @@ def next_attempt(now: dt.datetime, attempts: int, base: float, cap: float) -> dt
     return now + dt.timedelta(seconds=backoff_seconds(attempts, base, cap))
 
 
-def _nodelay(event: object) -> None:
-    sock = getattr(getattr(getattr(event, "assoc").dul, "socket", None), "socket", None)
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def classify_status(code: int) -> tuple[bool, bool]:
-    """(stored, transient) for a C-STORE response status."""
-    if code == status.SUCCESS or code in STORED_WITH_WARNING:
-        return True, False
-    if status.is_transient(code):
-        return False, True
-    return False, False
-
-
-def send_objects(
-    dest: Destination,
-    objects: Sequence[ObjectToSend],
-    *,
-    calling_ae: str,
-    timeout: float,
-    tls: ssl.SSLContext | None = None,
-) -> list[SendOutcome]:
-    """One association to ``dest`` (over TLS when ``dest.tls``), proposing its transfer
-    syntaxes (``;ts=``) or :data:`PROPOSED_TRANSFER_SYNTAXES`; one outcome per object."""
-    if not objects:
-        return []
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop_class in sorted({o.sop_class_uid for o in objects}):
-        ae.add_requested_context(sop_class, list(dest.transfer_syntaxes or PROPOSED_TRANSFER_SYNTAXES))
-    if dest.tls and tls is None:
-        return [SendOutcome(o.export_id, False, False, None, "destination needs TLS but no TLS context")
-                for o in objects]
-    try:
-        assoc = ae.associate(
-            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
-            tls_args=(tls, dest.host) if dest.tls and tls is not None else None,
-        )
-    except (OSError, RuntimeError) as exc:
-        return [SendOutcome(o.export_id, False, True, None, f"network error: {exc}") for o in objects]
-    if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "association aborted or peer unreachable"
-        return [SendOutcome(o.export_id, False, True, None, why) for o in objects]
-    outcomes: list[SendOutcome] = []
-    accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
-    try:
-        for o in objects:
-            if o.sop_class_uid not in accepted:
-                outcomes.append(SendOutcome(o.export_id, False, False, None,
-                                            f"destination refused the presentation context {o.sop_class_uid}",
-                                            context_refused=True))
-                continue
-            if not assoc.is_established:
-                outcomes.append(SendOutcome(o.export_id, False, True, None, "association lost"))
-                continue
-            try:
-                rsp = assoc.send_c_store(dcmread(o.path))
-            except FileNotFoundError:  # a retry cannot bring it back
-                outcomes.append(SendOutcome(o.export_id, False, False, None,
-                                            f"result file {o.path.name} not found on {socket.gethostname()}"))
-                continue
-            except (OSError, RuntimeError, ValueError) as exc:
-                outcomes.append(SendOutcome(o.export_id, False, True, None, f"send failed: {type(exc).__name__}"))
-                continue
-            if rsp is None or "Status" not in rsp:
-                outcomes.append(SendOutcome(o.export_id, False, True, None, "no response (timeout or abort)"))
-                continue
-            code = int(rsp.Status)
-            stored, transient = classify_status(code)
-            outcomes.append(SendOutcome(o.export_id, stored, transient, code,
-                                        None if stored else f"status 0x{code:04X}"))
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    for o, out in zip(objects, outcomes):
-        log.info("export %s to %s: %s", o.sop_instance_uid, dest,
-                 "stored" if out.ok else f"failed ({out.error})")
-    return outcomes
-
-
-# --- exporters by destination scheme -------------------------------------------------
-class Exporter(Protocol):
-    """Sends result objects to one destination; one outcome per object, never raises."""
-
-    def send(self, destination: str, objects: Sequence[ObjectToSend], settings: Settings,
-             calling_ae: str) -> list[SendOutcome]: ...
-
-
-class DimseExporter:
-    """C-STORE SCU, one association per call (``AE@HOST:PORT[;tls]``)."""
-
-    def send(self, destination: str, objects: Sequence[ObjectToSend], settings: Settings,
-             calling_ae: str) -> list[SendOutcome]:
-        target = Destination.parse(destination)
-        tls = None
-        if target.tls:
-            from spinenode.core.tls import client_context
-
-            tls = client_context(settings)
-        return send_objects(target, objects, calling_ae=calling_ae, timeout=settings.export_timeout, tls=tls)
-
-
-class StowExporter:
-    """DICOMweb STOW-RS, one request per call (``dicomweb+http(s)://HOST:PORT/PATH``)."""
-
-    def send(self, destination: str, objects: Sequence[ObjectToSend], settings: Settings,
-             calling_ae: str) -> list[SendOutcome]:
-        from workers.dicomweb import DicomWebClient, DicomWebError
-
-        if not objects:
-            return []
-        url = destination.removeprefix("dicomweb+")
-        verify: ssl.SSLContext | bool = True
-        if url.startswith("https://") and settings.tls_ca:
-            verify = ssl.create_default_context(cafile=str(settings.tls_ca))
-        missing = [o for o in objects if not o.path.is_file()]
-        present = [o for o in objects if o.path.is_file()]
-        outcomes = {o.export_id: SendOutcome(o.export_id, False, False, None,
-                                             f"result file {o.path.name} not found on {socket.gethostname()}")
-                    for o in missing}
-        try:
-            with DicomWebClient(url, timeout=settings.export_timeout, verify=verify) as client:
-                stored = client.store([o.path for o in present]) if present else []
-        except DicomWebError as exc:
-            for o in present:
-                outcomes[o.export_id] = SendOutcome(o.export_id, False, exc.transient, exc.status, str(exc))
-            stored = []
-        by_sop = {s.sop_instance_uid: s for s in stored}
-        for o in present:
-            if o.export_id in outcomes:
-                continue
-            got = by_sop.get(o.sop_instance_uid)
-            if got is None:
-                outcomes[o.export_id] = SendOutcome(o.export_id, False, True, None, "not named in the STOW-RS response")
-            elif got.ok:
-                outcomes[o.export_id] = SendOutcome(o.export_id, True, False, None, None)
-            else:
-                code = got.reason
-                outcomes[o.export_id] = SendOutcome(
-                    o.export_id, False, code is not None and status.is_transient(code), code,
-                    f"STOW-RS failure reason 0x{code:04X}" if code is not None else "refused by STOW-RS")
-        result = [outcomes[o.export_id] for o in objects]
-        for o, out in zip(objects, result):
-            log.info("export %s to %s: %s", o.sop_instance_uid, destination,
-                     "stored" if out.ok else f"failed ({out.error})")
-        return result
-
-
-#: Destination scheme -> exporter; "dimse" is the scheme of ``AE@HOST:PORT``.
-EXPORTERS: dict[str, Exporter] = {
-    "dimse": DimseExporter(),
-    "dicomweb+http": StowExporter(),
-    "dicomweb+https": StowExporter(),
-}
-
-
-def scheme_of(destination: str) -> str:
-    return destination.split("://", 1)[0] if "://" in destination else "dimse"
-
-
 def exporter_for(destination: str) -> Exporter:
-    """The exporter registered for the destination's scheme."""
-    try:
-        return EXPORTERS[scheme_of(destination)]
-    except KeyError:
-        raise ConfigError(f"no exporter for destination scheme {scheme_of(destination)!r}") from None
+    """The exporter registered for the destination's scheme (exporters keep no state)."""
+    scheme = scheme_of(destination)
+    target = EXPORTERS.get(scheme)
+    if target is None:
+        raise ConfigError(f"no exporter for destination scheme {scheme!r}")
+    module, _, attr = target.partition(":")
+    exporter: Exporter = getattr(importlib.import_module(module), attr)()
+    return exporter

@@ -1,7 +1,7 @@
 """The export stage (queue export): EXPORTING -> DONE or FAILED(export).
 
 Due ``exports`` rows are claimed one by one (``PENDING -> SENDING``), sent by the exporter
-of their destination's scheme (``workers/export.py``), and settled through the study
+of their destination's scheme (``workers/export.py``, ``workers/exporters/``), and settled through the study
 repository; while a retry is due later the task sends itself again with a countdown.
 """
 

@@ -307,7 +307,7 @@ class DueExport:
 
 
 class ExportOutcome(Protocol):
-    """How one send went (workers.export.SendOutcome)."""
+    """How one send went (workers.exporters.base.SendOutcome)."""
 
     @property
     def export_id(self) -> int: ...

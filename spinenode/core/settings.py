@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from spinenode.core.destinations import URL_SCHEMES
 from spinenode.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,20 +39,19 @@ TRANSFER_SYNTAX_NAMES: dict[str, str] = {
     "deflate": "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "bigendian": "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
 }
-#: DESTINATIONS given as URLs: the scheme chooses the exporter (``workers.export``);
-#: ``AE@HOST:PORT`` (no scheme) is DIMSE C-STORE.
-URL_DESTINATION_SCHEMES = frozenset({"dicomweb+http", "dicomweb+https"})
+# DESTINATIONS given as URLs: the scheme chooses the exporter (the registry in
+# spinenode/core/destinations.py); ``AE@HOST:PORT`` (no scheme) is DIMSE C-STORE.
 _URL_DEST_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[^/\s:]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?(/\S*)?$")
 
 
 def validate_destination(text: str) -> str:
-    """``AE@HOST:PORT[;tls][;ts=NAME+NAME]`` or a URL with one of :data:`URL_DESTINATION_SCHEMES`."""
+    """``AE@HOST:PORT[;tls][;ts=NAME+NAME]`` or a URL with one of :data:`~spinenode.core.destinations.URL_SCHEMES`."""
     text = text.strip()
     if "://" not in text:
         return str(Destination.parse(text))
     m = _URL_DEST_RE.match(text)
-    if not m or m["scheme"] not in URL_DESTINATION_SCHEMES:
-        schemes = ", ".join(sorted(URL_DESTINATION_SCHEMES))
+    if not m or m["scheme"] not in URL_SCHEMES:
+        schemes = ", ".join(sorted(URL_SCHEMES))
         raise ValueError(f"{text!r} is neither AE@HOST:PORT[;tls] nor a URL with scheme {schemes}")
     return text.rstrip("/")
 
