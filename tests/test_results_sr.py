@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -174,6 +175,11 @@ def test_findings_sr_linear_measurements(evidence: list[Dataset], tmp_path: Path
     ref = outline.ContentSequence[0].ReferencedSOPSequence[0]
     assert ref.ReferencedSOPInstanceUID == ax.SOPInstanceUID
     assert len([g for g in groups if g.tracking_identifier.endswith("L4-L5")]) == 2
+    # measured on a frame of a multi-frame axial series: the outline names its frame
+    framed = build_findings_sr(findings, evidence, _identity(evidence, ResultKind.SR), measurements=ms,
+                               areas={lv.name: replace(area, frame_number=3)})
+    scoords = [it for it in _walk(framed) if it.get("ValueType") == "SCOORD" and len(it.GraphicData) > 10]
+    assert [int(s.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber) for s in scoords] == [3]
     line = next(it for it in nums[0][0].ContentSequence if it.ValueType == "SCOORD")
     assert line.GraphicType == "POLYLINE" and [float(v) for v in line.GraphicData] == [30, 20, 40, 21]
     assert l45.tracking_identifier.endswith(":Length:disc L4-L5")
@@ -220,8 +226,6 @@ def test_not_analysed_sr_and_predecessor(evidence: list[Dataset], tmp_path: Path
 def test_transitional_segment_flag_in_the_sr(evidence: list[Dataset], tmp_path: Path) -> None:
     """Findings.flags: a TEXT item coded LSTV (99SPINENODE, lumbosacral transitional vertebra), right after the
     disclaimer and before the level lines; without flags there is no such item."""
-    from dataclasses import replace
-
     from models.levels import TRANSITIONAL_FLAG
 
     flag = f"{TRANSITIONAL_FLAG} (the disc counted as L5-S1 is rudimentary (3.1 mm, 0.33 of the median height)"

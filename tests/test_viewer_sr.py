@@ -3,7 +3,8 @@
 viewport label rules (tests/viewer/sr_in_viewer.mjs).
 
 What a radiologist must see in OHIF: every level imports through ``generateToolState``
-("Track measurements? Yes"), one measurement per level, labelled with the level; the
+("Track measurements? Yes"), one measurement per level, labelled with the level, and one
+freehand area per dural sac area, on its axial image, labelled with its level; the
 lines OHIF draws (at most five) start with the level and the AI caveat, then the graded
 findings, then the measurements in mm; no probability and no bare unit "1" among them.
 """

@@ -130,7 +130,7 @@ function processNonGeometric(items) {
     if (cs.length) {
       const g = cs.find(x => isScoord(x) && !x.ConceptNameCodeSequence) ?? cs.find(isScoord);
       // OHIF 3.13.2 leaves out a NUM whose content has no SCOORD (seen in the browser,
-      // tests/test_viewer_ohif.py: an area inferred from an IMAGE is not listed)
+      // tests/test_viewer_ohif.py, with an earlier SR whose area was inferred from an IMAGE)
       if (!g) return;
       m.coords.push(coordOf(g));
     }

@@ -309,7 +309,7 @@ def build_findings_sr(
     if missing:
         raise ValueError(f"evidence lacks the source images of {len(missing)} level(s)")
     measured = measurements or {}
-    groups = []
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
     for lf in findings.levels:
         groups.append(_level_group(lf, identity, findings.model, sources, measured.get(lf.level.name, ())))
         area = (areas or {}).get(lf.level.name)
