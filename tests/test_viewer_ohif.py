@@ -130,7 +130,11 @@ def test_ohif_shows_sr_seg_and_key_image(tmp_path: Path) -> None:
     area_sops = {a.sop_instance_uid for a in areas.values()}
     shown = sr_view["area"]["shownImageId"] or ""
     assert any(uid in shown for uid in area_sops), (shown, sr_view["area"])
-    assert sr_view["area"]["label"].split(" ")[0] in areas
+    level = sr_view["area"]["label"].split(" ")[0]
+    assert level in areas
+    # the viewer's own area of the outline it drew (mm2) is the area the SR states
+    drawn = float(sr_view["area"]["displayText"]["primary"][0].split(" ")[0])
+    assert drawn == pytest.approx(areas[level].value_mm2, rel=0.01), (drawn, areas[level].value_mm2)
     assert sr_view["length"]["label"].split(" ")[0] in names
 
     assert seen["segPrompt"] is True

@@ -104,10 +104,15 @@ try {
       const row = [...document.querySelectorAll('div, span')]
         .find(e => e.children.length === 0 && head && e.textContent.startsWith(head));
       row?.scrollIntoView({ block: 'center' });
-      return { label: m.label };
+      return { label: m.label, uid: m.uid };
     }, toolName).catch(e => { errors.push(`jump ${toolName}: ${e.message}`); return null; });
     await sleep(5000);
-    if (shown) shown.shownImageId = await shownImageId();
+    if (shown) {
+      shown.shownImageId = await shownImageId();
+      // what the viewer computed from the drawn geometry once it was rendered
+      shown.displayText = await page.evaluate(uid => window.services.measurementService.getMeasurement(uid)?.displayText ?? null,
+                                              shown.uid).catch(e => { errors.push(`displayText: ${e.message}`); return null; });
+    }
     return shown;
   };
   result.sr.length = await jump('Length');
