@@ -58,6 +58,15 @@ def seg_overlay(seg_path: Path, images: Path, out: Path) -> tuple[list[str], dic
     return labels, counts
 
 
+def _short_scoord(line: str, keep: int = 3) -> str:
+    """A dsrdump SCOORD line with many points (an outline) cut to its first ``keep`` points."""
+    if "SCOORD" not in line or line.count("/") <= keep:
+        return line
+    start = line.index("(POLYLINE,") + len("(POLYLINE,")
+    points = line[start:line.rindex(")>")].split(",")
+    return f"{line[:start]}{','.join(points[:keep])}, ... {len(points)} points)>"
+
+
 def main(demo: Path) -> None:
     pacs = _by_series(demo / "pacs")
     img_dir = REPO / "docs" / "img"
@@ -66,12 +75,14 @@ def main(demo: Path) -> None:
     labels, counts = seg_overlay(pacs[9902], demo / "phantom" / "train_images", img_dir / "seg_overlay.png")
     dump = subprocess.run(["/usr/bin/dsrdump", "+Pl", str(pacs[9901])], capture_output=True, text=True).stdout
     lines = dump.splitlines()
-    # the header, the first measurement group, and the plain-text summary at the end
-    head = lines[: next(i for i, line in enumerate(lines) if "Measurement Group" in line)]
-    first = next(i for i, line in enumerate(lines) if "Measurement Group" in line)
-    second = next(i for i, line in enumerate(lines) if "Measurement Group" in line and i > first)
+    # the header, the first level's group and its dural sac area group, and the plain-text
+    # summary at the end
+    groups = [i for i, line in enumerate(lines) if "Measurement Group" in line]
+    head = lines[: groups[0]]
+    shown = 2 if len(groups) > 2 and "dural sac" in lines[groups[1] + 1] else 1
     summary = lines[next(i for i, line in enumerate(lines) if "Qualitative Evaluations" in line) - 1:]
-    text = "\n".join(head + lines[first:second] + ["      ... (one group per level) ..."] + summary)
+    text = "\n".join(head + [_short_scoord(ln) for ln in lines[groups[0]:groups[shown]]]
+                     + ["      ... (the same per level) ..."] + summary)
     md = f"""# What a radiologist sees
 
 Produced by `spinenode demo --keep DIR` (a phantom lumbar MR study, the shipped
@@ -83,20 +94,28 @@ Three new series arrive in the study: 9901 the SR, 9902 the SEG, 9903 the key im
 
 ## SR (TID 1500), as `dsrdump +Pl` prints it
 
-The header, the measurement group of the first level, then the plain-text summary per
-level. A group is built for OHIF 3.13 (checked with its own dcmjs/adapters code in
-tests/test_viewer_sr.py): its Tracking Identifier names the cornerstone tool its first
-measurement imports as (`Cornerstone3DTools@^0.1.0:Length:disc L4-L5`; OHIF offers
-"Track measurements" only for identifiers it knows); the Comment items are the lines
-OHIF draws first (the level with "AI, PRELIMINARY, not a diagnosis", then the grades,
-moderate and severe in capitals); the NUMs are the measurements: the canal AP diameter
-and the disc height (mm) with their 2-point lines on the sagittal image, then the dural
-sac area (mm2) with a reference to the axial T2 slice it was measured on (no outline:
-OHIF would draw it on the sagittal image; OHIF does not list it) (a level without a
-measurement: the detection certainty in % over its box); then Finding = Stenosis and one evaluation per condition, post-coordinated
-with Finding Site and Laterality, with the probability of every grade in % below it.
-OHIF draws at most five lines per group and no CODE items, so the probabilities stay
-out of its way.
+The header, the measurement groups of the first level, then the plain-text summary per
+level. The groups are built for OHIF 3.13 (checked with its own dcmjs/adapters code in
+tests/test_viewer_sr.py). Per level, first its group on the sagittal image: its Tracking
+Identifier names the cornerstone tool its first measurement imports as
+(`Cornerstone3DTools@^0.1.0:Length:disc L4-L5`; OHIF offers "Track measurements" only
+for identifiers it knows); the Comment items are the lines OHIF draws first (the level
+with "AI, PRELIMINARY, not a diagnosis", then the grades, moderate and severe in
+capitals); the NUMs are the measurements: the canal AP diameter and the disc height (mm)
+with their 2-point lines on the sagittal image (a level without a measurement: the
+detection certainty in % over its box); then Finding = Stenosis and one evaluation per
+condition, post-coordinated with Finding Site and Laterality, with the probability of
+every grade in % below it. OHIF draws at most five lines per group and no CODE items, so
+the probabilities stay out of its way.
+
+Then, where an axial T2 series crosses the disc, the level's dural sac area as a group of
+its own (OHIF draws every outline of a group on the image the group is shown on, so the
+axial outline cannot share the sagittal group): Tracking Identifier
+`Cornerstone3DTools@^0.1.0:PlanarFreehandROI:dural sac L4-L5` (a closed freehand area),
+a Comment naming the level, "dural sac area" and the AI caveat, the level's disc as
+Finding Site, and one NUM: the area in mm2 (Area, SCT; finding site Dural sac) with its
+closed outline (a POLYLINE whose last point is its first) on the axial T2 slice it was
+measured on.
 
 ```
 {text}
@@ -111,17 +130,27 @@ the same builders as the encode stage, on a phantom lumbar MR study analysed wit
 the shipped weights (another study than the dump above).
 
 The SR opened: per level the level with the AI caveat, its grades, the canal AP
-diameter and the disc height; the dashed lines are the measurements. OHIF asks
-whether to track:
+diameter and the disc height; the dashed lines are the measurements. The dural sac
+areas are groups of their own on the axial slices, so nothing from the axial images is
+drawn here. OHIF asks whether to track:
 
 ![OHIF: SR](img/ohif_sr.jpg)
 
-"Yes": one Length per level (the canal AP diameter at the disc), labelled with its
-level in the measurement panel:
+"Yes": one Length per level (the canal AP diameter at the disc) and one freehand area
+per level with an axial T2 slice through its disc, labelled with the level in the
+measurement panel (10 measurements for 5 levels):
 
 ![OHIF: tracked](img/ohif_sr_tracked.jpg)
 
-The SEG opened over the sagittal T2 (middle slice), in the node's colours:
+A dural sac area, clicked in the panel: its outline on the axial T2 slice it was
+measured on. OHIF draws the area and perimeter it computes from the outline (here
+161 mm2); in the panel it adds "Max: NaN" or "Max: -Infinity" (OHIF's own statistics,
+which it does not compute for an imported outline; the SR carries only the area):
+
+![OHIF: dural sac area](img/ohif_sac_area.jpg)
+
+The SEG opened over the sagittal T2 (middle slice), in the node's colours (the tracked
+measurements stay):
 
 ![OHIF: SEG](img/ohif_seg.jpg)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -157,15 +158,28 @@ def test_findings_sr_linear_measurements(evidence: list[Dataset], tmp_path: Path
     l45 = next(g for g in groups if g.finding_sites[0].value.value == "84020006")
     nums = l45.get_measurements()
     assert [(n.name.meaning, n.value, n.unit.value) for n in nums] == [
-        ("Spinal canal AP diameter", 11.52, "mm"), ("Disc height", 9.0, "mm"),
-        ("Dural sac cross-sectional area", 152.3, "mm2")]
-    assert [(n.name.value, n.name.scheme_designator) for n in nums] == [("81827009", "SCT"), ("121207", "DCM"),
-                                                                       ("42798000", "SCT")]
-    assert [n.finding_sites[0].value.value for n in nums] == ["61853006", "84020006", "DURAL_SAC"]
-    # the axial image it was measured on, as an IMAGE reference: no SCOORD for OHIF to draw on the sagittal slice
-    assert [it.ValueType for it in nums[2][0].ContentSequence if it.RelationshipType == "INFERRED FROM"] == ["IMAGE"]
-    image = next(it for it in nums[2][0].ContentSequence if it.ValueType == "IMAGE")
-    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ax.SOPInstanceUID
+        ("Spinal canal AP diameter", 11.52, "mm"), ("Disc height", 9.0, "mm")]
+    assert [(n.name.value, n.name.scheme_designator) for n in nums] == [("81827009", "SCT"), ("121207", "DCM")]
+    assert [n.finding_sites[0].value.value for n in nums] == ["61853006", "84020006"]
+    # the area: a group of its own right after the level's, its outline on the axial image
+    after = groups[groups.index(l45) + 1]
+    assert after.tracking_identifier.endswith(":PlanarFreehandROI:dural sac L4-L5")
+    assert after.finding_sites[0].value.value == "84020006"
+    (sac,) = after.get_measurements()
+    assert (sac.name.meaning, sac.name.value, sac.name.scheme_designator, sac.value, sac.unit.value) == (
+        "Dural sac cross-sectional area", "42798000", "SCT", 152.3, "mm2")
+    assert sac.finding_sites[0].value.value == "DURAL_SAC"
+    outline = next(it for it in sac[0].ContentSequence if it.ValueType == "SCOORD")
+    assert outline.GraphicType == "POLYLINE" and len(outline.GraphicData) == 2 * 13
+    assert list(outline.GraphicData[:2]) == list(outline.GraphicData[-2:])  # closed
+    ref = outline.ContentSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == ax.SOPInstanceUID
+    assert len([g for g in groups if g.tracking_identifier.endswith("L4-L5")]) == 2
+    # measured on a frame of a multi-frame axial series: the outline names its frame
+    framed = build_findings_sr(findings, evidence, _identity(evidence, ResultKind.SR), measurements=ms,
+                               areas={lv.name: replace(area, frame_number=3)})
+    scoords = [it for it in _walk(framed) if it.get("ValueType") == "SCOORD" and len(it.GraphicData) > 10]
+    assert [int(s.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber) for s in scoords] == [3]
     line = next(it for it in nums[0][0].ContentSequence if it.ValueType == "SCOORD")
     assert line.GraphicType == "POLYLINE" and [float(v) for v in line.GraphicData] == [30, 20, 40, 21]
     assert l45.tracking_identifier.endswith(":Length:disc L4-L5")
@@ -212,8 +226,6 @@ def test_not_analysed_sr_and_predecessor(evidence: list[Dataset], tmp_path: Path
 def test_transitional_segment_flag_in_the_sr(evidence: list[Dataset], tmp_path: Path) -> None:
     """Findings.flags: a TEXT item coded LSTV (99SPINENODE, lumbosacral transitional vertebra), right after the
     disclaimer and before the level lines; without flags there is no such item."""
-    from dataclasses import replace
-
     from models.levels import TRANSITIONAL_FLAG
 
     flag = f"{TRANSITIONAL_FLAG} (the disc counted as L5-S1 is rudimentary (3.1 mm, 0.33 of the median height)"

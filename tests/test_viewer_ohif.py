@@ -3,8 +3,9 @@ Orthanc with its DICOMweb plugin, in Debian's headless Chromium (puppeteer-core)
 node's SR, SEG and key image for a phantom lumbar study analysed with the shipped weights.
 
 What a radiologist gets: the SR's text boxes start with the level and the AI caveat;
-"Track measurements? Yes" imports one Length per level, labelled with its level; the SEG
-opens with every structure listed; no page errors. Screenshots land in tmp_path, or in
+"Track measurements? Yes" imports one Length per level, labelled with its level, and one
+PlanarFreehandROI per dural sac area, shown on its axial slice; the SEG opens with every
+structure listed; no page errors. Screenshots land in tmp_path, or in
 ``$SPINENODE_SCREENSHOTS_DIR`` (docs/img for docs/results.md).
 """
 
@@ -99,29 +100,47 @@ def test_ohif_shows_sr_seg_and_key_image(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     errors = [e for e in seen["errors"] if not any(k in e for k in KNOWN_PAGE_ERRORS)]
-    assert errors == []
+    assert errors == [], seen
     assert {"SR", "SEG", "OT", "MR"} <= {d["modality"] for d in seen["displaySets"]}
 
     names = [lf.level.name for lf in findings.levels]
     sr_view = seen["sr"]
-    assert sr_view["isRehydratable"] and len(sr_view["measurements"]) == len(names)
-    for m, name in zip(sorted(sr_view["measurements"], key=lambda m: m["labels"][0]["label"]), sorted(names)):
+    # one group per level, then one per dural sac area (its own group: the outline is on the axial image)
+    level_groups = [m for m in sr_view["measurements"] if "disc - AI" in m["labels"][0]["label"]]
+    area_groups = [m for m in sr_view["measurements"] if "dural sac area - AI" in m["labels"][0]["label"]]
+    assert sr_view["isRehydratable"] and len(sr_view["measurements"]) == len(names) + len(areas)
+    for m, name in zip(sorted(level_groups, key=lambda m: m["labels"][0]["label"]), sorted(names)):
         assert m["loaded"] and m["coords"] >= 1
         assert m["labels"][0]["label"] == f"{name} disc - AI, PRELIMINARY, not a diagnosis"
         assert m["labels"][1]["label"].startswith("canal ")
-        # OHIF lists no NUM without a SCOORD: the dural sac area (inferred from its axial image) is not
-        # among the lines, and no axial outline is drawn on the sagittal slice
         assert len(m["labels"]) <= 5 and not any(lb["label"].startswith("Dural sac") for lb in m["labels"])
+    assert sorted(m["labels"][0]["label"].split(" ")[0] for m in area_groups) == sorted(areas)
+    for m in area_groups:
+        assert m["loaded"] and m["coords"] == 1
+        assert m["labels"][1]["label"] == "Dural sac cross-sectional area", m["labels"]
     assert sr_view["trackPrompt"] is True
     tracked = sr_view["tracked"]
-    assert sorted(t["label"].split(" ")[0] for t in tracked) == sorted(names)  # one measurement per level
-    assert all(t["toolName"] in ("Length", "RectangleROI") for t in tracked)
-    assert sum(t["toolName"] == "Length" for t in tracked) >= len(names) - 1
+    lengths = [t for t in tracked if t["toolName"] in ("Length", "RectangleROI")]
+    assert sorted(t["label"].split(" ")[0] for t in lengths) == sorted(names)  # one measurement per level
+    assert sum(t["toolName"] == "Length" for t in lengths) >= len(names) - 1
+    sacs = [t for t in tracked if t["toolName"] == "PlanarFreehandROI"]
+    assert sorted(t["label"].split(" ")[0] for t in sacs) == sorted(areas)  # one area per measured level
+    assert len(tracked) == len(lengths) + len(sacs)
+    # a tracked area, jumped to (as a click in the measurement panel does), shows its axial slice
+    area_sops = {a.sop_instance_uid for a in areas.values()}
+    shown = sr_view["area"]["shownImageId"] or ""
+    assert any(uid in shown for uid in area_sops), (shown, sr_view["area"])
+    level = sr_view["area"]["label"].split(" ")[0]
+    assert level in areas
+    # the viewer's own area of the outline it drew (mm2) is the area the SR states
+    drawn = float(sr_view["area"]["displayText"]["primary"][0].split(" ")[0])
+    assert drawn == pytest.approx(areas[level].value_mm2, rel=0.01), (drawn, areas[level].value_mm2)
+    assert sr_view["length"]["label"].split(" ")[0] in names
 
     assert seen["segPrompt"] is True
     (seg,) = seen["segmentation"]
     assert sorted(seg["segments"]) == sorted(result.masks[0].segments.values())
-    assert len(seen["shots"]) == 5
+    assert len(seen["shots"]) == 6
     if shots != tmp_path / "shots":
         shots.mkdir(parents=True, exist_ok=True)
         for f in seen["shots"]:

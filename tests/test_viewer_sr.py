@@ -3,7 +3,8 @@
 viewport label rules (tests/viewer/sr_in_viewer.mjs).
 
 What a radiologist must see in OHIF: every level imports through ``generateToolState``
-("Track measurements? Yes"), one measurement per level, labelled with the level; the
+("Track measurements? Yes"), one measurement per level, labelled with the level, and one
+freehand area per dural sac area, on its axial image, labelled with its level; the
 lines OHIF draws (at most five) start with the level and the AI caveat, then the graded
 findings, then the measurements in mm; no probability and no bare unit "1" among them.
 """
@@ -111,11 +112,13 @@ def test_every_level_imports_and_reads_level_first(sagittal: list[Dataset], tmp_
     assert [c["points"] for c in display["L1-L2"]["coords"]] == [5]
 
 
-def test_dural_sac_area_is_in_the_sr_but_not_in_ohifs_lines(tmp_path: Path) -> None:
-    """With an axial series, the dural sac area (mm2, inferred from the axial image, no
-    outline) comes last: OHIF still draws the level, its grades, the canal diameter and
-    the disc height, nothing on the sagittal view from the axial image, and tracking still
-    imports the canal diameter as the level's Length; a plain-text renderer shows the area."""
+def test_dural_sac_area_is_a_group_on_the_axial_image(tmp_path: Path) -> None:
+    """With an axial series, the dural sac area of a level is a group of its own after the
+    level's group: tracking imports it as one closed PlanarFreehandROI on the axial image
+    (the area in mm2 as its cached area), labelled with the level and "dural sac area";
+    OHIF's lines for it start with the level, then the area. The level's sagittal group is
+    unchanged: the level, its grades, the canal diameter and the disc height, and no
+    SCOORD from the axial image. A plain-text renderer shows the area per level."""
     st = dicomgen.write_study(tmp_path / "src", seed=83, rows=96, cols=96,
                               series=(dicomgen.SeriesSpec("SAG T2", "sagittal", 9, "T2"),
                                       dicomgen.SeriesSpec("AX T2", "axial", 5, "T2")))
@@ -132,16 +135,39 @@ def test_dural_sac_area_is_in_the_sr_but_not_in_ohifs_lines(tmp_path: Path) -> N
     assert dciodvfy(path).errors == []
     out = sr_in_viewer(path, headers, tmp_path)
     assert out["warnings"] == []
-    display = {d["trackingIdentifier"].rsplit(" ", 1)[-1]: d for d in out["display"]}
-    lines = display["L4-L5"]["lines"]
-    assert lines[0].startswith("L4-L5 disc - AI, PRELIMINARY, not a diagnosis") and lines[1].startswith("canal SEVERE")
-    assert lines[3:] == ["Spinal canal AP diameter: 8.52 mm", "Disc height: 8.25 mm"]
-    assert display["L4-L5"]["allLabels"] == 5
-    assert [c["points"] for c in display["L4-L5"]["coords"]] == [2, 2]  # no axial outline on the sagittal view
-    l45 = next(m for m in out["toolState"]["Length"] if m["label"].startswith("L4-L5"))
+
+    # tracking: the five levels as before, plus the area on the axial image
+    state = out["toolState"]
+    assert sorted(state) == ["Length", "PlanarFreehandROI", "RectangleROI"]
+    assert len(state["Length"]) == 4 and len(state["RectangleROI"]) == 1
+    assert {m["sopInstanceUid"] for m in state["Length"]} == {findings.levels[0].level.sop_instance_uid}
+    (area,) = state["PlanarFreehandROI"]
+    assert area["sopInstanceUid"] == str(ax.SOPInstanceUID)  # the axial image, not the sagittal one
+    assert area["label"] == "L4-L5 dural sac area - AI, PRELIMINARY, not a diagnosis"
+    assert area["contour"] == {"points": 24, "closed": True}
+    (stats,) = area["cachedStats"].values()
+    assert stats["area"] == 143.3
+    assert area["findingSites"] == [{"CodeValue": "84020006", "CodeMeaning": "L4/L5 disc"}]
+    l45 = next(m for m in state["Length"] if m["label"].startswith("L4-L5"))
     (stats,) = l45["cachedStats"].values()
     assert stats == {"length": 8.52, "unit": "mm"}
+
+    # what OHIF's SR viewport draws: the area group right after its level's, on the axial image
+    ids = [d["trackingIdentifier"] for d in out["display"]]
+    assert ids[ids.index("Cornerstone3DTools@^0.1.0:Length:disc L4-L5") + 1] == \
+        "Cornerstone3DTools@^0.1.0:PlanarFreehandROI:dural sac L4-L5"
+    display = {d["trackingIdentifier"].split(":", 1)[-1]: d for d in out["display"]}
+    lines = display["Length:disc L4-L5"]["lines"]
+    assert lines[0].startswith("L4-L5 disc - AI, PRELIMINARY, not a diagnosis") and lines[1].startswith("canal SEVERE")
+    assert lines[3:] == ["Spinal canal AP diameter: 8.52 mm", "Disc height: 8.25 mm"]
+    assert {c["referencedSOPInstanceUID"] for c in display["Length:disc L4-L5"]["coords"]} == {str(sag[4].SOPInstanceUID)}
+    sac = display["PlanarFreehandROI:dural sac L4-L5"]
+    assert sac["lines"] == ["L4-L5 dural sac area - AI, PRELIMINARY, not a diagnosis: ",
+                            "Dural sac cross-sectional area: 143.30 mm2"]
+    assert [(c["points"], c["referencedSOPInstanceUID"]) for c in sac["coords"]] == [(25, str(ax.SOPInstanceUID))]
     text = subprocess.run(["/usr/bin/dsrdump", "+Pl", str(path)], capture_output=True, text=True, check=False).stdout
+    assert '"Tracking Identifier")="Cornerstone3DTools@^0.1.0:PlanarFreehandROI:dural sac L4-L5"' in text
+    assert '"Comment")="L4-L5 dural sac area - AI, PRELIMINARY, not a diagnosis"' in text
     assert '"Dural sac cross-sectional area")="143.3" (mm2,UCUM,"mm2")' in text
 
 

@@ -79,13 +79,47 @@ try {
                                                                coords: (m.coords || []).length })) };
   }, srUid);
   await shot(page, 'ohif_sr.png');
+  const shownImageId = () => page.evaluate(() => {
+    const { viewportGridService, cornerstoneViewportService } = window.services;
+    return cornerstoneViewportService.getCornerstoneViewport(viewportGridService.getActiveViewportId())
+      ?.getCurrentImageId() ?? null;
+  }).catch(e => { errors.push(`shown image: ${e.message}`); return null; });
   result.sr.trackPrompt = await click(page, 'Yes');  // "continue tracking measurements?"
   await until(page, () => window.services.measurementService.getMeasurements().length > 0, null, 'tracked measurements', 30000)
     .catch(e => errors.push(e.message));
   await sleep(3000);
   result.sr.tracked = await page.evaluate(() => window.services.measurementService.getMeasurements()
-    .map(m => ({ toolName: m.toolName, label: m.label, displayText: m.displayText })));
+    .map(m => ({ toolName: m.toolName, label: m.label, displayText: m.displayText, uid: m.uid })));
+  // as a click in the measurement panel does: jump to a tracked measurement, panel open
+  const jump = async toolName => {
+    const shown = await page.evaluate(name => {
+      const { measurementService, viewportGridService, panelService } = window.services;
+      const ms = measurementService.getMeasurements().filter(x => x.toolName === name);
+      const m = ms.find(x => (x.label || '').startsWith('L4-L5')) ?? ms[0];  // the level most often narrowed
+      if (!m) return null;
+      try { panelService.activatePanel('@ohif/extension-measurement-tracking.panelModule.trackedMeasurements', true); }
+      catch (e) { /* the panel is optional for the screenshot */ }
+      measurementService.jumpToMeasurement(viewportGridService.getActiveViewportId(), m.uid);
+      const head = (m.label || '').slice(0, 20);  // its row in the panel, scrolled into view
+      const row = [...document.querySelectorAll('div, span')]
+        .find(e => e.children.length === 0 && head && e.textContent.startsWith(head));
+      row?.scrollIntoView({ block: 'center' });
+      return { label: m.label, uid: m.uid };
+    }, toolName).catch(e => { errors.push(`jump ${toolName}: ${e.message}`); return null; });
+    await sleep(5000);
+    if (shown) {
+      shown.shownImageId = await shownImageId();
+      // what the viewer computed from the drawn geometry once it was rendered
+      shown.displayText = await page.evaluate(uid => window.services.measurementService.getMeasurement(uid)?.displayText ?? null,
+                                              shown.uid).catch(e => { errors.push(`displayText: ${e.message}`); return null; });
+    }
+    return shown;
+  };
+  result.sr.length = await jump('Length');
   await shot(page, 'ohif_sr_tracked.png');
+  // a level's dural sac area (a PlanarFreehandROI): the viewport shows its axial slice
+  result.sr.area = await jump('PlanarFreehandROI');
+  if (result.sr.area) await shot(page, 'ohif_sac_area.png');
 
   const segUid = await show('SEG');
   result.segPrompt = await until(page, () => {  // "Do you want to open this Segmentation?" -> Yes

@@ -1,7 +1,7 @@
 // Reads a TID 1500 SR the way OHIF 3.13.2 does, with the viewer's own packages
 // (dcmjs 0.52.0, @cornerstonejs/adapters 5.6.8), and prints JSON on stdout:
 //
-//   {"toolState": {toolType: [{label, finding, findingSites, sopInstanceUid, points, cachedStats}]},
+//   {"toolState": {toolType: [{label, finding, findingSites, sopInstanceUid, points, cachedStats, contour}]},
 //    "display":   [{trackingIdentifier, lines, coords: [{graphicType, points}]}],
 //    "warnings":  [...console.warn lines of the adapters...]}
 //
@@ -73,6 +73,10 @@ for (const [toolType, list] of Object.entries(state)) {
     sopInstanceUid: m.sopInstanceUid ?? null,
     points: (m.annotation.data.handles?.points || []).map(p => Array.from(p)),
     cachedStats: m.annotation.data.cachedStats,
+    // PlanarFreehandROI (an area): its outline, closed when the last point is the first
+    contour: m.annotation.data.contour
+      ? { points: m.annotation.data.contour.polyline.length, closed: !!m.annotation.data.contour.closed }
+      : null,
   }));
 }
 
@@ -126,7 +130,7 @@ function processNonGeometric(items) {
     if (cs.length) {
       const g = cs.find(x => isScoord(x) && !x.ConceptNameCodeSequence) ?? cs.find(isScoord);
       // OHIF 3.13.2 leaves out a NUM whose content has no SCOORD (seen in the browser,
-      // tests/test_viewer_ohif.py: an area inferred from an IMAGE is not listed)
+      // tests/test_viewer_ohif.py, with an earlier SR whose area was inferred from an IMAGE)
       if (!g) return;
       m.coords.push(coordOf(g));
     }

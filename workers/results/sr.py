@@ -15,11 +15,7 @@ Designed for the viewer (OHIF 3.13, checked against its code and against
 3. Finding site: the disc (SNOMED CT).
 4. Numeric measurements in mm, each with its geometry as INFERRED FROM a 2-point
    polyline on the source sagittal image (OHIF: Length). The first NUM carries the
-   geometry tracking imports. Where an axial T2 series crosses the disc, the dural sac's
-   cross-sectional area in mm2 (Area, SCT, with the private finding site Dural sac)
-   comes last, inferred from the axial image it was measured on (an IMAGE reference, no
-   outline: OHIF would draw it on the sagittal slice, and without one OHIF does not list
-   it; plain-text SR renderers do). Without a measurement the level's first NUM is the
+   geometry tracking imports. Without a measurement the level's first NUM is the
    detection certainty (%) over the detection box (a 5-point polyline: RectangleROI).
 5. Finding (DCM 121071) = Stenosis (SCT) when the level has a stenosis grade, and one
    qualitative evaluation per condition, post-coordinated: ``Stenosis = Severe`` with
@@ -28,6 +24,16 @@ Designed for the viewer (OHIF 3.13, checked against its code and against
    the probability of every grade in % as properties, each naming its grade. OHIF
    draws no CODE items, so these are out of its way, and complete for any other reader.
 6. Algorithm identification (TID 4019).
+
+Where an axial T2 series crosses the disc, the dural sac's cross-sectional area follows
+the level's group as a group of its own (OHIF 3.13 draws every SCOORD of a group on the
+image the group is shown on: in the level's group, the axial outline appeared on the
+sagittal slice). Its Tracking Identifier names a closed freehand area
+(``Cornerstone3DTools@^0.1.0:PlanarFreehandROI:dural sac L4-L5``), its Comment the
+level, "dural sac area" and the AI caveat, its Finding Site the level's disc; its one
+NUM is the area in mm2 (Area, SCT, with the private finding site Dural sac) inferred
+from the closed outline (a POLYLINE whose last point is its first) on the axial image
+it was measured on: tracking imports it there as a PlanarFreehandROI.
 
 The report's "Qualitative Evaluations" container says in words that this is AI
 output and not a diagnosis, with one summary line per level. A study that cannot
@@ -192,18 +198,33 @@ def _linear(m: LinearMeasurement, source: Dataset) -> hd.sr.Measurement:
 
 
 def _area(a: AreaMeasurement, source: Dataset) -> hd.sr.Measurement:
-    """The area with the axial image it was measured on (INFERRED FROM IMAGE), not its
-    outline: OHIF 3.13 draws every SCOORD of a group on the image the group is shown on,
-    so an axial outline appeared on the sagittal slice (seen in tests/test_viewer_ohif.py).
-    Without a SCOORD, OHIF leaves the NUM out of its lines; it is in the SR for every other
-    reader (plain-text renderers, dsrdump, highdicom)."""
+    """The area inferred from its closed outline on the axial image it was measured on."""
     return hd.sr.Measurement(
         name=MEASUREMENT_NAMES[a.kind], value=round(a.value_mm2, 1), unit=codes.SQUARE_MILLIMETRE,
         finding_sites=[hd.sr.FindingSite(codes.DURAL_SAC)],
-        referenced_images=[hd.sr.SourceImageForMeasurement(
-            str(source.SOPClassUID), str(source.SOPInstanceUID),
-            referenced_frame_numbers=[a.frame_number] if a.frame_number else None)],
+        referenced_coordinates=[_polyline(a.outline, source, a.frame_number)],
     )
+
+
+def area_lines(level: str) -> list[str]:
+    """The comment lines of a level's dural sac area group (OHIF draws them above the area)."""
+    return [f"{level} dural sac area - AI, PRELIMINARY, not a diagnosis"]
+
+
+def _area_group(a: AreaMeasurement, identity: ResultIdentity, model: ModelId, source: Dataset,
+                ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The dural sac area of one level as its own group, shown on the axial image (see the module)."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=identity.sub_uid("dural sac area", a.level),
+            identifier=f"{CORNERSTONE_TAG}:PlanarFreehandROI:dural sac {a.level}",
+        ),
+        finding_sites=[hd.sr.FindingSite(codes.DISCS[a.level])],
+        algorithm_id=_algorithm(model),
+        measurements=[_area(a, source)],
+    )
+    group[0].ContentSequence[2:2] = [_text(codes.COMMENT, line) for line in area_lines(a.level)]
+    return group
 
 
 def _box_certainty(lf: LevelFindings, source: Dataset) -> hd.sr.Measurement:
@@ -217,14 +238,12 @@ def _box_certainty(lf: LevelFindings, source: Dataset) -> hd.sr.Measurement:
 
 def _level_group(
     lf: LevelFindings, identity: ResultIdentity, model: ModelId, sources: Mapping[str, Dataset],
-    measurements: Sequence[LinearMeasurement], area: AreaMeasurement | None = None,
+    measurements: Sequence[LinearMeasurement],
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     level = lf.level
     source = sources[level.sop_instance_uid]
     usable = [m for m in measurements if m.sop_instance_uid in sources]
     nums = [_linear(m, sources[m.sop_instance_uid]) for m in usable]
-    if nums and area is not None and area.sop_instance_uid in sources:
-        nums.append(_area(area, sources[area.sop_instance_uid]))
     tool = "Length" if nums else "RectangleROI"
     if not nums:
         nums = [_box_certainty(lf, source)]
@@ -284,15 +303,18 @@ def build_findings_sr(
     """The SR for analysed findings. ``evidence`` holds the headers of the source
     instances (at least those the levels point at); ``measurements`` the linear
     measurements per level name (models.measure); ``areas`` the dural sac area per
-    level name (models.sac_area), shown after a level's linear measurements."""
+    level name (models.sac_area), each a group of its own after its level's group."""
     sources = {str(ds.SOPInstanceUID): ds for ds in evidence}
     missing = [lf.level.sop_instance_uid for lf in findings.levels if lf.level.sop_instance_uid not in sources]
     if missing:
         raise ValueError(f"evidence lacks the source images of {len(missing)} level(s)")
     measured = measurements or {}
-    groups = [_level_group(lf, identity, findings.model, sources, measured.get(lf.level.name, ()),
-                           (areas or {}).get(lf.level.name))
-              for lf in findings.levels]
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    for lf in findings.levels:
+        groups.append(_level_group(lf, identity, findings.model, sources, measured.get(lf.level.name, ())))
+        area = (areas or {}).get(lf.level.name)
+        if area is not None and area.sop_instance_uid in sources and area.level in codes.DISCS:
+            groups.append(_area_group(area, identity, findings.model, sources[area.sop_instance_uid]))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(identity, findings.model),
         procedure_reported=codes.PROCEDURE,
