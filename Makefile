@@ -28,10 +28,12 @@ demo: install
 	$(BIN)/spinenode demo
 
 ## everything the tests need, then the whole suite, one test module per worker process
-## (pytest-xdist): most tests wait on real peers, so parallel modules share 2 cores well
+## (pytest-xdist): most tests wait on real peers, so parallel modules share 2 cores well.
+## A crashed worker ends the run (--max-worker-restart=0): with --dist loadfile, xdist does
+## not hand a crashed worker's remaining modules to its replacement and waits forever.
 TEST_WORKERS ?= 2
 test: test-deps install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0 --durations=15
 
 ## ingest benchmark (node vs DCMTK storescp vs Orthanc); prints a table
 bench: test-deps install

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from spinenode.core.logs import log_failure
-from scp_node import pynetdicom_tuning
+from spinenode.core import pynetdicom_tuning
 from spinenode.core import status
 from scp_node.counters import ReceiverCounters
 from scp_node.dicomio import parse_header, parse_header_file
@@ -80,7 +80,7 @@ def handle_store(event: Any, ingestor: Ingestor, counters: ScpCounters) -> int:
     """C-STORE: persist, then acknowledge. Returns a DIMSE status; never raises.
 
     The data set arrives in a file under ``DATA_DIR/receiving`` (written by pynetdicom
-    as the PDUs come in, :mod:`scp_node.pynetdicom_tuning`), is parsed up to the pixel
+    as the PDUs come in, :mod:`spinenode.core.pynetdicom_tuning`), is parsed up to the pixel
     data and renamed into the spool; it is never held in memory as a whole.
     """
     request = event.request
@@ -244,7 +244,7 @@ def _wait_until_sent(assoc: Any) -> None:
 
 
 def pdu_refused(counters: ReceiverCounters) -> Callable[[Any, str, str], None]:
-    """The callback :mod:`scp_node.pynetdicom_tuning` calls when it aborts an association."""
+    """The callback :mod:`spinenode.core.pynetdicom_tuning` calls when it aborts an association."""
 
     def refused(assoc: Any, reason: str, detail: str) -> None:
         counters.reject(reason)

@@ -13,6 +13,7 @@ from pynetdicom import AE, Association, evt
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
 from pynetdicom.sop_class import Verification
 
+from spinenode.core import pynetdicom_tuning
 from spinenode.core.errors import DicomNetworkError
 from spinenode.core.settings import Destination
 
@@ -70,6 +71,7 @@ def _nodelay(event: object) -> None:
 
 
 def echo(dest: Destination, *, calling_ae: str = "SPINENODE", timeout: float = 10.0) -> int:
+    pynetdicom_tuning.fix_requestor_pause()
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -132,6 +134,7 @@ def send_files(
             skipped.append(f.name)
     if not headers:
         raise DicomNetworkError(f"no DICOM files under {path}")
+    pynetdicom_tuning.fix_requestor_pause()
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts = sorted({(c, t) for _, c, t in headers})

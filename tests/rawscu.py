@@ -13,6 +13,8 @@ from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 
+from spinenode.core import pynetdicom_tuning
+
 
 def write_raw(path: Path, sop_class: str, sop_instance: str, transfer_syntax: str, body: bytes) -> Path:
     """A Part 10 file whose file meta is valid and whose data set is ``body`` verbatim."""
@@ -33,6 +35,7 @@ def send_raw(
     calling_ae: str = "RAWSCU",
 ) -> list[int]:
     """C-STORE each file's bytes as they are; returns the status of each (-1: no response)."""
+    pynetdicom_tuning.fix_requestor_pause()  # or a response may be lost under load (see there)
     previous = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     try:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
@@ -23,6 +23,12 @@ from spinenode.core import status
 EXAMPLES = int(os.environ.get("SPINENODE_FUZZ_EXAMPLES", "60"))
 #: CI runs the same cases every time (a failure reproduces); SPINENODE_FUZZ_RANDOM=1 explores.
 DERANDOMIZE = os.environ.get("SPINENODE_FUZZ_RANDOM") != "1"
+#: No shrinking: each case is a network round trip, and after a failure Hypothesis
+#: shrinks with a line tracer on (its "explain" phase), which makes every round trip
+#: far slower and hides the test from pytest-timeout (it takes a tracer for a
+#: debugger and stays silent): a failure under load then ran on for over 15 minutes.
+#: The first failing case is reported as it is (and reproduces: derandomized).
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate)
 KNOWN = {status.SUCCESS, status.OUT_OF_RESOURCES, status.DATASET_DOES_NOT_MATCH_SOP_CLASS, status.CANNOT_UNDERSTAND}
 
 mutation = st.one_of(
@@ -58,7 +64,7 @@ def test_mutated_datasets_get_a_status(node_factory: Any, tmp_path_factory: Any)
     work: Path = tmp_path_factory.mktemp("fuzz")
     seen: dict[int, int] = {}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE, phases=PHASES,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(ops=st.lists(mutation, min_size=1, max_size=4), uid_suffix=st.integers(1, 10**9))
     def one(ops: list[tuple[str, int, int]], uid_suffix: int) -> None:

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Verification
 from nodeproc import Node
 from peers import wait_until
 from rawscu import raw_association, read_pdu, send_raw, write_raw
-from scp_node import pynetdicom_tuning
+from spinenode.core import pynetdicom_tuning
 from spinenode.core import status
 
 MiB = 1024 * 1024
@@ -47,20 +47,100 @@ def _metric(node: Node, name: str) -> float:
 
 
 def test_pynetdicom_is_the_version_the_tuning_was_checked_on() -> None:
-    """Fails when pynetdicom changes underneath scp_node/pynetdicom_tuning.py: re-check
+    """Fails when pynetdicom changes underneath spinenode/core/pynetdicom_tuning.py: re-check
     the patched functions, then update CHECKED_VERSIONS and CHECKED_SOURCES."""
     import pynetdicom
 
     assert pynetdicom.__version__.startswith(pynetdicom_tuning.CHECKED_VERSIONS), pynetdicom.__version__
     assert pynetdicom_tuning.internals_match() == []
     # apply() takes effect (in a fresh interpreter: it patches pynetdicom process-wide)
-    code = ("import logging, sys; logging.basicConfig(); from scp_node import pynetdicom_tuning as t; "
+    code = ("import logging, sys; logging.basicConfig(); from spinenode.core import pynetdicom_tuning as t; "
             "sys.exit(0 if t.apply() else 1)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
+def test_a_requestor_pausing_the_reactor_sees_it_running_until_it_parks() -> None:
+    """pynetdicom's reactor marks itself paused before it waits on its checkpoint and running
+    only after the wait returned. A ``send_*`` that clears the checkpoint in between read
+    "paused", sent its request, and the reactor took the response (seen under load in
+    tests/test_fuzz_cstore.py: "Received unexpected C-ECHO service message", then a wait
+    until the peer's network timeout). The interleaving is forced here, on pynetdicom's
+    plain Event and on the node's checkpoint."""
+    import threading
+
+    from spinenode.core.pynetdicom_tuning import _ReactorCheckpoint
+
+    class Assoc:
+        network_timeout_response = "A-ABORT"
+        _is_paused = False
+
+    def paused_as_seen_by_send(make: Any) -> bool:
+        assoc = Assoc()
+        checkpoint = make(assoc)
+        checkpoint.set()  # the previous send_* let the reactor go
+        returned, read = threading.Event(), threading.Event()
+
+        def reactor() -> None:  # Association._run_reactor, the three lines of its pause
+            assoc._is_paused = True
+            checkpoint.wait()
+            returned.set()
+            read.wait(10)  # preempted here, before it marks itself running
+            assoc._is_paused = False
+
+        thread = threading.Thread(target=reactor)
+        thread.start()
+        assert returned.wait(10)
+        checkpoint.clear()  # the next send_*: pause the reactor ...
+        seen = assoc._is_paused  # ... and go on once it reads "paused"
+        read.set()
+        thread.join(10)
+        return seen
+
+    assert paused_as_seen_by_send(lambda assoc: threading.Event()) is True  # pynetdicom's race
+    assert paused_as_seen_by_send(_ReactorCheckpoint) is False  # waits for the reactor to park
+
+    def runs_on_after_set_then_clear(make: Any) -> bool:
+        """The previous send_* sets the checkpoint and the next clears it before the
+        parked reactor got the lock back: does the reactor run on?"""
+        checkpoint = make(Assoc())
+        checkpoint.clear()
+        parked, returned = threading.Event(), threading.Event()
+
+        def reactor() -> None:
+            parked.set()
+            checkpoint.wait()
+            returned.set()
+
+        thread = threading.Thread(target=reactor, daemon=True)
+        thread.start()
+        assert parked.wait(10)
+        while not checkpoint._cond._waiters:  # type: ignore[attr-defined]  # inside Condition.wait
+            returned.wait(0.01)
+        with checkpoint._cond:  # type: ignore[attr-defined]  # set() then clear(), the waiter locked out
+            checkpoint._flag = True  # type: ignore[attr-defined]
+            checkpoint._cond.notify_all()  # type: ignore[attr-defined]
+            checkpoint._flag = False  # type: ignore[attr-defined]
+        # pynetdicom's Event returns at once; the node's must not return at all (1 s is plenty to see it)
+        ran_on = returned.wait(1 if isinstance(checkpoint, _ReactorCheckpoint) else 10)
+        checkpoint.set()
+        assert returned.wait(10)
+        thread.join(10)
+        return ran_on
+
+    assert runs_on_after_set_then_clear(lambda assoc: threading.Event()) is True  # pynetdicom's race
+    assert runs_on_after_set_then_clear(_ReactorCheckpoint) is False  # stays parked
+
+    # installed, every new association gets the checkpoint (in a fresh interpreter)
+    code = ("import sys; from spinenode.core import pynetdicom_tuning as t; from pynetdicom import AE; "
+            "from pynetdicom.association import Association; ok = t.fix_requestor_pause(); "
+            "a = Association(AE(), 'requestor'); "
+            "sys.exit(0 if ok and isinstance(a._reactor_checkpoint, t._ReactorCheckpoint) "
+            "and a._reactor_checkpoint.is_set() else 1)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
 def test_changed_internals_fall_back_to_stock_with_a_warning(caplog: Any) -> None:
-    code = ("import logging, sys; logging.basicConfig(); from scp_node import pynetdicom_tuning as t; "
+    code = ("import logging, sys; logging.basicConfig(); from spinenode.core import pynetdicom_tuning as t; "
             "t.CHECKED_SOURCES['dul.DULServiceProvider.run_reactor'] = '0' * 16; "
             "from pynetdicom import dul; before = dul.DULServiceProvider._read_pdu_data; "
             "ok = t.apply(); sys.exit(0 if not ok and dul.DULServiceProvider._read_pdu_data is before else 1)")

@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from spinenode.core import status
+from spinenode.core import pynetdicom_tuning, status
 from spinenode.core.settings import Destination, Settings
 from workers.exporters.base import ObjectToSend, SendOutcome
 
@@ -56,6 +56,7 @@ def send_objects(
     syntaxes (``;ts=``) or :data:`PROPOSED_TRANSFER_SYNTAXES`; one outcome per object."""
     if not objects:
         return []
+    pynetdicom_tuning.fix_requestor_pause()
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in sorted({o.sop_class_uid for o in objects}):

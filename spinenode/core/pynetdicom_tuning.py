@@ -1,7 +1,7 @@
 """Everything the node changes inside pynetdicom, in one version-checked place.
 
-pynetdicom 3.0 leaves two things open that a node on a hospital network cannot, and
-one that costs speed:
+pynetdicom 3.0 leaves two things open that a node on a hospital network cannot, one
+race that stalls a requestor, and one thing that costs speed:
 
 * **Declared PDU lengths are not checked.** ``DULServiceProvider._read_pdu_data``
   reads whatever length a peer declares into memory (a P-DATA-TF declaring 600 MiB
@@ -20,6 +20,23 @@ one that costs speed:
   flight (:class:`InFlight`): a data set that would pass the cap is not written
   further and its C-STORE is refused with 0xA700 (:func:`overflowed`). Files of
   aborted transfers are removed when their connection closes (:func:`discard_partials`).
+* **A requestor's response can be stolen.** ``Association.send_c_store`` (and every
+  ``send_*``) pauses the association's reactor thread before it sends a request and
+  waits for the response itself: it clears ``_reactor_checkpoint`` and waits until
+  ``_is_paused``. But the reactor sets ``_is_paused = True`` before it waits on the
+  checkpoint and ``False`` only after the wait returned, so right after the previous
+  ``send_*`` un-paused it, ``_is_paused`` is still True while the reactor is already on
+  its way to take a message off the queue. The next request then goes out, the
+  reactor takes its response ("Received unexpected C-ECHO service message") and the
+  requestor waits for nothing until its DIMSE timeout or the peer's network timeout
+  aborts the association. Seen under load in about 1 of 50 C-STORE + C-ECHO pairs on
+  one association (``tests/test_fuzz_cstore.py``); the export's C-STOREs share the path.
+  (``Event.wait`` also returns True when it was notified and a ``clear()`` came before
+  it got its lock back, and the reactor runs on.) :func:`fix_requestor_pause` gives
+  every association a checkpoint whose ``wait`` returns only while the flag is still
+  set and clears ``_is_paused`` under the checkpoint's own lock, so a ``clear()`` that
+  follows sees the truth and the requestor waits for the reactor to park. The receiver, the
+  export and ``spinenode send``/``echo`` install it; :func:`apply` does too.
 * **Polling.** Two threads per association poll with 1 ms sleeps (about 1.3 ms of
   latency per C-STORE, and CPU whether busy or idle; docs/performance.md). Here both
   wait for work instead: the DUL thread in a ``select`` on its peer socket and a wake
@@ -75,6 +92,7 @@ CHECKED_SOURCES = {
     "dul.DULServiceProvider.send_pdu": "7cbce5da8594124e",
     "fsm.StateMachine.do_action": "9a883f44c7f31641",
     "association.Association._run_reactor": "f28838c5559e462a",
+    "association.Association.__init__": "eb07516b8009ad8f",
     "dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76be",
     "service_class.StorageServiceClass.SCP": "63afca7fc6c6e7ee",
 }
@@ -84,6 +102,7 @@ _P_DATA_TF = 0x04
 _GUARD_ATTRIBUTE = "_spinenode_guard"
 
 _applied = False
+_pause_fixed = False
 _apply_lock = threading.Lock()
 
 
@@ -419,6 +438,66 @@ def _temp_file_factory(original: Callable[..., Any]) -> Callable[..., Any]:
     return make
 
 
+class _ReactorCheckpoint(threading.Event):
+    """``Association._reactor_checkpoint`` whose ``wait`` marks the reactor as running
+    (``_is_paused = False``) under the event's own lock before it returns, so that a
+    ``clear()`` by a ``send_*`` method, which takes the same lock, is followed by a true
+    ``_is_paused`` only once the reactor has parked again (module docstring)."""
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__()
+        self._assoc = assoc
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:  # threading.Event's own lock: clear() and set() take it too
+            # Event.wait returns True once notified even when a clear() came before it
+            # got the lock back: the reactor then ran on while the requestor, which read
+            # _is_paused = True, had sent its request. Here only a flag still set counts.
+            while not self._flag:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            # The reactor's other wait (network timeout with the "A-RELEASE" response)
+            # calls release() next in the same thread, which waits for _is_paused: left
+            # stock there (the node keeps pynetdicom's default, "A-ABORT").
+            if self._assoc.network_timeout_response != "A-RELEASE":
+                self._assoc._is_paused = False
+            return True
+
+
+def fix_requestor_pause() -> bool:
+    """Install :class:`_ReactorCheckpoint` in every new association (once per process).
+
+    True if in effect; False (a warning logged, pynetdicom stock) on a pynetdicom
+    version or internals this module was not checked against."""
+    global _pause_fixed
+    import pynetdicom
+    from pynetdicom import association
+
+    with _apply_lock:
+        if _pause_fixed:
+            return True
+        version = str(getattr(pynetdicom, "__version__", "?"))
+        if not version.startswith(CHECKED_VERSIONS) or internals_match():
+            log.warning("pynetdicom %s is not a checked version or its internals differ: the "
+                        "requestor pause race stays (a response may be lost until a timeout)", version)
+            return False
+        original_init = association.Association.__init__
+
+        @functools.wraps(original_init)
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(self, *args, **kwargs)
+            checkpoint = _ReactorCheckpoint(self)
+            checkpoint.set()
+            self._reactor_checkpoint = checkpoint
+
+        association.Association.__init__ = init  # type: ignore[method-assign]
+        _pause_fixed = True
+    return True
+
+
 def apply() -> bool:
     """Install the PDU length check, the receiving-file hook and event-driven reactors (once).
 
@@ -457,5 +536,6 @@ def apply() -> bool:
         dimse_messages.NamedTemporaryFile = _temp_file_factory(  # type: ignore[assignment]
             dimse_messages.NamedTemporaryFile)
         _applied = True
+    fix_requestor_pause()
     log.debug("pynetdicom %s: PDU length check, receiving files, event-driven reactors", version)
     return True
