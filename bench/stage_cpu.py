@@ -1,0 +1,225 @@
+"""CPU seconds per study of the work outside inference, part by part, in one process.
+
+Usage::
+
+    python bench/stage_cpu.py [--data DIR] [--repeat 3] [--profile OUT.prof]
+
+``DIR`` is one phantom lumbar MR study (``spinenode phantom DIR --studies 1 --seed 5001
+--no-masks``, as bench/throughput.py makes them; made in a temp dir when not given). The
+analyzer runs once (its pass is shown, not counted); then, ``--repeat`` times, the parts
+the stages do around it run in-process, on the same calls the stages make:
+
+- **node**: the WADO-RS metadata of the study (DICOM JSON of every instance,
+  ``scp_node.admin.dicomweb``), as a remote worker asks for it;
+- **analysis worker**: the header-only files a remote worker writes from that JSON
+  (``workers.spool``), reading the study once and classifying it (``workers.series``),
+  the selected series' pixels, saving the masks and the analysis record's JSON;
+- **cpu worker**: the record read back, the masks checked and loaded, the headers read
+  (``workers.encode``), each builder of ``workers.results.builders`` and the Part 10
+  encoding of its object.
+
+Network transfers, the database and the broker are not in it (bench/throughput.py
+measures whole processes). CPU is ``time.process_time`` (all threads of this process);
+the table gives the median of the repeats. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+class Clock:
+    """CPU seconds per part, summed over the repeats' runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, float]] = []
+
+    def new_run(self) -> None:
+        self.runs.append({})
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        t = time.process_time()
+        try:
+            yield
+        finally:
+            run = self.runs[-1]
+            run[name] = run.get(name, 0.0) + time.process_time() - t
+
+
+def _study(data: Path) -> tuple[str, dict[str, list[Path]]]:
+    from pydicom import dcmread
+
+    d = next(p for p in sorted((data / "train_images").iterdir()) if p.is_dir())
+    series: dict[str, list[Path]] = {}
+    study_uid = ""
+    for s in sorted(p for p in d.iterdir() if p.is_dir()):
+        files = sorted(s.glob("*.dcm"))
+        head = dcmread(files[0], stop_before_pixels=True)
+        series[str(head.SeriesInstanceUID)] = files
+        study_uid = str(head.StudyInstanceUID)
+    return study_uid, series
+
+
+def _node_metadata(paths: list[Path]) -> bytes:
+    """The body of ``GET /dicom-web/studies/{uid}/metadata`` (scp_node.admin.dicomweb)."""
+    from scp_node.admin.dicomweb import metadata_json
+
+    return b"".join(metadata_json(paths))
+
+
+def _header_files(body: bytes, out: Path) -> None:
+    """What ``SpoolAccess.require_headers`` does with that body on a remote worker."""
+    from pydicom.dataset import Dataset
+
+    from workers.spool import _write_header
+
+    for i, item in enumerate(json.loads(body)):
+        _write_header(Dataset.from_json(item), out / f"{i}.dcm")
+
+
+def _one_run(clock: Clock, study_uid: str, series: dict[str, list[Path]], outcome: Any, work: Path) -> None:
+    from pydicom import dcmread
+
+    from models.series import ROLE_CONDITIONS
+    from workers.record import AnalysisRecord, MaskSet, MasksRef, SeriesUse
+    from workers.results.builder import EncodeInputs
+    from workers.results.builders import BUILDERS
+    from workers.results.identity import inputs_digest
+    from workers.results.seg import load_masks, save_masks
+    from workers.series import classify, for_analysis, read_study
+
+    clock.new_run()
+    paths = [p for files in series.values() for p in files]
+    with clock.part("node: WADO-RS metadata (DICOM JSON)"):
+        body = _node_metadata(paths)
+    with clock.part("analysis: header files from the JSON"):
+        _header_files(body, work / "headers")
+    with clock.part("analysis: read study + classify"):
+        read = read_study(series)
+        classes, selection = classify(read)
+    with clock.part("analysis: selected series' pixels"):
+        got, unreadable = for_analysis(read, selection, series)
+        for uid in selection.series_uids():
+            for ds in got.get(uid, ()):
+                ds.PixelData  # noqa: B018 - the analyzer loads them: the file read is ours
+    with clock.part("analysis: masks file + record JSON"):
+        used = tuple(SeriesUse(role, uid, len(got.get(uid, ())), unreadable.get(uid, 0))
+                     for role in ROLE_CONDITIONS if (uid := getattr(selection, role)))
+        masks_file = work / "masks.npz"
+        sha = save_masks(outcome.masks, masks_file)
+        ref = MasksRef("results/masks.npz", sha, tuple(MaskSet.of(m) for m in outcome.masks))
+        stored = json.dumps(AnalysisRecord.of(outcome.findings, used, ref, outcome.seconds).to_json())
+    with clock.part("encode: record, masks, headers"):
+        record = AnalysisRecord.from_json(json.loads(stored))
+        if hashlib.sha256(masks_file.read_bytes()).hexdigest() != sha:
+            raise SystemExit("masks changed")
+        masks = load_masks(masks_file)
+        evidence = [dcmread(p, stop_before_pixels=True) for p in paths]
+        digest = inputs_digest(str(ds.SOPInstanceUID) for ds in evidence)
+    images: dict[tuple[str, str], Any] = {}
+    by_sop = {p.stem: p for p in paths}
+    for p in paths:
+        by_sop.setdefault(str(dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID), p)
+
+    def source_image(series_uid: str, sop: str) -> Any:
+        if (series_uid, sop) not in images:
+            images[series_uid, sop] = dcmread(by_sop[sop])
+        return images[series_uid, sop]
+
+    inputs = EncodeInputs(record, evidence, masks, digest, source_image=source_image, predecessor=lambda _: None)
+    for builder in BUILDERS:
+        identity = inputs.identity(builder.kind)
+        with clock.part(f"encode: build {builder.kind.value}"):
+            ds = builder.build(inputs, identity)
+        if ds is None:
+            continue
+        with clock.part("encode: write Part 10 bytes"):
+            buf = BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            (work / f"{builder.kind.value}.dcm").write_bytes(buf.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="a phantom dataset (one lumbar MR study); made when absent")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="write a cProfile of one more run here")
+    parser.add_argument("--keep", type=Path, help="copy the result objects of the last run here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="spinenode-stage-cpu-") as tmp:
+        data = args.data or Path(tmp) / "phantom"
+        if args.data is None:
+            subprocess.run([sys.executable, "-m", "spinenode_app.cli", "phantom", str(data), "--studies", "1",
+                            "--seed", "5001", "--no-masks"], check=True, capture_output=True)
+        study_uid, series = _study(data)
+
+        from spinenode.core.settings import load_settings
+        from workers.analysis import AnalyzerCache, analyse
+        from workers.series import classify, for_analysis, read_study
+
+        settings = load_settings(data_dir=Path(tmp) / "data", device="cpu")
+        analyzer = AnalyzerCache().get(settings)
+        read = read_study(series)
+        _, selection = classify(read)
+        got, _ = for_analysis(read, selection, series)
+        t = time.process_time()
+        outcome = analyse(analyzer, study_uid, got, "lumbar", selection)
+        analyzer_cpu = time.process_time() - t
+        if not getattr(outcome, "findings", None) or not outcome.masks:
+            raise SystemExit(f"the analyzer gave nothing to encode: {outcome}")
+
+        clock = Clock()
+        for i in range(args.repeat):
+            work = Path(tmp) / f"run{i}"
+            (work / "headers").mkdir(parents=True)
+            _one_run(clock, study_uid, series, outcome, work)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for f in (Path(tmp) / f"run{args.repeat - 1}").glob("*.dcm"):
+                (args.keep / f.name).write_bytes(f.read_bytes())
+        if args.profile:
+            work = Path(tmp) / "profiled"
+            (work / "headers").mkdir(parents=True)
+            profiler = cProfile.Profile()
+            profiler.runcall(_one_run, Clock(), study_uid, series, outcome, work)
+            profiler.dump_stats(args.profile)
+
+    n = sum(len(v) for v in series.values())
+    print(f"one phantom lumbar MR study, {n} instances in {len(series)} series; "
+          f"analyzer pass (not counted) {analyzer_cpu:.2f} CPU s; median of {args.repeat} runs")
+    names = list(clock.runs[0])
+    width = max(len(x) for x in names) + 2
+    print(f"| {'part':<{width}} | CPU s | runs |")
+    print(f"| {'-' * width} | ---: | --- |")
+    totals: dict[str, float] = {}
+    for name in names:
+        values = [r.get(name, 0.0) for r in clock.runs]
+        med = statistics.median(values)
+        totals[name.split(":")[0]] = totals.get(name.split(":")[0], 0.0) + med
+        print(f"| {name:<{width}} | {med:.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
+    for who, total in totals.items():
+        print(f"| **{who} total** | {total:.3f} | |")
+    print(f"| **workers total (analysis + encode)** | {totals.get('analysis', 0) + totals.get('encode', 0):.3f} | |")
+
+
+if __name__ == "__main__":
+    main()
