@@ -29,6 +29,7 @@ import argparse
 import cProfile
 import hashlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -157,11 +158,115 @@ def _one_run(clock: Clock, study_uid: str, series: dict[str, list[Path]], outcom
             (work / f"{builder.kind.value}.dcm").write_bytes(buf.getvalue())
 
 
+class _TimedAnalyzer:
+    """The analyzer, with the CPU seconds of its passes (this thread) counted apart."""
+
+    def __init__(self, analyzer: Any) -> None:
+        self.analyzer = analyzer
+        self.cpu = 0.0
+
+    def analyze_batch(self, studies: Any, selections: Any = None) -> Any:
+        t = time.thread_time()
+        try:
+            return self.analyzer.analyze_batch(studies, selections)
+        finally:
+            self.cpu += time.thread_time() - t
+
+
+def _sent(*_: Any, **__: Any) -> None:
+    return None
+
+
+def _remote_run(clock: Clock, data_paths: list[Path], analyzer: Any, work: Path,
+                profiles: dict[str, cProfile.Profile] | None = None) -> None:
+    """The analyze and encode stages of workers that reach the node only by DICOMweb:
+    the node (``scp_node.admin``) under uvicorn in a thread of this process, a worker
+    DATA_DIR per stage. Worker CPU is this thread's; the node's is the rest of the
+    process's (its HTTP thread and thread pool)."""
+    import threading
+
+    import uvicorn
+    from sqlalchemy import select
+
+    from scp_node.admin.app import create_app
+    from scp_node.admin.context import AdminContext
+    from scp_node.dicomio import parse_header
+    from scp_node.ingest import Ingestor
+    from spinenode.core.db.models import Study, StudyState
+    from spinenode.core.db.session import Database
+    from spinenode.core.settings import load_settings
+    from spinenode.core.states import transition
+    from spinenode.core.storage import Spool
+    from workers.analysis import AnalyzerCache
+    from workers.analyze import analyze_study
+    from workers.encode import encode_study
+    from workers.spool import SpoolAccess
+    from workers.stage import StageContext
+
+    token = "bench-stage-cpu"
+    node_settings = load_settings(data_dir=work / "node", worker_token=token)
+    db = Database(node_settings.database_url)
+    db.migrate(node_settings.data_dir)
+    ingestor = Ingestor(db, Spool(node_settings.data_dir))
+    for path in data_paths:
+        raw = path.read_bytes()
+        ingestor.store(parse_header(raw), raw, "BENCH")
+    study_uid = parse_header(data_paths[0].read_bytes()).study_uid
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+        transition(s, st, StudyState.COMPLETE, detail="bench")
+        transition(s, st, StudyState.QUEUED, detail="bench")
+        generation = st.generation
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(AdminContext(node_settings, db, lambda *a: None, lambda: {}))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    timed = _TimedAnalyzer(analyzer)
+
+    def context(name: str) -> Any:
+        settings = load_settings(data_dir=work / name, database_url=node_settings.database_url,
+                                 node_url=f"http://127.0.0.1:{port}", worker_token=token)
+        wdb = Database(settings.database_url)
+        return StageContext(settings, wdb, SpoolAccess(settings, wdb, host=name), _sent,
+                            AnalyzerCache(lambda *_: timed))
+
+    try:
+        for name, stage in (("analysis", analyze_study), ("cpu", encode_study)):
+            ctx = context(name)
+            before = timed.cpu
+            p0, t0 = time.process_time(), time.thread_time()
+            profiler = (profiles or {}).get(name)
+            if profiler is not None:
+                profiler.runcall(stage, ctx, study_uid, generation)
+            else:
+                stage(ctx, study_uid, generation)
+            p1, t1 = time.process_time(), time.thread_time()
+            clock.runs[-1][f"remote {name} worker: stage outside inference"] = (t1 - t0) - (timed.cpu - before)
+            clock.runs[-1][f"remote {name} stage: node serving it"] = (p1 - p0) - (t1 - t0)
+            ctx.db.dispose()
+        with db.session() as s:
+            state = s.execute(select(Study.state).where(Study.study_uid == study_uid)).scalar_one()
+        if state != StudyState.DONE:
+            raise SystemExit(f"the study ended {state}, not DONE")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        db.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="a phantom dataset (one lumbar MR study); made when absent")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="write a cProfile of one more run here")
+    parser.add_argument("--no-remote", action="store_true", help="leave out the stages through the node's DICOMweb")
     parser.add_argument("--keep", type=Path, help="copy the result objects of the last run here")
     args = parser.parse_args()
 
@@ -178,6 +283,14 @@ def main() -> None:
 
         settings = load_settings(data_dir=Path(tmp) / "data", device="cpu")
         analyzer = AnalyzerCache().get(settings)
+        import torch
+
+        torch.set_num_threads(1)  # the analyzer in this thread only: the rest of the process is the node's
+        if os.environ.get("BENCH_GC_FREEZE"):
+            import gc
+
+            gc.collect()
+            gc.freeze()
         read = read_study(series)
         _, selection = classify(read)
         got, _ = for_analysis(read, selection, series)
@@ -192,6 +305,8 @@ def main() -> None:
             work = Path(tmp) / f"run{i}"
             (work / "headers").mkdir(parents=True)
             _one_run(clock, study_uid, series, outcome, work)
+            if not args.no_remote:
+                _remote_run(clock, [p for files in series.values() for p in files], analyzer, work / "remote")
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             for f in (Path(tmp) / f"run{args.repeat - 1}").glob("*.dcm"):
@@ -202,6 +317,14 @@ def main() -> None:
             profiler = cProfile.Profile()
             profiler.runcall(_one_run, Clock(), study_uid, series, outcome, work)
             profiler.dump_stats(args.profile)
+            if not args.no_remote:  # the workers' threads of the stages through the node
+                profiles = {"analysis": cProfile.Profile(), "cpu": cProfile.Profile()}
+                throwaway = Clock()
+                throwaway.new_run()
+                _remote_run(throwaway, [p for files in series.values() for p in files], analyzer, work / "remote",
+                            profiles)
+                for name, prof in profiles.items():
+                    prof.dump_stats(args.profile.with_name(f"{args.profile.stem}-remote-{name}{args.profile.suffix}"))
 
     n = sum(len(v) for v in series.values())
     print(f"one phantom lumbar MR study, {n} instances in {len(series)} series; "
@@ -214,11 +337,17 @@ def main() -> None:
     for name in names:
         values = [r.get(name, 0.0) for r in clock.runs]
         med = statistics.median(values)
-        totals[name.split(":")[0]] = totals.get(name.split(":")[0], 0.0) + med
+        if not name.startswith("remote"):
+            totals[name.split(":")[0]] = totals.get(name.split(":")[0], 0.0) + med
         print(f"| {name:<{width}} | {med:.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
     for who, total in totals.items():
         print(f"| **{who} total** | {total:.3f} | |")
     print(f"| **workers total (analysis + encode)** | {totals.get('analysis', 0) + totals.get('encode', 0):.3f} | |")
+    remote = [v for k, v in clock.runs[0].items() if k.startswith("remote") and "worker" in k]
+    if remote:
+        both = [sum(v for k, v in r.items() if k.startswith("remote") and "worker" in k) for r in clock.runs]
+        print(f"| **remote workers total (both stages)** | {statistics.median(both):.3f} | "
+              f"{', '.join(f'{v:.3f}' for v in both)} |")
 
 
 if __name__ == "__main__":

@@ -253,6 +253,47 @@ def test_fetched_headers_and_series_and_the_cache_budget(node: Any, tmp_path: Pa
     w.db.dispose()
 
 
+def test_encode_fetches_a_series_it_reads_several_images_of_in_one_request(
+    node: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A builder reading one image of a series costs one WADO-RS instance request; from
+    the second image of that series on, the rest of the series comes in one request
+    (the dural sac area reads a whole axial series: it used to be a request per image)."""
+    import workers.results.builders as builders
+    from workers.analyze import masks_path
+    from workers.results.builder import ResultBuilder
+    from workers.results.identity import ResultKind
+
+    settings, db, study, http = node
+    gpu = _worker(tmp_path, "gpu", settings, http.url)
+    cpu = _worker(tmp_path, "cpu", settings, http.url)
+    headers = {p: dcmread(p, stop_before_pixels=True) for p in study.paths}
+    sag = [p for p, ds in headers.items() if "SAG" in str(ds.SeriesDescription)]
+    axial = [ds for ds in headers.values() if "AX" in str(ds.SeriesDescription)]
+    gen = _analysed(gpu, study.study_uid, sag)
+    gpu.spool.publish_masks(study.study_uid, gen, masks_path(gpu, study.study_uid, gen))
+    read: list[Any] = []
+
+    def reader(inputs: Any, identity: Any) -> None:
+        read.extend(inputs.source_image(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for ds in axial)
+        return None
+
+    monkeypatch.setattr(builders, "BUILDERS", (*builders.BUILDERS, ResultBuilder(ResultKind.KEY_IMAGES, reader)))
+    requests: list[str] = []
+    client = cpu.spool.client()
+    original = client.retrieve
+    monkeypatch.setattr(client, "retrieve", lambda path, *a: requests.append(path) or original(path, *a))
+    encode_study(cpu, study.study_uid, gen)
+    by_sop = {str(ds.SOPInstanceUID): p for p, ds in headers.items()}
+    assert [ds.PixelData for ds in read] == [dcmread(by_sop[str(ds.SOPInstanceUID)]).PixelData for ds in axial]
+    axial_uid = str(axial[0].SeriesInstanceUID)
+    series_requests = [r for r in requests if r.endswith(f"/series/{axial_uid}")]
+    instance_requests = [r for r in requests if f"/series/{axial_uid}/instances/" in r]
+    assert len(series_requests) == 1 and len(instance_requests) == 1, requests
+    for ctx in (gpu, cpu):
+        ctx.db.dispose()
+
+
 def test_worker_fetches_over_https_verified_against_tls_ca(node: Any, tmp_path: Path) -> None:
     """HTTP_TLS: the node's HTTP listener (spinenode_app.node._start_http) serves /dicom-web over
     TLS; a worker with TLS_CA fetches; one without the CA is refused at the handshake and

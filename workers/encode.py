@@ -113,11 +113,17 @@ def _encode_objects(ctx: StageContext, study: StageStudy, generation: int) -> tu
     except FindingsJsonError as exc:
         raise AnalysisRecordError(f"the stored analysis cannot be read ({exc})") from exc
     images: dict[tuple[str, str], Dataset] = {}
+    asked: dict[str, int] = {}
 
     def source_image(series_uid: str, sop: str) -> Dataset:
         """A source image with its pixels, read once per encode (the key image and the
-        measurements ask for the same slices)."""
+        measurements ask for the same slices). From the second image of a series on, a
+        worker that fetches from the node gets the rest of that series in one WADO-RS
+        request, not one request per image (the dural sac area reads a whole axial series)."""
         if (series_uid, sop) not in images:
+            asked[series_uid] = asked.get(series_uid, 0) + 1
+            if asked[series_uid] == 2 and ctx.spool.remote:
+                ctx.spool.require_series(study_uid, [series_uid])
             images[series_uid, sop] = dcmread(ctx.spool.instance_path(study_uid, series_uid, sop))
         return images[series_uid, sop]
 
