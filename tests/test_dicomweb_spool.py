@@ -229,6 +229,47 @@ def test_missing_files_fail_analyze_naming_instance_and_host(node: Any, tmp_path
     lonely.db.dispose()
 
 
+def test_remote_analysis_reads_the_headers_in_memory_and_the_selected_series_in_full(
+    node: Any, tmp_path: Path
+) -> None:
+    """A worker without the study's files classifies it from the node's WADO-RS metadata
+    held in memory (no header files written), then gives the analyzer the selected series
+    with their pixels as the node has them, fetched after the selection."""
+    from models.analyzer import AnalyzerError
+    from workers.analysis import AnalyzerCache
+
+    class Recording:
+        def __init__(self) -> None:
+            self.series: dict[str, list[Any]] = {}
+            self.selected: set[str] = set()
+
+        def analyze_selected(self, study_uid: str, series: Any, selection: Any, region: str | None) -> Any:
+            self.series, self.selected = dict(series), set(selection.series_uids())
+            raise AnalyzerError("recorded")
+
+    settings, db, study, http = node
+    gen = _queued(db, study.study_uid)
+    w = _worker(tmp_path, "far", settings, http.url)
+    recording = Recording()
+    w.analyzers = AnalyzerCache(lambda *_: recording)
+    analyze_study(w, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.ENCODING and st.not_analysed_reason == "recorded", st.reason
+    assert not list((tmp_path / "far" / "cache" / "headers").rglob("*.dcm"))  # held in memory, not written
+    sources = {str(ds.SOPInstanceUID): (p, ds) for p in study.paths if (ds := dcmread(p, stop_before_pixels=True))}
+    assert recording.selected and sum(len(v) for v in recording.series.values()) == len(study.paths)
+    for uid, datasets in recording.series.items():
+        for ds in datasets:
+            path, header = sources[str(ds.SOPInstanceUID)]
+            assert str(header.SeriesInstanceUID) == uid and ds.SeriesDescription == header.SeriesDescription
+            if uid in recording.selected:
+                assert ds.PixelData == dcmread(path).PixelData
+            else:
+                assert "PixelData" not in ds
+    w.db.dispose()
+
+
 def test_fetched_headers_and_series_and_the_cache_budget(node: Any, tmp_path: Path) -> None:
     """require_headers fetches headers only; require_series fetches one series' full
     files; leaving the study trims the cache to its budget (least recently used first)."""

@@ -45,10 +45,10 @@ def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
 
 
 def _evidence(ctx: StageContext, study_uid: str) -> list[Dataset]:
-    """The headers of every source instance, each read once."""
-    ctx.spool.require_headers(study_uid)
-    return [dcmread(ctx.spool.absolute(rel), stop_before_pixels=True)
-            for rels in repository.series_files(ctx.db, study_uid).values() for rel in rels]
+    """The headers of every source instance, each read once (fetched from the node into
+    memory when this host does not have them)."""
+    headers = ctx.spool.headers(study_uid)
+    return [headers[str(Path(rel))] for rels in repository.series_files(ctx.db, study_uid).values() for rel in rels]
 
 
 def _predecessor(ctx: StageContext, study: StageStudy, sop_uid: str) -> Dataset | None:
