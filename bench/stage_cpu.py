@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
@@ -121,7 +121,7 @@ def _one_run(clock: Clock, study_uid: str, series: dict[str, list[Path]], outcom
         _header_files(body, work / "headers")
     with clock.part("analysis: read study + classify"):
         read = read_study(series)
-        classes, selection = classify(read)
+        _, selection = classify(read)
     with clock.part("analysis: selected series' pixels"):
         got, unreadable = for_analysis(read, selection, series)
         for uid in selection.series_uids():
@@ -221,7 +221,7 @@ class RemoteStages:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        app = create_app(AdminContext(self.node_settings, self.db, lambda *a: None, lambda: {}))
+        app = create_app(AdminContext(self.node_settings, self.db, lambda *a: None, dict))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

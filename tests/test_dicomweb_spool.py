@@ -300,12 +300,12 @@ def test_encode_fetches_a_series_it_reads_several_images_of_in_one_request(
     """A builder reading one image of a series costs one WADO-RS instance request; from
     the second image of that series on, the rest of the series comes in one request
     (the dural sac area reads a whole axial series: it used to be a request per image)."""
-    import workers.results.builders as builders
     from workers.analyze import masks_path
+    from workers.results import builders
     from workers.results.builder import ResultBuilder
     from workers.results.identity import ResultKind
 
-    settings, db, study, http = node
+    settings, _db, study, http = node
     gpu = _worker(tmp_path, "gpu", settings, http.url)
     cpu = _worker(tmp_path, "cpu", settings, http.url)
     headers = {p: dcmread(p, stop_before_pixels=True) for p in study.paths}
@@ -317,7 +317,6 @@ def test_encode_fetches_a_series_it_reads_several_images_of_in_one_request(
 
     def reader(inputs: Any, identity: Any) -> None:
         read.extend(inputs.source_image(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for ds in axial)
-        return None
 
     monkeypatch.setattr(builders, "BUILDERS", (*builders.BUILDERS, ResultBuilder(ResultKind.KEY_IMAGES, reader)))
     requests: list[str] = []
