@@ -11,7 +11,7 @@ the stages do around it run in-process, on the same calls the stages make:
 
 - **node**: the WADO-RS metadata of the study (DICOM JSON of every instance,
   ``scp_node.admin.dicomweb``), as a remote worker asks for it;
-- **analysis worker**: the header-only files a remote worker writes from that JSON
+- **analysis worker**: the headers a remote worker makes of that JSON
   (``workers.spool``), reading the study once and classifying it (``workers.series``),
   the selected series' pixels, saving the masks and the analysis record's JSON;
 - **cpu worker**: the record read back, the masks checked and loaded, the headers read
@@ -92,14 +92,12 @@ def _node_metadata(paths: list[Path]) -> bytes:
     return b"".join(metadata_json(paths))
 
 
-def _header_files(body: bytes, out: Path) -> None:
-    """What ``SpoolAccess.require_headers`` does with that body on a remote worker."""
+def _headers_from_json(body: bytes) -> list[Any]:
+    """What a worker without the study's files makes of that body (``SpoolAccess.headers``:
+    the datasets, in memory)."""
     from pydicom.dataset import Dataset
 
-    from workers.spool import _write_header
-
-    for i, item in enumerate(json.loads(body)):
-        _write_header(Dataset.from_json(item), out / f"{i}.dcm")
+    return [Dataset.from_json(item) for item in json.loads(body)]
 
 
 def _one_run(clock: Clock, study_uid: str, series: dict[str, list[Path]], outcome: Any, work: Path) -> None:
@@ -117,8 +115,8 @@ def _one_run(clock: Clock, study_uid: str, series: dict[str, list[Path]], outcom
     paths = [p for files in series.values() for p in files]
     with clock.part("node: WADO-RS metadata (DICOM JSON)"):
         body = _node_metadata(paths)
-    with clock.part("analysis: header files from the JSON"):
-        _header_files(body, work / "headers")
+    with clock.part("analysis: headers from the JSON (in memory)"):
+        _headers_from_json(body)
     with clock.part("analysis: read study + classify"):
         read = read_study(series)
         _, selection = classify(read)
