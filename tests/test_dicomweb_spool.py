@@ -229,6 +229,47 @@ def test_missing_files_fail_analyze_naming_instance_and_host(node: Any, tmp_path
     lonely.db.dispose()
 
 
+def test_remote_analysis_reads_the_headers_in_memory_and_the_selected_series_in_full(
+    node: Any, tmp_path: Path
+) -> None:
+    """A worker without the study's files classifies it from the node's WADO-RS metadata
+    held in memory (no header files written), then gives the analyzer the selected series
+    with their pixels as the node has them, fetched after the selection."""
+    from models.analyzer import AnalyzerError
+    from workers.analysis import AnalyzerCache
+
+    class Recording:
+        def __init__(self) -> None:
+            self.series: dict[str, list[Any]] = {}
+            self.selected: set[str] = set()
+
+        def analyze_selected(self, study_uid: str, series: Any, selection: Any, region: str | None) -> Any:
+            self.series, self.selected = dict(series), set(selection.series_uids())
+            raise AnalyzerError("recorded")
+
+    settings, db, study, http = node
+    gen = _queued(db, study.study_uid)
+    w = _worker(tmp_path, "far", settings, http.url)
+    recording = Recording()
+    w.analyzers = AnalyzerCache(lambda *_: recording)
+    analyze_study(w, study.study_uid, gen)
+    with db.session() as s:
+        st = s.execute(select(Study).where(Study.study_uid == study.study_uid)).scalar_one()
+        assert st.state == StudyState.ENCODING and st.not_analysed_reason == "recorded", st.reason
+    assert not list((tmp_path / "far" / "cache" / "headers").rglob("*.dcm"))  # held in memory, not written
+    sources = {str(ds.SOPInstanceUID): (p, ds) for p in study.paths if (ds := dcmread(p, stop_before_pixels=True))}
+    assert recording.selected and sum(len(v) for v in recording.series.values()) == len(study.paths)
+    for uid, datasets in recording.series.items():
+        for ds in datasets:
+            path, header = sources[str(ds.SOPInstanceUID)]
+            assert str(header.SeriesInstanceUID) == uid and ds.SeriesDescription == header.SeriesDescription
+            if uid in recording.selected:
+                assert ds.PixelData == dcmread(path).PixelData
+            else:
+                assert "PixelData" not in ds
+    w.db.dispose()
+
+
 def test_fetched_headers_and_series_and_the_cache_budget(node: Any, tmp_path: Path) -> None:
     """require_headers fetches headers only; require_series fetches one series' full
     files; leaving the study trims the cache to its budget (least recently used first)."""
@@ -251,6 +292,46 @@ def test_fetched_headers_and_series_and_the_cache_budget(node: Any, tmp_path: Pa
     size = sum(p.stat().st_size for p in access.cache.rglob("*") if p.is_file())
     assert size <= 0.05 * 2**20
     w.db.dispose()
+
+
+def test_encode_fetches_a_series_it_reads_several_images_of_in_one_request(
+    node: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A builder reading one image of a series costs one WADO-RS instance request; from
+    the second image of that series on, the rest of the series comes in one request
+    (the dural sac area reads a whole axial series: it used to be a request per image)."""
+    from workers.analyze import masks_path
+    from workers.results import builders
+    from workers.results.builder import ResultBuilder
+    from workers.results.identity import ResultKind
+
+    settings, _db, study, http = node
+    gpu = _worker(tmp_path, "gpu", settings, http.url)
+    cpu = _worker(tmp_path, "cpu", settings, http.url)
+    headers = {p: dcmread(p, stop_before_pixels=True) for p in study.paths}
+    sag = [p for p, ds in headers.items() if "SAG" in str(ds.SeriesDescription)]
+    axial = [ds for ds in headers.values() if "AX" in str(ds.SeriesDescription)]
+    gen = _analysed(gpu, study.study_uid, sag)
+    gpu.spool.publish_masks(study.study_uid, gen, masks_path(gpu, study.study_uid, gen))
+    read: list[Any] = []
+
+    def reader(inputs: Any, identity: Any) -> None:
+        read.extend(inputs.source_image(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for ds in axial)
+
+    monkeypatch.setattr(builders, "BUILDERS", (*builders.BUILDERS, ResultBuilder(ResultKind.KEY_IMAGES, reader)))
+    requests: list[str] = []
+    client = cpu.spool.client()
+    original = client.retrieve
+    monkeypatch.setattr(client, "retrieve", lambda path, *a: requests.append(path) or original(path, *a))
+    encode_study(cpu, study.study_uid, gen)
+    by_sop = {str(ds.SOPInstanceUID): p for p, ds in headers.items()}
+    assert [ds.PixelData for ds in read] == [dcmread(by_sop[str(ds.SOPInstanceUID)]).PixelData for ds in axial]
+    axial_uid = str(axial[0].SeriesInstanceUID)
+    series_requests = [r for r in requests if r.endswith(f"/series/{axial_uid}")]
+    instance_requests = [r for r in requests if f"/series/{axial_uid}/instances/" in r]
+    assert len(series_requests) == 1 and len(instance_requests) == 1, requests
+    for ctx in (gpu, cpu):
+        ctx.db.dispose()
 
 
 def test_worker_fetches_over_https_verified_against_tls_ca(node: Any, tmp_path: Path) -> None:

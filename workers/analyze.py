@@ -25,7 +25,7 @@ from spinenode.core.errors import NodeUnreachableError, SpinenodeError
 from spinenode.core.logs import log_failure
 from workers.analysis import NotAnalysed, analyse_many
 from workers.record import AnalysisRecord, MaskSet, MasksRef, SeriesUse
-from workers.series import classify, for_analysis, read_study
+from workers.series import StudyRead, classify, for_analysis, read_study
 from workers.stage import StageContext, over_time, wait_for_node
 from workers.timelimit import soft_time_limit
 
@@ -166,9 +166,11 @@ def _inputs(ctx: StageContext, study_uid: str) -> _Inputs | NotAnalysed:
     """
     study = repository.fetch(ctx.db, study_uid)
     assert study is not None
-    ctx.spool.require_headers(study_uid)
     files = repository.series_files(ctx.db, study_uid)
-    read = read_study(_on_host(ctx, files))
+    read = _read_fetched(ctx, study_uid, files)
+    if read is None:
+        ctx.spool.require_headers(study_uid)
+        read = read_study(_on_host(ctx, files))
     classes, selection = classify(read)
     usable = sum(c.usable for c in classes)
     repository.record_classification(
@@ -182,6 +184,20 @@ def _inputs(ctx: StageContext, study_uid: str) -> _Inputs | NotAnalysed:
     ctx.spool.require_series(study_uid, selection.series_uids())
     series, unreadable = for_analysis(read, selection, _on_host(ctx, files))
     return _Inputs(series, unreadable, study.region, selection)
+
+
+def _read_fetched(ctx: StageContext, study_uid: str, files: dict[str, list[str]]) -> StudyRead | None:
+    """The study read from the node's WADO-RS metadata, in memory, when this host has none
+    of its files (a worker without shared storage): as ``read_study`` reads it, without
+    writing the headers as files and reading them back (about 0.15 CPU s per study).
+    The paths it records are not where the selected series' full files will be, so
+    ``for_analysis`` reads those from the files fetched after selection. None when this
+    host has some of the files (they are read from disk, as before)."""
+    if not ctx.spool.remote or any(ctx.spool.absolute(rel).exists() for rels in files.values() for rel in rels):
+        return None
+    headers = ctx.spool.headers(study_uid)
+    return StudyRead({uid: [ctx.spool.cache / "headers" / rel for rel in rels] for uid, rels in files.items()},
+                     {uid: [headers[str(Path(rel))] for rel in rels] for uid, rels in files.items()}, {})
 
 
 def _finish(ctx: StageContext, study_uid: str, generation: int, inputs: _Inputs,

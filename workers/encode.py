@@ -45,10 +45,10 @@ def encode_study(ctx: StageContext, study_uid: str, generation: int) -> None:
 
 
 def _evidence(ctx: StageContext, study_uid: str) -> list[Dataset]:
-    """The headers of every source instance, each read once."""
-    ctx.spool.require_headers(study_uid)
-    return [dcmread(ctx.spool.absolute(rel), stop_before_pixels=True)
-            for rels in repository.series_files(ctx.db, study_uid).values() for rel in rels]
+    """The headers of every source instance, each read once (fetched from the node into
+    memory when this host does not have them)."""
+    headers = ctx.spool.headers(study_uid)
+    return [headers[str(Path(rel))] for rels in repository.series_files(ctx.db, study_uid).values() for rel in rels]
 
 
 def _predecessor(ctx: StageContext, study: StageStudy, sop_uid: str) -> Dataset | None:
@@ -113,11 +113,17 @@ def _encode_objects(ctx: StageContext, study: StageStudy, generation: int) -> tu
     except FindingsJsonError as exc:
         raise AnalysisRecordError(f"the stored analysis cannot be read ({exc})") from exc
     images: dict[tuple[str, str], Dataset] = {}
+    asked: dict[str, int] = {}
 
     def source_image(series_uid: str, sop: str) -> Dataset:
         """A source image with its pixels, read once per encode (the key image and the
-        measurements ask for the same slices)."""
+        measurements ask for the same slices). From the second image of a series on, a
+        worker that fetches from the node gets the rest of that series in one WADO-RS
+        request, not one request per image (the dural sac area reads a whole axial series)."""
         if (series_uid, sop) not in images:
+            asked[series_uid] = asked.get(series_uid, 0) + 1
+            if asked[series_uid] == 2 and ctx.spool.remote:
+                ctx.spool.require_series(study_uid, [series_uid])
             images[series_uid, sop] = dcmread(ctx.spool.instance_path(study_uid, series_uid, sop))
         return images[series_uid, sop]
 

@@ -91,6 +91,20 @@ def _remove_partials(results: Path) -> None:
         log.warning("removed an upload cut short by a restart: %s", path.name)
 
 
+def metadata_json(paths: list[Path]) -> Iterator[bytes]:
+    """The WADO-RS metadata body of these files: a DICOM JSON array, one object per
+    instance (headers only), streamed instance by instance."""
+    import json
+
+    from pydicom import dcmread
+
+    yield b"["
+    for i, path in enumerate(paths):
+        ds = dcmread(path, stop_before_pixels=True)
+        yield (b"," if i else b"") + json.dumps(ds.to_json_dict()).encode()
+    yield b"]"
+
+
 def register_dicomweb(app: FastAPI, ctx: Any) -> None:
     """Add the worker-facing DICOMweb routes; ``ctx`` is the admin context (settings, db)."""
     settings = ctx.settings
@@ -145,18 +159,7 @@ def register_dicomweb(app: FastAPI, ctx: Any) -> None:
         return StreamingResponse(iter_multipart(paths, boundary), media_type=content_type(boundary))
 
     def _metadata(paths: list[Path]) -> StreamingResponse:
-        from pydicom import dcmread
-
-        def body() -> Iterator[bytes]:
-            import json
-
-            yield b"["
-            for i, path in enumerate(paths):
-                ds = dcmread(path, stop_before_pixels=True)
-                yield (b"," if i else b"") + json.dumps(ds.to_json_dict()).encode()
-            yield b"]"
-
-        return StreamingResponse(body(), media_type="application/dicom+json")
+        return StreamingResponse(metadata_json(paths), media_type="application/dicom+json")
 
     @router.get("/dicom-web/studies/{study_uid}")
     def retrieve_study(study_uid: str) -> StreamingResponse:

@@ -354,6 +354,13 @@ def _document(
         software_versions=model.version,
         contribution_description="AI analysis (PRELIMINARY, UNVERIFIED, not a diagnosis)",
     )
+    # highdicom deep-copies the content tree, parses the copy back and searches it for
+    # image references (0.3 CPU s of a 5-level report, most of the SR's cost): it gets
+    # the root container without its items, which go in after, unchanged. Every image
+    # the tree references comes from ``evidence`` (build_findings_sr's ``sources``).
+    root = content[0]
+    tree = root.ContentSequence
+    root.ContentSequence = []
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(evidence),
         content=content,
@@ -368,6 +375,8 @@ def _document(
         previous_versions=[predecessor] if predecessor is not None else None,
         contributing_equipment=[equipment],
     )
+    root.ContentSequence = sr.ContentSequence = tree
+    sr._content = content  # what highdicom's ``sr.content`` gives: the tree as built here
     sr.SeriesDescription = identity.series_description
     sr.CodingSchemeIdentificationSequence = [codes.coding_scheme_identification()]
     return sr
