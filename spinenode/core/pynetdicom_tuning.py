@@ -103,6 +103,7 @@ _GUARD_ATTRIBUTE = "_spinenode_guard"
 
 _applied = False
 _pause_fixed = False
+_pause_checked = False
 _apply_lock = threading.Lock()
 
 
@@ -472,13 +473,14 @@ def fix_requestor_pause() -> bool:
 
     True if in effect; False (a warning logged, pynetdicom stock) on a pynetdicom
     version or internals this module was not checked against."""
-    global _pause_fixed
+    global _pause_fixed, _pause_checked
     import pynetdicom
     from pynetdicom import association
 
     with _apply_lock:
-        if _pause_fixed:
-            return True
+        if _pause_checked:  # once per process: the exporter calls this before every send
+            return _pause_fixed
+        _pause_checked = True
         version = str(getattr(pynetdicom, "__version__", "?"))
         if not version.startswith(CHECKED_VERSIONS) or internals_match():
             log.warning("pynetdicom %s is not a checked version or its internals differ: the "
