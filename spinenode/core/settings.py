@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from spinenode.core.destinations import URL_SCHEMES
+from spinenode.core.destinations import DIMSE, URL_SCHEMES, scheme_of
 from spinenode.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ _URL_DEST_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[^/\s:]+|\
 def validate_destination(text: str) -> str:
     """``AE@HOST:PORT[;tls][;ts=NAME+NAME]`` or a URL with one of :data:`~spinenode.core.destinations.URL_SCHEMES`."""
     text = text.strip()
-    if "://" not in text:
+    if scheme_of(text) == DIMSE:
         return str(Destination.parse(text))
     m = _URL_DEST_RE.match(text)
     if not m or m["scheme"] not in URL_SCHEMES:
@@ -280,7 +280,7 @@ class Settings(BaseSettings):
     @property
     def destination_list(self) -> list[Destination]:
         """The DIMSE destinations (those given as ``AE@HOST:PORT``)."""
-        return [Destination.parse(d) for d in self.destinations if "://" not in d]
+        return [Destination.parse(d) for d in self.destinations if scheme_of(d) == DIMSE]
 
     @property
     def embedded_broker(self) -> bool:
