@@ -34,6 +34,7 @@ def workers_seen(db: Database, now: dt.datetime | None = None) -> list[dict[str,
                 "pid": w.pid,
                 "device": w.device,
                 "current_study": w.current_study,
+                "current_studies": w.studies(),
                 "last_seen": w.last_seen.isoformat(),
                 "online": (now - w.last_seen).total_seconds() < WORKER_STALE_S,
             }
@@ -78,5 +79,5 @@ def render_summary(data: dict[str, Any]) -> None:
         workers.add_column(col)
     for w in data["workers"]:
         workers.add_row(w["hostname"], ",".join(w["queues"]), "yes" if w["online"] else "NO",
-                        w["current_study"] or "", w["last_seen"])
+                        " ".join(w["current_studies"]), w["last_seen"])
     console.print(workers)

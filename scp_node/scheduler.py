@@ -149,10 +149,10 @@ class Scheduler:
             # A study a live worker is working on is slow, not lost: requeueing it would start
             # a second analysis that the first one's settle then cancels, round after round
             # whenever one analysis takes longer than REQUEUE_AFTER.
-            busy = set(s.scalars(select(WorkerHeartbeat.current_study).where(
+            busy = {uid for row in s.scalars(select(WorkerHeartbeat).where(
                 WorkerHeartbeat.current_study.is_not(None),
                 WorkerHeartbeat.last_seen > now - dt.timedelta(seconds=WORKER_STALE_S),
-            )).all())
+            )).all() for uid in row.studies()}
             for study in studies:
                 state = StudyState(study.state)
                 if state == StudyState.EXPORTING:

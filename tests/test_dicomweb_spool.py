@@ -431,9 +431,12 @@ def test_one_message_analyses_the_waiting_studies_in_one_batch_and_a_bad_one_fai
         ingestor.store(parse_header(data), data, "TEST")
     gen_bad, gen_good = _queued(db, bad.study_uid), _queued(db, good.study_uid)
     next((settings.data_dir / "incoming" / bad.study_uid).rglob("*.dcm")).unlink()
+    named: list[list[str]] = []
     shared = StageContext(settings, Database(settings.database_url), SpoolAccess(settings, db, host="shared-host"),
-                          Sent())  # type: ignore[arg-type]
+                          Sent(), working_on=lambda uids: named.append(list(uids)))  # type: ignore[arg-type]
     analyze_study(shared, bad.study_uid, gen_bad)
+    # the heartbeat names both studies of the batch, so the sweep leaves both alone
+    assert named == [[bad.study_uid, good.study_uid]]
     with db.session() as s:
         states = {st.study_uid: st for st in s.scalars(select(Study)).all()}
         assert states[bad.study_uid].state == StudyState.FAILED and states[bad.study_uid].failed_stage == "analyze"

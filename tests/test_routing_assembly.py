@@ -195,6 +195,43 @@ def test_sweep_leaves_a_study_a_live_worker_is_analysing(env, tmp_path: Path) ->
     assert _state(db, study.study_uid).state == StudyState.QUEUED
 
 
+def test_sweep_leaves_every_study_of_a_live_workers_batch(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An analysis batch: the worker's heartbeat names all its studies (set_current_studies),
+    and the sweep leaves each of them ANALYZING, not only the first, while the heartbeat is
+    fresh; once it is stale every one is queued again."""
+    from spinenode.core.db.models import WorkerHeartbeat
+    from workers.heartbeat import set_current_studies
+
+    ingestor, sched, clock, _enq, db = env
+    studies = [dicomgen.write_study(tmp_path / f"st{i}", seed=20 + i) for i in range(3)]
+    for st in studies:
+        _ingest(ingestor, st.paths)
+    clock.advance(61)
+    sched.sweep()
+    for st in studies:
+        claim(db, st.study_uid, 0, from_state=StudyState.QUEUED, to_state=StudyState.ANALYZING, stage="analyze",
+              now=clock())
+    with db.session() as s:
+        s.add(WorkerHeartbeat(hostname="gpu-1", queues="gpu", pid=1, device="cpu", started_at=clock(),
+                              last_seen=clock()))
+    set_current_studies(db, "gpu-1", [st.study_uid for st in studies])
+    for _ in range(2):
+        clock.advance(601)
+        with db.session() as s:
+            row = s.get(WorkerHeartbeat, "gpu-1")
+            assert row is not None and row.studies() == [st.study_uid for st in studies]
+            assert row.current_study == studies[0].study_uid
+            row.last_seen = clock()
+        assert sched.sweep().requeued == []
+    assert {_state(db, st.study_uid).state for st in studies} == {StudyState.ANALYZING}
+    clock.advance(31)  # the worker stopped beating
+    assert sorted(sched.sweep().requeued) == sorted(st.study_uid for st in studies)
+    set_current_studies(db, "gpu-1", [])
+    with db.session() as s:
+        row = s.get(WorkerHeartbeat, "gpu-1")
+        assert row is not None and row.studies() == [] and row.current_study is None
+
+
 def test_requeue_failed(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ingestor, sched, clock, enq, db = env
     study = dicomgen.write_study(tmp_path / "st", seed=9)

@@ -68,6 +68,7 @@ def analyze_study(ctx: StageContext, study_uid: str, generation: int) -> None:
         return
     batch = [(study_uid, generation), *repository.claim_waiting(ctx.db, study_uid, ctx.settings.analyze_batch - 1)]
     if len(batch) > 1:
+        ctx.working_on([uid for uid, _ in batch])
         log.info("study %s: analysed in one batch with %d waiting stud%s: %s", study_uid, len(batch) - 1,
                  "y" if len(batch) == 2 else "ies", ", ".join(uid for uid, _ in batch[1:]))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 
 from sqlalchemy import delete, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +23,7 @@ class Heartbeat:
         self.queues = ",".join(queues)
         self.device = device
 
-    def beat(self, current_study: str | None = None, *, set_current: bool = False) -> None:
+    def beat(self) -> None:
         now = utcnow()
         with self.db.session() as s:
             row = s.get(WorkerHeartbeat, self.hostname)
@@ -34,8 +35,6 @@ class Heartbeat:
             else:
                 row.last_seen = now
                 row.pid = os.getpid()
-            if set_current and row is not None:
-                row.current_study = current_study
 
     def run(self, stop: threading.Event, interval: float) -> None:
         while not stop.is_set():
@@ -53,13 +52,20 @@ class Heartbeat:
             pass
 
 
-def set_current_study(db: Database, hostname: str, study_uid: str | None) -> None:
+def set_current_studies(db: Database, hostname: str, study_uids: Sequence[str]) -> None:
+    """Name the studies this worker is working on in its heartbeat row (none: idle).
+
+    An analysis batch names every study it claimed: the node's sweep leaves a study alone
+    while a live worker names it (``scp_node/scheduler.py``)."""
+    uids = [u for u in study_uids if u]
     try:
         with db.session() as s:
             s.execute(
                 update(WorkerHeartbeat)
                 .where(WorkerHeartbeat.hostname == hostname)
-                .values(current_study=study_uid, last_seen=utcnow())
+                .values(current_study=uids[0] if uids else None,
+                        current_studies=" ".join(uids) if uids else None, last_seen=utcnow())
             )
     except SQLAlchemyError as exc:
-        log.warning("current study not recorded: %s", type(exc).__name__)
+        log.warning("current studies not recorded: %s", type(exc).__name__)
+

@@ -11,7 +11,7 @@ claimed row by row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -48,6 +48,9 @@ class StageContext:
     send: TaskSender
     #: The worker process's loaded analyzers (its resources'; a fresh cache by default).
     analyzers: AnalyzerCache = field(default_factory=AnalyzerCache)
+    #: Names the studies this stage is working on in the worker's heartbeat (an analysis
+    #: batch claims several); the sweep leaves them alone while the heartbeat is fresh.
+    working_on: Callable[[Sequence[str]], None] = field(default=lambda uids: None)
 
 
 def over_time(ctx: StageContext, stage: Stage) -> str:

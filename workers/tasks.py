@@ -10,7 +10,7 @@ prefork pool, where it is a backstop should the stage's own limit not be reached
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from typing import TYPE_CHECKING
 
@@ -39,15 +39,19 @@ def register_tasks(app: WorkerApp) -> None:
 
     def run(task: StageTask, stage: Callable[[StageContext, str, int], None], study_uid: str,
             generation: int) -> None:
-        from workers.heartbeat import set_current_study
+        from workers.heartbeat import set_current_studies
 
         res = task.resources
-        set_current_study(res.db, res.hostname, study_uid)
+
+        def working_on(uids: Sequence[str]) -> None:
+            set_current_studies(res.db, res.hostname, uids)
+
+        working_on([study_uid])
         try:
-            stage(StageContext(res.settings, res.db, res.spool, TaskSender(app), res.analyzers), study_uid,
-                  generation)
+            stage(StageContext(res.settings, res.db, res.spool, TaskSender(app), res.analyzers, working_on),
+                  study_uid, generation)
         finally:
-            set_current_study(res.db, res.hostname, None)
+            working_on([])
 
     limit = celery_soft_time_limit(app.settings.task_soft_time_limit)
 

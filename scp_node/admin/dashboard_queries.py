@@ -38,7 +38,8 @@ class WorkerRow:
     hostname: str
     queues: list[str]
     device: str | None
-    current_study: str | None
+    #: every study it is working on (an analysis batch takes several), the first one first
+    current_studies: list[str]
     last_seen: dt.datetime
     age_s: float
     online: bool
@@ -197,7 +198,7 @@ def _workers(db: Database, now: dt.datetime) -> list[WorkerRow]:
         out = []
         for w in rows:
             age = max(0.0, (now - w.last_seen).total_seconds())
-            out.append(WorkerRow(w.hostname, [q for q in w.queues.split(",") if q], w.device, w.current_study,
+            out.append(WorkerRow(w.hostname, [q for q in w.queues.split(",") if q], w.device, w.studies(),
                                  w.last_seen, age, age < WORKER_STALE_S))
     return out
 

@@ -203,6 +203,15 @@ class WorkerHeartbeat(Base):
     queues: Mapped[str] = mapped_column(String(64))
     pid: Mapped[int] = mapped_column(Integer)
     device: Mapped[str | None] = mapped_column(String(128))
+    #: the first of ``current_studies`` (what the API and dashboards show)
     current_study: Mapped[str | None] = mapped_column(String(64))
+    #: every study the worker is working on (an analysis batch takes several), separated by spaces
+    current_studies: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    def studies(self) -> list[str]:
+        """Every study the worker names (a row written before migration 0004 has only ``current_study``)."""
+        if self.current_studies:
+            return self.current_studies.split()
+        return [self.current_study] if self.current_study else []
