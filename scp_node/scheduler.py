@@ -207,15 +207,36 @@ class Scheduler:
             self.settings.stable_seconds, self.settings.sweep_interval,
         )
         while not stop.is_set():
+            swept = False
             try:
                 self.sweep()
+                swept = True
             except SQLAlchemyError as exc:
                 log.error("sweep failed, database unavailable: %s", type(exc).__name__)
             except Exception as exc:
                 log_failure(log, "sweep failed", exc=exc)
-            stop.wait(self.settings.sweep_interval)
+            # after a failed sweep, never sooner than SWEEP_INTERVAL (no loop of failures)
+            stop.wait(self.pause() if swept else self.settings.sweep_interval)
+
+    def pause(self) -> float:
+        """Seconds until the next sweep: SWEEP_INTERVAL, or less when a receiving study's
+        quiet period ends sooner, so that a study is queued when its STABLE_SECONDS are
+        up rather than up to a sweep interval later (half an interval on average)."""
+        interval = self.settings.sweep_interval
+        try:
+            with self.db.session() as s:
+                oldest = s.execute(select(func.min(Study.last_received_at))
+                                   .where(Study.state == StudyState.RECEIVING)).scalar_one_or_none()
+        except SQLAlchemyError:
+            return interval
+        if oldest is None:
+            return interval
+        due = (oldest - self.clock()).total_seconds() + self.settings.stable_seconds
+        return min(interval, max(MIN_PAUSE_S, due))
 
 
+#: The shortest pause between sweeps (a study due now is swept at once, not in a busy loop).
+MIN_PAUSE_S = 0.05
 #: How often the sweep looks for DONE studies past the retention period.
 PURGE_EVERY_S = 60.0
 

@@ -232,6 +232,29 @@ def test_sweep_leaves_every_study_of_a_live_workers_batch(env, tmp_path: Path) -
         assert row is not None and row.studies() == [] and row.current_study is None
 
 
+def test_the_sweep_wakes_when_a_quiet_period_ends_not_a_sweep_interval_later(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Between sweeps the scheduler waits SWEEP_INTERVAL (1 s), or until the oldest
+    receiving study's STABLE_SECONDS are up when that comes sooner (never less than
+    MIN_PAUSE_S); the study is then complete at that sweep."""
+    from scp_node.scheduler import MIN_PAUSE_S
+
+    ingestor, sched, clock, _enq, db = env
+    interval = sched.settings.sweep_interval
+    assert sched.pause() == interval  # nothing receiving
+    study = dicomgen.write_study(tmp_path / "st", seed=31)
+    _ingest(ingestor, study.paths)
+    assert sched.pause() == interval  # 60 s of quiet to go
+    clock.advance(59.7)
+    assert sched.pause() == pytest.approx(0.3, abs=1e-6)
+    clock.advance(0.3)
+    assert sched.sweep().completed == [study.study_uid]
+    assert sched.pause() == interval
+    other = dicomgen.write_study(tmp_path / "st2", seed=32)
+    _ingest(ingestor, other.paths)
+    clock.advance(75)  # overdue (a sweep was late): the next one comes at once
+    assert sched.pause() == MIN_PAUSE_S
+
+
 def test_requeue_failed(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ingestor, sched, clock, enq, db = env
     study = dicomgen.write_study(tmp_path / "st", seed=9)
