@@ -9,10 +9,9 @@ Usage::
 analyzer runs once (its pass is shown, not counted); then, ``--repeat`` times, the parts
 the stages do around it run in-process, on the same calls the stages make:
 
-- **node**: the WADO-RS metadata of the study (DICOM JSON of every instance,
-  ``scp_node.admin.dicomweb``), as a remote worker asks for it;
-- **analysis worker**: the headers a remote worker makes of that JSON
-  (``workers.spool``), reading the study once and classifying it (``workers.series``),
+- **node**: the study's header-only files (every instance cut before its pixel data,
+  ``scp_node.admin.dicomweb``), as a remote worker asks for them;
+- **analysis worker**: the headers a remote worker reads from them (``workers.spool``), reading the study once and classifying it (``workers.series``),
   the selected series' pixels, saving the masks and the analysis record's JSON;
 - **cpu worker**: the record read back, the masks checked and loaded, the headers read
   (``workers.encode``), each builder of ``workers.results.builders`` and the Part 10
@@ -85,19 +84,20 @@ def _study(data: Path) -> tuple[str, dict[str, list[Path]]]:
     return study_uid, series
 
 
-def _node_metadata(paths: list[Path]) -> bytes:
-    """The body of ``GET /dicom-web/studies/{uid}/metadata`` (scp_node.admin.dicomweb)."""
-    from scp_node.admin.dicomweb import metadata_json
+def _node_headers(paths: list[Path]) -> list[bytes]:
+    """What ``GET /worker/studies/{uid}/headers`` sends (scp_node.admin.dicomweb): each
+    file cut before its pixel data."""
+    from scp_node.dicomio import header_only
 
-    return b"".join(metadata_json(paths))
+    return [header_only(p) for p in paths]
 
 
-def _headers_from_json(body: bytes) -> list[Any]:
-    """What a worker without the study's files makes of that body (``SpoolAccess.headers``:
-    the datasets, in memory)."""
-    from pydicom.dataset import Dataset
+def _headers_from_parts(parts: list[bytes]) -> list[Any]:
+    """What a worker without the study's files makes of them (``SpoolAccess.headers``: the
+    datasets, in memory)."""
+    from pydicom import dcmread
 
-    return [Dataset.from_json(item) for item in json.loads(body)]
+    return [dcmread(BytesIO(data)) for data in parts]
 
 
 def _one_run(clock: Clock, study_uid: str, series: dict[str, list[Path]], outcome: Any, work: Path) -> None:
@@ -113,10 +113,10 @@ def _one_run(clock: Clock, study_uid: str, series: dict[str, list[Path]], outcom
 
     clock.new_run()
     paths = [p for files in series.values() for p in files]
-    with clock.part("node: WADO-RS metadata (DICOM JSON)"):
-        body = _node_metadata(paths)
-    with clock.part("analysis: headers from the JSON (in memory)"):
-        _headers_from_json(body)
+    with clock.part("node: header-only files (/worker/.../headers)"):
+        parts = _node_headers(paths)
+    with clock.part("analysis: headers from those files (in memory)"):
+        _headers_from_parts(parts)
     with clock.part("analysis: read study + classify"):
         read = read_study(series)
         _, selection = classify(read)

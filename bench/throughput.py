@@ -108,6 +108,23 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
+def _stage_times(study: dict[str, Any], stored: float, seen: float) -> dict[str, float]:
+    """Where a study's latency went, from its events (UTC timestamps; same host clock):
+    quiet period and sweep until QUEUED, then each stage until the next state (hand-offs
+    included), and export until Orthanc was seen to hold the results (polled every 0.1 s)."""
+    import datetime as dt
+
+    first: dict[str, float] = {}
+    for e in study.get("events", []):
+        if e.get("state") and e["state"] not in first:
+            first[e["state"]] = dt.datetime.fromisoformat(e["at"]).timestamp()
+    marks = [("quiet period + sweep", stored, first.get("QUEUED")),
+             ("analyze (hand-off, headers, pixels, analyzer, masks)", first.get("QUEUED"), first.get("ENCODING")),
+             ("encode (hand-off, headers, SR/SEG/key image, STOW-RS)", first.get("ENCODING"), first.get("EXPORTING")),
+             ("export (hand-off, C-STORE) + seen in Orthanc", first.get("EXPORTING"), seen)]
+    return {name: b - a for name, a, b in marks if a is not None and b is not None}
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
@@ -162,13 +179,15 @@ def run(n_latency: int, n_burst: int, batch_sizes: list[int]) -> dict[str, Any]:
             cpus.append(_worker(work, node, "cpu,export", "cpu-1"))
             _wait_workers(node, 2)
             latency: list[float] = []
+            parts: list[dict[str, float]] = []
             load0 = _load()
             for uid, files in _phantoms(work / "lat", n_latency, 5001):
                 storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE", check=True)
-                t0 = time.monotonic()
+                t0, wall0 = time.monotonic(), time.time()
                 wait_until(lambda uid=uid: _results_in(pacs, uid), 600, interval=0.1, what="results in Orthanc")
                 latency.append(time.monotonic() - t0)
-            out["latency"] = {"seconds": latency, "first_s": latency[0], "load": [load0, _load()],
+                parts.append(_stage_times(node.study(uid) or {}, wall0, wall0 + latency[-1]))
+            out["latency"] = {"seconds": latency, "first_s": latency[0], "load": [load0, _load()], "parts": parts,
                               "warm_median_s": statistics.median(latency[1:]) if len(latency) > 1 else float("nan")}
             # idle CPU of each process tree (sweeps, heartbeats, broker polling), to read the bursts against
             trees = {"node": [node.proc.pid], "analysis": [analysis.proc.pid],  # type: ignore[union-attr]
@@ -178,7 +197,7 @@ def run(n_latency: int, n_burst: int, batch_sizes: list[int]) -> dict[str, Any]:
             span = time.monotonic() - t_idle
             out["idle_cpu_per_s"] = {k: (sum(map(_tree_cpu, v)) - before[k]) / span for k, v in trees.items()}
             seed, current = 5100, batch_sizes[0]
-            for b in batch_sizes:
+            for b in batch_sizes if n_burst > 0 else []:  # --burst 0: the latency series only
                 if b != current:
                     analysis.stop()
                     _wait_queue_workers(node, "gpu", 0)
@@ -214,7 +233,7 @@ def _wait_queue_workers(node: Node, queue: str, n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", type=int, default=4, help="studies for the latency series")
-    ap.add_argument("--burst", type=int, default=6, help="studies per throughput burst")
+    ap.add_argument("--burst", type=int, default=6, help="studies per throughput burst (0: latency only)")
     ap.add_argument("--analyze-batch", default="1,4", help="ANALYZE_BATCH values of the analysis worker")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -227,6 +246,12 @@ def main() -> None:
     print(f"latency, last instance stored -> results in Orthanc (load {lat['load'][0]:.1f} -> {lat['load'][1]:.1f}): "
           f"first study {lat['first_s']:.1f} s, later median {lat['warm_median_s']:.1f} s "
           f"(every run: {' '.join(f'{x:.1f}' for x in lat['seconds'])})")
+    names = list(dict.fromkeys(k for p in lat["parts"] for k in p))
+    print("| study | " + " | ".join(names) + " | total |")
+    print("| ---: |" + " ---: |" * (len(names) + 1))
+    for i, (p, total) in enumerate(zip(lat["parts"], lat["seconds"])):
+        print(f"| {i + 1}{' (first)' if i == 0 else ''} | " + " | ".join(f"{p.get(k, float('nan')):.2f}" for k in names)
+              + f" | {total:.2f} |")
     idle = r["idle_cpu_per_s"]
     print("idle CPU, s per s (sweeps every 0.2 s, heartbeats, broker polling): "
           + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()))

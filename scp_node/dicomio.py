@@ -12,6 +12,7 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pydicom.uid import DeflatedExplicitVRLittleEndian as DEFLATED
 
 from spinenode.core.errors import InvalidDatasetError, SOPClassMismatchError, SpinenodeError
 from spinenode.core.result_markers import RESULT_MANUFACTURER, RESULT_SERIES_NUMBERS
@@ -244,3 +245,19 @@ def _check_native_length(ds: Dataset, length: int) -> None:
         raise InvalidDatasetError(f"pixel module incomplete: {type(exc).__name__}") from None
     if length < expected:
         raise InvalidDatasetError(f"pixel data truncated: {length} of {expected} bytes")
+
+
+def header_only(path: Path) -> bytes:
+    """The stored file cut just before its top-level pixel data: a Part 10 file of the
+    header alone, the bytes as received (nothing decoded and encoded again). A file
+    without pixel data comes whole. A deflated dataset cannot be cut (its bytes are
+    compressed), so it is written again without its pixel data."""
+    with path.open("rb") as fh:
+        ds = dcmread(fh, stop_before_pixels=True)
+        if ds.file_meta.get("TransferSyntaxUID") != DEFLATED:
+            end = fh.tell()
+            fh.seek(0)
+            return fh.read(end)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -24,7 +24,7 @@ from peers import OrthancServer, free_port, wait_until
 from scp_node.admin.app import AdminContext, create_app
 from spinenode.core.db.models import Study, StudyState
 from spinenode.core.db.session import Database
-from scp_node.dicomio import parse_header
+from scp_node.dicomio import header_only, parse_header
 from scp_node.ingest import Ingestor
 from spinenode.core.multipart import MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart
 from spinenode.core.settings import Settings, load_settings
@@ -33,6 +33,7 @@ from spinenode.core.storage import Spool
 from test_encode_export import Sent, _analysed, _orthanc_objects
 from workers.analyze import analyze_study
 from workers.encode import encode_study
+from workers.dicomweb import DicomWebClient
 from workers.export_stage import export_study
 from workers.stage import StageContext
 from workers.spool import SpoolAccess
@@ -123,6 +124,34 @@ def test_multipart_round_trip_in_any_chunking(tmp_path: Path) -> None:
         _split(body[:-30], content_type(boundary), 5)  # the closing boundary never comes
 
 
+def test_header_only_is_the_stored_file_cut_before_its_pixel_data() -> None:
+    """On every Part 10 file of pydicom's own test data (explicit and implicit VR, big
+    endian, deflated, encapsulated, multi-frame, no pixel data): the header-only file reads
+    back as exactly the header pydicom reads, with the same file meta, and is a prefix of
+    the file wherever the dataset is not deflated."""
+    import warnings
+
+    import pydicom.data
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    warnings.simplefilter("ignore", UserWarning)  # pydicom's deliberately odd samples (this test only)
+    checked = deflated = 0
+    for path in sorted(Path(pydicom.data.__file__).parent.rglob("*.dcm")):
+        try:
+            ref = dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not a Part 10 file (pydicom's raw and broken samples)
+            continue
+        data = header_only(path)
+        got = dcmread(io.BytesIO(data))
+        assert got == ref and got.file_meta == ref.file_meta and "PixelData" not in got, path.name
+        if ref.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            deflated += 1
+        else:
+            assert path.read_bytes().startswith(data), path.name
+        checked += 1
+    assert checked > 50 and deflated >= 1
+
+
 def test_wado_rs_serves_study_series_instance_and_metadata_behind_the_token(node: Any) -> None:
     settings, db, study, http = node
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -147,6 +176,23 @@ def test_wado_rs_serves_study_series_instance_and_metadata_behind_the_token(node
     assert len(meta) == len(study.paths) and all("7FE00010" not in m for m in meta)
     assert httpx.get(f"{http.url}/dicom-web/studies/1.2.3/metadata", headers=auth).status_code == 404
     assert httpx.get(f"{http.url}/dicom-web/studies/..%2Fetc", headers=auth).status_code in (400, 404)
+
+    # the workers' header route: each received instance cut before its pixel data, named by
+    # its WADO-RS URL; the same headers as the files (and as the metadata above)
+    assert httpx.get(f"{http.url}/worker/studies/{uid}/headers").status_code == 401
+    r = httpx.get(f"{http.url}/worker/studies/{uid}/headers", headers=auth)
+    assert r.status_code == 200 and 'type="application/dicom"' in r.headers["content-type"]
+    with DicomWebClient(http.url, token=TOKEN) as client:
+        parts = client.retrieve_in_memory(f"/worker/studies/{uid}/headers")
+    by_sop = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in study.paths}
+    assert len(parts) == len(study.paths)
+    for headers, data in parts:
+        series, sop = headers["content-location"].split("/")[-3], headers["content-location"].split("/")[-1]
+        ref = dcmread(by_sop[sop], stop_before_pixels=True)
+        got = dcmread(io.BytesIO(data))
+        assert got == ref and "PixelData" not in got and str(got.SeriesInstanceUID) == series
+        assert by_sop[sop].read_bytes().startswith(data) and len(data) < by_sop[sop].stat().st_size
+    assert httpx.get(f"{http.url}/worker/studies/1.2.3/headers", headers=auth).status_code == 404
 
 
 def test_worker_routes_are_off_without_a_worker_token(tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ def _inputs(ctx: StageContext, study_uid: str) -> _Inputs | NotAnalysed:
 
 
 def _read_fetched(ctx: StageContext, study_uid: str, files: dict[str, list[str]]) -> StudyRead | None:
-    """The study read from the node's WADO-RS metadata, in memory, when this host has none
+    """The study read from the node's header-only files, in memory, when this host has none
     of its files (a worker without shared storage): as ``read_study`` reads it, without
     writing the headers as files and reading them back (about 0.15 CPU s per study).
     The paths it records are not where the selected series' full files will be, so

@@ -1,4 +1,4 @@
-"""A small DICOMweb client: WADO-RS retrieve (streamed to files), metadata, STOW-RS.
+"""A small DICOMweb client: WADO-RS retrieve (streamed to files, or in memory), STOW-RS.
 
 Used by the workers against the node (``scp_node.admin.dicomweb``, with the worker
 token) and by the DICOMweb exporter against a PACS or archive. Bodies stream both
@@ -14,12 +14,21 @@ import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from spinenode.core.multipart import DICOM, MultipartError, MultipartSplitter, boundary_of, content_type, iter_multipart, new_boundary
+from spinenode.core.multipart import (
+    DICOM,
+    MultipartError,
+    MultipartSplitter,
+    boundary_of,
+    content_type,
+    iter_multipart,
+    new_boundary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +135,32 @@ class DicomWebClient:
                 if part.path.exists():
                     part.path.unlink()
 
-    def metadata(self, path: str) -> list[dict[str, Any]]:
-        """GET ``path`` (ending in /metadata): DICOM JSON, one object per instance."""
-        what = f"WADO-RS {path}"
+    def retrieve_in_memory(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        """GET ``path`` as multipart/related: each part's headers (lower-case names) and
+        bytes, held in memory (for small parts, such as header-only files)."""
+        what = f"GET {path}"
+        parts: list[tuple[dict[str, str], BytesIO]] = []
+
+        def open_part(headers: dict[str, str]) -> BytesIO:
+            buf = BytesIO()
+            parts.append((headers, buf))
+            return buf
+
         try:
-            rsp = self._http.get(path, headers={"Accept": "application/dicom+json"})
+            with self._http.stream("GET", path, headers={"Accept": f'multipart/related; type="{DICOM}"'}) as rsp:
+                if rsp.status_code >= 300:
+                    rsp.read()
+                self._check(rsp, what)
+                splitter = MultipartSplitter(boundary_of(rsp.headers.get("content-type")), open_part,
+                                             lambda sink: None)
+                for chunk in rsp.iter_bytes():
+                    splitter.feed(chunk)
+                splitter.finish()
         except httpx.HTTPError as exc:
             raise self._network(exc, what) from None
-        self._check(rsp, what)
-        return list(rsp.json())
+        except MultipartError as exc:
+            raise DicomWebError(f"{what}: {exc}", transient=True) from None
+        return [(headers, buf.getvalue()) for headers, buf in parts]
 
     # --- STOW-RS ----------------------------------------------------------------------
     def store(self, files: Sequence[Path], study_uid: str | None = None, root: str = "") -> list[StoreOutcome]:

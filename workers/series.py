@@ -5,7 +5,7 @@ is parsed, the pixel data left in the file (read when the analyzer asks for it) 
 set aside, so that classification (``models/series.py``) sees headers only and never
 decodes pixels. :func:`for_analysis` gives the selected series their pixel data back
 and the others none. Only a remote worker reads a selected file twice: its first read
-was the header from the node's WADO-RS metadata, and the full file is fetched after
+was the header-only file from the node, and the full file is fetched after
 the classification chose its series.
 """
 

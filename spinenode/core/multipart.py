@@ -1,6 +1,7 @@
 """Streaming ``multipart/related`` (RFC 2387) for DICOMweb: WADO-RS and STOW-RS bodies.
 
-Both directions stream: :func:`iter_multipart` yields a body part by part from files,
+Both directions stream: :func:`iter_multipart` yields a body part by part from files
+(:func:`iter_multipart_bytes` from parts in memory),
 and :class:`MultipartSplitter` takes a body in chunks of any size and writes each part
 to a sink as it arrives, holding at most one boundary's length plus a chunk in memory.
 Used by the node (``scp_node.admin.dicomweb``) and by the workers' client.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +59,18 @@ def iter_multipart(files: Iterable[Path], boundary: str, part_type: str = DICOM,
             while block := fh.read(chunk):
                 yield block
         yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def iter_multipart_bytes(parts: Iterable[tuple[Mapping[str, str], bytes]], boundary: str,
+                         part_type: str = DICOM) -> Iterator[bytes]:
+    """The body of a multipart message from parts held in memory, each with extra part
+    headers (``Content-Location``, say) beside its Content-Type and Content-Length."""
+    delim = f"--{boundary}\r\n".encode()
+    for headers, data in parts:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        yield (delim + f"Content-Type: {part_type}\r\n{extra}Content-Length: {len(data)}\r\n\r\n".encode()
+               + data + b"\r\n")
     yield f"--{boundary}--\r\n".encode()
 
 
