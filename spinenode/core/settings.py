@@ -195,7 +195,7 @@ class Settings(BaseSettings):
     # so the first real study is not the slow one (workers/warmup.py)
     worker_warmup: bool = True
     # the herniation/HIZ model (models/weights, herniation 0.2.0) misses its HIZ bar
-    # (F1 0.71 of 0.85; type and position met: MODEL_CARD.md); off until a model meets all three
+    # (F1 0.80 of 0.85; type and position met: MODEL_CARD.md); off until a model meets all three
     herniation_model: bool = False
 
     # scheduler
