@@ -281,3 +281,11 @@ def test_every_hiz_reaches_the_sagittal_images() -> None:
             if not ((lab.tissue == Tissue.FLUID) & (lab.segment == seg)).any():
                 missing.append((idx, lv))
     assert checked >= 8 and not missing, missing
+
+
+def test_enriched_training_config_loads() -> None:
+    """The training-only frequencies the herniation model 0.2.0 was trained with (model card)."""
+    path = Path(__file__).resolve().parents[1] / "models" / "phantom" / "herniation_enriched.toml"
+    cfg = PhantomConfig.for_region("lumbar", "MR", herniation="realistic", grade_config=path)
+    assert all(cfg.hernias.hiz[lv] == 0.4 for lv in LEVELS)
+    assert all(cfg.hernias.types[lv] == (0.25, 0.25, 0.3, 0.2) for lv in LEVELS)
