@@ -43,7 +43,7 @@ from models.grader import (
     CROP_FOV_MM, CROP_PX, HALF_SLICES, SIDE_CONDITION, CropRequest, Grader, grade_from, grader_pixels,
     recess_crop, recess_frame, sagittal_kind,
 )
-from models.herniation import FOCAL_TYPES, HerniationModel, HerniationRequest, axial_crop, sagittal_crop
+from models.herniation import FOCAL_TYPES, HerniationModel, HerniationRequest, level_request
 from models.multiframe import expand_study
 from models.levels import DiscCandidate, NamedDisc, name_levels, spine_axes, transitional_signs, typical_spacing
 from models.masks3d import spread_labels, spread_slices
@@ -434,13 +434,10 @@ class SpineAnalyzer:
             levels = per_study[si][0]
             try:
                 axes = spine_axes({lv.name: np.asarray(lv.center_patient) for lv in levels}, levels_of(p.region))
-                mine = []
-                for lv in levels:
-                    c = np.asarray(lv.center_patient)
-                    sag = sagittal_crop(p.primary, p.primary_pixels, c, self.herniation.offsets["sag"])
-                    ax = (axial_crop(p.axial, p.axial_pixels, c, self.herniation.offsets["ax"], axes.get(lv.name))
-                          if p.axial else None)
-                    mine.append(HerniationRequest(sag, ax))
+                mine: list[HerniationRequest] = [
+                    level_request(p.primary, p.primary_pixels, p.axial, p.axial_pixels,
+                                  np.asarray(lv.center_patient), axes.get(lv.name), self.herniation.offsets)
+                    for lv in levels]
             except Exception as exc:  # noqa: BLE001 - this study's own failure, kept in its slot
                 failed[si] = exc
                 continue

@@ -49,6 +49,10 @@ def train(
     max_hours: Annotated[Optional[float], typer.Option(help="detector: stop after this many hours")] = None,
     copies: Annotated[int, typer.Option(min=1, help="grader, herniation: crops per level and series (the first "
                                                   "unjittered, the rest jittered by up to 2.5 mm)")] = 3,
+    enriched: Annotated[Optional[list[Path]], typer.Option(
+        "--enriched", exists=True, file_okay=False,
+        help="herniation: a dataset made with enriched frequencies (--grade-config); trained on, but the "
+             "calibration follows the label frequencies of the --data sets (repeat for several)")] = None,
 ) -> None:
     """Train the detector (YOLO-seg), the grader (2.5D residual CNN) from RSNA-layout data, or the
     herniation model (type, position, HIZ) from phantoms made with ``--herniation realistic``."""
@@ -56,9 +60,9 @@ def train(
     from models.train import TrainConfig, train_detector, train_grader
 
     _progress_log()
-    cfg = TrainConfig(data=tuple(data), out=out, epochs=epochs, device=resolve_device(device), seed=seed,
-                      workers=workers, batch=batch, imgsz=imgsz, version=version, max_studies=max_studies,
-                      max_hours=max_hours, copies=copies)
+    cfg = TrainConfig(data=tuple(data) + tuple(enriched or ()), enriched=tuple(enriched or ()), out=out,
+                      epochs=epochs, device=resolve_device(device), seed=seed, workers=workers, batch=batch,
+                      imgsz=imgsz, version=version, max_studies=max_studies, max_hours=max_hours, copies=copies)
     if target is Target.HERNIATION:
         from models.train_herniation import train_herniation
 

@@ -29,6 +29,9 @@ class TrainConfig:
     max_studies: int | None = None
     max_hours: float | None = None  # detector: stop after this much training time (ultralytics ``time``)
     copies: int = 3  # grader: crops per level and series, the first unjittered
+    #: herniation: datasets of ``data`` made with enriched label frequencies (trained on; the
+    #: calibration reweights them to the label frequencies of the others)
+    enriched: tuple[Path, ...] = ()
 
 
 def progress_bar() -> Any:

@@ -73,9 +73,51 @@ def test_training_runs_end_to_end(tiny_run: Path, herniated: Path) -> None:
     assert set(report["temperatures"]) == {"type", "position", "hiz"}
     assert all(0.05 <= t <= 20 for t in report["temperatures"].values())
     ckpt = HerniationCheckpoint.load(path)
-    assert set(ckpt.crop_offsets) == {"sag", "ax"}
+    assert set(ckpt.crop_offsets) == {"sag", "ax", "hiz"}
     # the crops are cached: one file per dataset, reused by the next run
     assert len(list((tiny_run / "crops").glob(f"{herniated.name}-*.npz"))) == 1
+
+
+def test_calibration_moves_enriched_training_to_the_population() -> None:
+    """Trained on enriched phantoms (HIZ at 40 % of the levels), a classifier's scores are
+    calibrated to the population (10 %): the validation set is reweighted to the label
+    frequencies of the non-enriched data and a bias fitted beside the temperature."""
+    from models.train_herniation import fit_calibration, prior_weights
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    y = (rng.random(n) < 0.4).astype(np.int64)  # enriched validation labels
+    x = rng.normal(0.0, 1.0, n) + 1.5 * y  # one noisy score
+    logits = np.stack([np.zeros(n), 2.0 * (1.5 * x - 1.125) + 2.0 * np.log(0.4 / 0.6)], axis=1)  # twice too sharp
+    w = prior_weights(y, np.array([0.9, 0.1]), 2)
+    assert w[y == 1].sum() / w.sum() == pytest.approx(0.1)
+    t, bias = fit_calibration(logits, y, w, with_bias=True)
+    assert bias is not None and t == pytest.approx(2.0, rel=0.15)
+    z = logits / t + np.asarray(bias)
+    p = np.exp(z[:, 1]) / np.exp(z).sum(axis=1)
+    # the population's posterior of this score model: logit = 1.5 x - 1.125 + log(0.1 / 0.9)
+    truth = 1.0 / (1.0 + np.exp(-(1.5 * x - 1.125 + np.log(0.1 / 0.9))))
+    assert float(np.abs(p - truth).mean()) < 0.02
+    t0, b0 = fit_calibration(logits, y, np.ones(n), with_bias=False)
+    assert b0 is None and t0 == pytest.approx(2.0, rel=0.15)
+
+
+def test_disc_frame_lays_a_tilted_disc_level() -> None:
+    """The sagittal and HIZ crops are cut in the disc's frame: posterior across the spine
+    axis, caudal along it, in the slice plane, whatever the tilt (here 30 degrees)."""
+    from models.herniation import disc_frame
+    from models.volume import Volume
+
+    # sagittal slices: rows run posterior (+y), columns caudal (-z), slices along x
+    vol = Volume("1.2", ("1", "2"), (1, 2), np.zeros((2, 8, 8), np.float32),
+                 np.array([[0.0, 0, 0], [4.0, 0, 0]]), np.array([0.0, 1, 0, 0, 0, -1]), (1.0, 1.0))
+    a = np.radians(30.0)
+    axis = np.array([0.0, np.sin(a), np.cos(a)])  # towards the head, leaning posterior
+    post, caudal = disc_frame(vol, axis)
+    assert np.allclose(caudal, -axis) and abs(float(post @ axis)) < 1e-9
+    assert post[1] > 0 and abs(post[0]) < 1e-9 and np.isclose(np.linalg.norm(post), 1.0)
+    p0, c0 = disc_frame(vol, None)
+    assert np.allclose(p0, [0, 1, 0]) and np.allclose(c0, [0, 0, -1])
 
 
 def test_mirror_swaps_left_and_right() -> None:
@@ -139,7 +181,8 @@ def test_model_without_axial_crop_reports_no_position(tiny_run: Path) -> None:
     rng = np.random.default_rng(0)
     sag = rng.random((5, 64, 64)).astype(np.float32)
     ax = rng.random((3, 64, 64)).astype(np.float32)
-    both, alone = model.probabilities([HerniationRequest(sag, ax), HerniationRequest(sag, None)])
+    hz = rng.random((3, 48, 48)).astype(np.float32)
+    both, alone = model.probabilities([HerniationRequest(sag, ax, hz), HerniationRequest(sag, None, hz)])
     assert set(both) == {"type", "position", "hiz"} and set(alone) == {"type", "hiz"}
     for p in (*both.values(), *alone.values()):
         assert abs(float(p.sum()) - 1.0) < 1e-5

@@ -87,7 +87,7 @@ def test_legacy_converted_multiframe_study_by_cstore(node_factory: Any, tmp_path
                                    for f in files)
     # the second study of this node: sent at once, so the node works on both while the first is checked
     lstv_uid, lstv_files = _transitional_partial_files(tmp_path)
-    # HERNIATION_MODEL on: the shipped herniation model's findings reach the SR (off by default)
+    # HERNIATION_MODEL on (the default since herniation 0.2.0): the shipped model's findings reach the SR
     node: Node = node_factory(stable_seconds=1, herniation_model=True)
     # DCMTK proposes this SOP class only with -R (contexts taken from the files)
     sent = storescu(files, "127.0.0.1", node.dicom_port, "SPINENODE", extra_args=("-R",))

@@ -262,6 +262,11 @@ def evaluate_slice(sp: Spine, stack: SliceStack, i: int, n: int, stride: int = 3
     same = ((key[:-1, :-1] == key[1:, :-1]) & (key[:-1, :-1] == key[:-1, 1:])
             & (key[:-1, :-1] == key[1:, 1:]))
     thin = _THIN[ct]
+    # A high-intensity zone (2 mm deep) can lie wholly inside a block whose corners are all
+    # annulus: every block touching the disc of a level with a HIZ is evaluated pixel by pixel.
+    hiz_seg = np.array([s.kind == "disc" and s.name in sp.shapes and bool(sp.shapes[s.name].hiz)
+                        for s in sp.segments] + [False])
+    thin |= np.isin(ct, (Tissue.ANNULUS, Tissue.NUCLEUS)) & hiz_seg[np.clip(cs, -1, len(sp.segments) - 1)]
     thin_b = thin[:-1, :-1] | thin[1:, :-1] | thin[:-1, 1:] | thin[1:, 1:]
     refine = ~same | thin_b
     grow = refine.copy()

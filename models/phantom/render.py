@@ -48,6 +48,10 @@ class Tissue(IntEnum):
 N_TISSUES = len(Tissue)
 _BONE = np.zeros(N_TISSUES, dtype=bool)
 _BONE[[Tissue.BODY_CORTEX, Tissue.BODY_MARROW, Tissue.POST_CORTEX, Tissue.POST_MARROW]] = True
+#: Depth of a high-intensity zone's centre inside the posterior disc margin (mm). It was
+#: 1.6 until issue 19's second pass: a rim of 0.6 mm, under one sagittal pixel, merged the
+#: spot with the CSF behind it (it only moved the canal's edge); 3.0 leaves 2 mm of annulus.
+HIZ_DEPTH_MM = 3.0
 
 KIND_VERTEBRA, KIND_DISC, KIND_SACRUM = 0, 1, 2
 
@@ -361,9 +365,12 @@ def _spine(sp: Spine, pc: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, n
         sel = near[herniated]
         tissue[sel] = Tissue.ANNULUS
         tissue[near[herniated & (core | (tb.hern[ds_] == 3))]] = Tissue.NUCLEUS
+    # The HIZ lies inside the annulus with dark annulus all round it (Aprill & Bogduk's
+    # definition), so its centre is HIZ_DEPTH_MM inside the posterior disc margin: the
+    # 1 mm half depth leaves a rim of HIZ_DEPTH_MM - 1 mm between it and the canal.
     hi_ = np.nonzero(disc_seg & tb.hiz[seg])[0]
     hz = np.isin(tissue[hi_], (Tissue.ANNULUS, Tissue.NUCLEUS)) & (
-        (w[hi_] / (2.5 * k)) ** 2 + ((v_s[hi_] - (e_w[hi_] + b_w[hi_] - 1.6)) / 1.0) ** 2
+        (w[hi_] / (2.5 * k)) ** 2 + ((v_s[hi_] - (e_w[hi_] + b_w[hi_] - HIZ_DEPTH_MM)) / 1.0) ** 2
         + ((hmm[hi_] - 0.5 * height[hi_]) / (0.2 * height[hi_] + 0.3)) ** 2 <= 1.0)
     tissue[hi_[hz]] = Tissue.FLUID
 

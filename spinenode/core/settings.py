@@ -194,9 +194,9 @@ class Settings(BaseSettings):
     # workers: a gpu-queue worker loads the models and analyses one phantom study at start,
     # so the first real study is not the slow one (workers/warmup.py)
     worker_warmup: bool = True
-    # the herniation/HIZ model (models/weights, herniation 0.1.0) misses two of its bars
-    # (type kappa 0.71 of 0.80, HIZ F1 0.45 of 0.85: MODEL_CARD.md); off until a model meets them
-    herniation_model: bool = False
+    # the herniation/HIZ model (models/weights, herniation 0.2.0) meets its three bars on 200
+    # fresh phantoms (type kappa 0.86, position 0.96, HIZ F1 0.87: MODEL_CARD.md)
+    herniation_model: bool = True
 
     # scheduler
     sweep_interval: float = Field(1.0, gt=0)
