@@ -116,19 +116,7 @@ class DicomWebClient:
             on_file(sink.path)
 
         try:
-            with self._http.stream("GET", path, headers={"Accept": f'multipart/related; type="{DICOM}"'}) as rsp:
-                if rsp.status_code >= 300:
-                    rsp.read()
-                self._check(rsp, what)
-                splitter = MultipartSplitter(boundary_of(rsp.headers.get("content-type")), open_part, close_part)
-                for chunk in rsp.iter_bytes():
-                    splitter.feed(chunk)
-                splitter.finish()
-                return splitter.parts
-        except httpx.HTTPError as exc:
-            raise self._network(exc, what) from None
-        except MultipartError as exc:
-            raise DicomWebError(f"{what}: {exc}", transient=True) from None
+            return self._split(path, what, open_part, close_part)
         finally:
             for part in current:
                 part.fh.close()
@@ -146,21 +134,27 @@ class DicomWebClient:
             parts.append((headers, buf))
             return buf
 
+        self._split(path, what, open_part, lambda sink: None)
+        return [(headers, buf.getvalue()) for headers, buf in parts]
+
+    def _split(self, path: str, what: str, open_part: Callable[[dict[str, str]], Any],
+               close_part: Callable[[Any], None]) -> int:
+        """GET ``path`` as multipart/related and split the body part by part into the sinks
+        ``open_part`` gives; the number of parts. Network and framing errors are transient."""
         try:
             with self._http.stream("GET", path, headers={"Accept": f'multipart/related; type="{DICOM}"'}) as rsp:
                 if rsp.status_code >= 300:
                     rsp.read()
                 self._check(rsp, what)
-                splitter = MultipartSplitter(boundary_of(rsp.headers.get("content-type")), open_part,
-                                             lambda sink: None)
+                splitter = MultipartSplitter(boundary_of(rsp.headers.get("content-type")), open_part, close_part)
                 for chunk in rsp.iter_bytes():
                     splitter.feed(chunk)
                 splitter.finish()
+                return splitter.parts
         except httpx.HTTPError as exc:
             raise self._network(exc, what) from None
         except MultipartError as exc:
             raise DicomWebError(f"{what}: {exc}", transient=True) from None
-        return [(headers, buf.getvalue()) for headers, buf in parts]
 
     # --- STOW-RS ----------------------------------------------------------------------
     def store(self, files: Sequence[Path], study_uid: str | None = None, root: str = "") -> list[StoreOutcome]:
