@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as dicom_codes
 
 import dicomgen
 from models.types import Box, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region, SeriesMasks
 from peers import dciodvfy
+from workers.results import codes
 from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
 from workers.results.keyimages import BANNER, build_key_image
-from workers.results.seg import build_seg, load_masks, save_masks
+from workers.results.seg import HERNIATION_COLOUR, build_seg, display_rgb, load_masks, save_masks
 
 MODEL = ModelId("spinenode-test-model", "0.0.1")
 
@@ -71,6 +73,80 @@ def test_seg_valid_and_round_trips(sagittal: list[Dataset], tmp_path: Path) -> N
     assert hd.color.CIELabColor.from_dicom_value(colours[3]).to_rgb() == (40, 220, 220)  # the canal in cyan
     arr = back.get_volume().array if hasattr(back, "get_volume") else None
     assert arr is None or arr.shape[-1] == 4
+
+
+def _herniated(sagittal: list[Dataset]) -> SeriesMasks:
+    """The masks of ``_masks`` plus the herniated material of L4-L5 as segment 5 (the
+    analyzer's contract): painted over the back of the disc and beyond it into background,
+    on two of the disc's three slices."""
+    base = _masks(sagittal)
+    labels = base.labels.copy()
+    k = len(sagittal) // 2
+    for j in (k - 1, k):
+        labels[j, 21:25, 55:64] = 5  # cols 55-59 over disc L4-L5, 60-61 background, 62-63 over the canal on k
+    return SeriesMasks(base.series_uid, base.sop_instance_uids, labels,
+                       {**base.segments, 5: "herniated material L4-L5"}, MODEL)
+
+
+def _code(item: Dataset) -> tuple[str, str, str]:
+    return str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning)
+
+
+def test_seg_herniated_material_segment(sagittal: list[Dataset], tmp_path: Path) -> None:
+    masks = _herniated(sagittal)
+    save_masks([masks], tmp_path / "m.npz")  # through the analysis side file, as in the pipeline
+    (loaded,) = load_masks(tmp_path / "m.npz")
+    headers = [_header(d) for d in sagittal]
+    path = tmp_path / "seg.dcm"
+    build_seg(loaded, headers, _identity(sagittal, ResultKind.SEG), MODEL).save_as(path)
+    result = dciodvfy(path)
+    assert result.errors == [], result.output
+    assert all("<99SPINENODE>" in w for w in result.warnings), result.output  # only: designator unknown to it
+    back = hd.seg.segread(path)
+    assert back.number_of_segments == 5
+    desc = back.SegmentSequence[4]
+    assert desc.SegmentNumber == 5 and desc.SegmentLabel == "herniated material L4-L5"
+    category = dicom_codes.cid7150.MorphologicallyAbnormalStructure
+    assert _code(desc.SegmentedPropertyCategoryCodeSequence[0]) == (category.value, "SCT", category.meaning)
+    assert _code(desc.SegmentedPropertyTypeCodeSequence[0]) == ("DISC_HERNIATION", "99SPINENODE", "Disc herniation")
+    assert [_code(r) for r in desc.AnatomicRegionSequence] == [("84020006", "SCT", "L4/L5 disc")]
+    assert desc.SegmentAlgorithmType == "AUTOMATIC" and desc.TrackingID == "herniated material L4-L5"
+    rgb = hd.color.CIELabColor.from_dicom_value(tuple(int(v) for v in desc.RecommendedDisplayCIELabValue)).to_rgb()
+    assert rgb == HERNIATION_COLOUR == display_rgb("herniated material L4-L5")
+    others = {tuple(int(v) for v in d.RecommendedDisplayCIELabValue) for d in back.SegmentSequence[:4]}
+    assert tuple(int(v) for v in desc.RecommendedDisplayCIELabValue) not in others
+    # the anatomical segments keep their category and carry no anatomic region
+    for d in back.SegmentSequence[:4]:
+        assert _code(d.SegmentedPropertyCategoryCodeSequence[0])[0] == "91723000" and "AnatomicRegionSequence" not in d
+    # the private scheme of the type is declared, as in the SR
+    (scheme,) = back.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == "99SPINENODE" and scheme.CodingSchemeName
+    # frames: exactly the herniated pixels, on the two slices that hold them; the disc keeps the rest
+    uids = [str(d.SOPInstanceUID) for d in sagittal]
+    k = len(sagittal) // 2
+    frames = {str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+              for f in back.PerFrameFunctionalGroupsSequence
+              if int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == 5}
+    assert frames == {uids[k - 1], uids[k]}
+    for seg_number in (1, 5):
+        got = back.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[seg_number],
+                                                 ignore_spatial_locations=True)[..., 0]
+        assert np.array_equal(got.astype(bool), masks.labels == seg_number), seg_number
+    assert int((masks.labels == 5).sum()) == 2 * 4 * 9
+
+
+def test_seg_declares_private_scheme_only_when_used(sagittal: list[Dataset], tmp_path: Path) -> None:
+    seg = build_seg(_masks(sagittal), [_header(d) for d in sagittal], _identity(sagittal, ResultKind.SEG), MODEL)
+    assert "CodingSchemeIdentificationSequence" not in seg
+    assert codes.DISC_HERNIATION.scheme_designator == "99SPINENODE"
+
+
+def test_seg_herniated_material_of_an_unknown_level_is_refused(sagittal: list[Dataset]) -> None:
+    base = _masks(sagittal)
+    bad = SeriesMasks(base.series_uid, base.sop_instance_uids, base.labels,
+                      {**base.segments, 4: "herniated material L9-L10"}, MODEL)
+    with pytest.raises(ValueError, match="L9-L10"):
+        build_seg(bad, [_header(d) for d in sagittal], _identity(sagittal, ResultKind.SEG), MODEL)
 
 
 def _header(ds: Dataset) -> Dataset:

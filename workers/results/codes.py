@@ -5,7 +5,8 @@ The codes of the conditions and grades are defined with the condition table
 (document, measurements, levels, segments) are defined here. Standard codes are
 SNOMED CT (SCT) and DICOM (DCM) concepts verified against the PS3.16 tables bundled
 with pydicom (toolchain.md). Where no standard concept exists, the private scheme
-``99SPINENODE`` is used and declared in the SR's Coding Scheme Identification Sequence.
+``99SPINENODE`` is used and declared in the Coding Scheme Identification Sequence of the SR (and of the
+SEG when one of its segments uses it).
 """
 
 from __future__ import annotations
@@ -106,6 +107,13 @@ ANATOMICAL_STRUCTURE: Final = sct("91723000", "Anatomical Structure")
 VERTEBRA: Final = sct("51282000", "Vertebra")
 #: The canal segment is the same concept as the canal stenosis' finding site (the condition table).
 SPINAL_CANAL_STRUCTURE: Final = SPINAL_CANAL
+#: The category of a herniated-material segment (CID 7150; pydicom's
+#: ``codes.cid7150.MorphologicallyAbnormalStructure``).
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Final = sct("49755003", "Morphologically Abnormal Structure")
+#: The property type of a herniated-material segment. PS3.16 (pydicom's tables: searched
+#: herniation, prolapse, protrusion, extrusion) holds no herniation concept: the private one
+#: of the condition table, so a SEG that uses it declares ``99SPINENODE``.
+DISC_HERNIATION: Final = concept(conditions.DISC_HERNIATION_CONCEPT)
 
 # --- "not analysed" ------------------------------------------------------------------
 NOT_ANALYSED: Final = private("NOT_ANALYSED", "AI analysis not performed")

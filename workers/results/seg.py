@@ -1,7 +1,10 @@
 """highdicom Segmentation from the model's masks: one segment per structure.
 
-Segments: each disc by level (SNOMED disc codes), the vertebral bodies
-(property type Vertebra) and the spinal canal; BINARY, one frame per sagittal slice a
+Segments: each disc by level (SNOMED disc codes), the vertebral bodies (property type
+Vertebra), the spinal canal, and the herniated material of each level the herniation model
+calls a protrusion or extrusion ('herniated material L4-L5': category Morphologically
+Abnormal Structure, the private type Disc herniation, the level's disc as anatomic region;
+the SEG then declares the private coding scheme). BINARY, one frame per sagittal slice a
 segment lies on (the analyzer spreads the masks over the slices, models/masks3d.py),
 empty frames omitted, referencing the source series, with the algorithm identification
 and a RecommendedDisplayCIELabValue per segment (OHIF warns and picks its own colours
@@ -12,45 +15,85 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import highdicom as hd
 import numpy as np
+from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
+from models.conditions import PRIVATE_SCHEME
 from models.types import ModelId, SeriesMasks
 from workers.results import codes
 from workers.results.builder import EncodeInputs
 from workers.results.identity import MANUFACTURER, ResultIdentity
 
-
 #: Display colours (RGB): discs cycle through six hues by level, bone for the bodies,
-#: cyan for the canal.
+#: cyan for the canal, saturated magenta for herniated material (CIE76 distance at least 54
+#: from every other colour here, so it stands out over its disc).
 DISC_COLOURS: Final[tuple[tuple[int, int, int], ...]] = (
     (230, 80, 80), (240, 170, 40), (240, 230, 60), (90, 200, 90), (60, 170, 230), (160, 110, 230))
 BODY_COLOUR: Final = (222, 205, 160)
 CANAL_COLOUR: Final = (40, 220, 220)
+HERNIATION_COLOUR: Final = (255, 0, 255)
+
+#: Segment labels: a disc is ``DISC_PREFIX + level``, its herniated material
+#: ``HERNIATED_PREFIX + level`` (the level as in ``codes.DISCS``: 'L4-L5').
+DISC_PREFIX: Final = "disc "
+HERNIATED_PREFIX: Final = "herniated material "
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentCodes:
+    """The coded description of one segment: category (CID 7150), property type, and
+    the anatomic regions it lies in (empty where the type names the structure itself)."""
+
+    category: CodedConcept
+    property_type: CodedConcept
+    anatomic_regions: tuple[CodedConcept, ...] = ()
+
+    def concepts(self) -> tuple[CodedConcept, ...]:
+        return (self.category, self.property_type, *self.anatomic_regions)
+
+
+def _disc(level: str, label: str) -> CodedConcept:
+    try:
+        return codes.DISCS[level]
+    except KeyError:
+        raise ValueError(f"no disc level {level!r} in segment {label!r}") from None
+
+
+def segment_codes(label: str) -> SegmentCodes:
+    """The codes of a segment by its label ('disc L4-L5', 'vertebral bodies', 'spinal canal',
+    'herniated material L4-L5'); ValueError for any other label."""
+    if label.startswith(DISC_PREFIX):
+        return SegmentCodes(codes.ANATOMICAL_STRUCTURE, _disc(label.removeprefix(DISC_PREFIX), label))
+    if label.startswith(HERNIATED_PREFIX):
+        disc = _disc(label.removeprefix(HERNIATED_PREFIX), label)
+        return SegmentCodes(codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.DISC_HERNIATION, (disc,))
+    if label == "vertebral bodies":
+        return SegmentCodes(codes.ANATOMICAL_STRUCTURE, codes.VERTEBRA)
+    if label == "spinal canal":
+        return SegmentCodes(codes.ANATOMICAL_STRUCTURE, codes.SPINAL_CANAL_STRUCTURE)
+    raise ValueError(f"no code for segment {label!r}")
+
+
+def property_type(label: str) -> CodedConcept:
+    """The segmented property type of a segment by its label (see :func:`segment_codes`)."""
+    return segment_codes(label).property_type
 
 
 def display_rgb(label: str) -> tuple[int, int, int]:
-    """The colour of a segment by its label ('disc L4-L5', 'vertebral bodies', 'spinal canal')."""
-    if label.startswith("disc "):
-        name = label.removeprefix("disc ")
+    """The colour of a segment by its label (see :func:`segment_codes`)."""
+    if label.startswith(DISC_PREFIX):
+        name = label.removeprefix(DISC_PREFIX)
         order = [lv for lv in codes.DISCS]
         return DISC_COLOURS[order.index(name) % len(DISC_COLOURS)] if name in order else DISC_COLOURS[0]
+    if label.startswith(HERNIATED_PREFIX):
+        return HERNIATION_COLOUR
     return BODY_COLOUR if label == "vertebral bodies" else CANAL_COLOUR
-
-
-def property_type(label: str) -> hd.sr.CodedConcept:
-    """The SNOMED concept of a mask's structure name ('disc L4-L5', 'vertebral bodies', 'spinal canal')."""
-    if label.startswith("disc "):
-        return codes.DISCS[label.removeprefix("disc ")]
-    if label == "vertebral bodies":
-        return codes.VERTEBRA
-    if label == "spinal canal":
-        return codes.SPINAL_CANAL_STRUCTURE
-    raise ValueError(f"no code for segment {label!r}")
 
 
 def build_seg(
@@ -78,16 +121,18 @@ def build_seg(
     numbers = sorted(masks.segments)
     if numbers != list(range(1, len(numbers) + 1)):
         raise ValueError("segment numbers must be 1..N")
+    coded = {n: segment_codes(masks.segments[n]) for n in numbers}
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=n,
             segment_label=masks.segments[n][:64],
-            segmented_property_category=codes.ANATOMICAL_STRUCTURE,
-            segmented_property_type=property_type(masks.segments[n]),
+            segmented_property_category=coded[n].category,
+            segmented_property_type=coded[n].property_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_uid=identity.sub_uid("segment", masks.segments[n]),
             tracking_id=masks.segments[n][:64],
+            anatomic_regions=list(coded[n].anatomic_regions) or None,
             display_color=hd.color.CIELabColor.from_rgb(*display_rgb(masks.segments[n])),
         )
         for n in numbers
@@ -110,6 +155,8 @@ def build_seg(
         omit_empty_frames=True,
     )
     seg.SeriesDescription = identity.series_description
+    if any(c.scheme_designator == PRIVATE_SCHEME for sc in coded.values() for c in sc.concepts()):
+        seg.CodingSchemeIdentificationSequence = [codes.coding_scheme_identification()]
     return seg
 
 
