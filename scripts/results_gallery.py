@@ -165,6 +165,18 @@ its overlays the corners, so the caveat is burned in below the image, centred:
 
 ## SEG (one segment per structure, on every sagittal slice it lies on)
 
+A level the herniation model calls a protrusion or extrusion gets a segment of its own,
+`herniated material L4-L5` (the level as in `disc L4-L5`): the disc material the model sees
+beyond the disc space at that level. Each pixel belongs to one segment, so the disc
+segment is then the disc inside its space. Its codes: category Morphologically Abnormal
+Structure (SCT 49755003), type Disc herniation (`DISC_HERNIATION` in the private scheme
+`99SPINENODE`, as in the SR: PS3.16 holds no herniation concept; the SEG declares the
+scheme in its Coding Scheme Identification Sequence), anatomic region the level's disc
+(e.g. SCT 84020006 "L4/L5 disc"); shown in saturated magenta, apart from the disc hues,
+the bone-coloured bodies and the cyan canal. Levels called none or bulge get no such
+segment. PRELIMINARY AI output like the rest of the SEG: where the model puts the
+herniated material, for a radiologist to check, not a diagnosis.
+
 Segments on the slice shown: {", ".join(labels)}. Sagittal slices per segment:
 {", ".join(f"{k} {v}" for k, v in counts.items())}.
 
