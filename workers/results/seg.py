@@ -80,11 +80,6 @@ def segment_codes(label: str) -> SegmentCodes:
     raise ValueError(f"no code for segment {label!r}")
 
 
-def property_type(label: str) -> CodedConcept:
-    """The segmented property type of a segment by its label (see :func:`segment_codes`)."""
-    return segment_codes(label).property_type
-
-
 def display_rgb(label: str) -> tuple[int, int, int]:
     """The colour of a segment by its label (see :func:`segment_codes`)."""
     if label.startswith(DISC_PREFIX):
