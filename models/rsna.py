@@ -40,7 +40,10 @@ Phantom side files (what RSNA lacks and the SEG needs; absent from real RSNA dat
     sacral body), :data:`MASK_SPINAL_CANAL` 2 (the dural sac: CSF, cord, cauda equina),
     :data:`MASK_OTHER_DISC` 3 (discs outside the graded levels, e.g. T12/L1), and one value
     per graded disc level in :data:`DISC_LABELS` (L1/L2=11 ... L5/S1=15, C2/C3=21 ... C7/T1=26).
-    Read with :func:`read_masks`.
+    ``herniated`` (phantoms rendered since the herniated-material SEG segment): bool, same
+    shape, the disc material of a protrusion or extrusion displaced behind the vertebral
+    outline (a subset of the disc labels' tissue, or of no label where a migrated fragment
+    lies behind a vertebral body). Read with :func:`read_masks`.
 ``pfirrmann.csv``
     ``study_id,level,pfirrmann`` (1-5) for every disc level of the region.
 ``phantom_levels.csv``
@@ -255,6 +258,9 @@ class MaskVolume:
     labels: np.ndarray  # uint8 (n_slices, rows, cols)
     instance_numbers: tuple[int, ...]
     label_names: Mapping[int, str]
+    #: bool (n_slices, rows, cols): herniated disc material (phantoms rendered since issue
+    #: 19's SEG segment); None in older side files
+    herniated: np.ndarray | None = None
 
     def slice_of(self, instance_number: int) -> np.ndarray:
         return self.labels[self.instance_numbers.index(instance_number)]
@@ -404,6 +410,7 @@ def read_masks(path: Path | str) -> MaskVolume:
             labels=z["labels"].astype(np.uint8),
             instance_numbers=tuple(int(i) for i in z["instance_numbers"]),
             label_names=names,
+            herniated=z["herniated"].astype(bool) if "herniated" in z.files else None,
         )
 
 
@@ -492,16 +499,19 @@ def write_slice_levels(root: Path | str,
     return path
 
 
-def write_masks(path: Path | str, labels: np.ndarray, instance_numbers: Sequence[int]) -> Path:
-    """Write one mask side file (compressed npz with the label table)."""
+def write_masks(path: Path | str, labels: np.ndarray, instance_numbers: Sequence[int],
+                herniated: np.ndarray | None = None) -> Path:
+    """Write one mask side file (compressed npz with the label table and, when given, the
+    herniated-material mask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     values = np.array(sorted(MASK_LABELS), dtype=np.int32)
     names = np.array([MASK_LABELS[int(v)] for v in values])
+    extra = {"herniated": herniated.astype(bool)} if herniated is not None else {}
     np.savez_compressed(
         path, labels=labels.astype(np.uint8),
         instance_numbers=np.asarray(instance_numbers, dtype=np.int32),
-        label_values=values, label_names=names,
+        label_values=values, label_names=names, **extra,
     )
     return path
 

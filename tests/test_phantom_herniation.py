@@ -289,3 +289,38 @@ def test_enriched_training_config_loads() -> None:
     cfg = PhantomConfig.for_region("lumbar", "MR", herniation="realistic", grade_config=path)
     assert all(cfg.hernias.hiz[lv] == 0.4 for lv in LEVELS)
     assert all(cfg.hernias.types[lv] == (0.25, 0.25, 0.3, 0.2) for lv in LEVELS)
+
+
+def test_herniated_truth_marks_the_displaced_material_and_nothing_else(tmp_path: Path) -> None:
+    """``Labels.herniated`` (the SEG segment's ground truth) is disc tissue, on exactly the
+    points the herniation added (where the same spine without herniation has no disc), and
+    the side file carries it; a study without herniation has none."""
+    for idx in range(3):
+        t_h, sp_h = _spines(_many(), 9, idx)
+        _, sp_n = _spines(_none(), 9, idx)
+        lv = LEVELS[3]
+        w0, _, h0, _, depth = sp_h.shapes[lv].blob
+        # a sagittal line through the herniation, from the disc centre backwards
+        vs = np.arange(0.0, 40.0, 0.1)
+        pts = np.stack([sp_h.level_point(lv, h0, v, w0) for v in vs])
+        a, b = evaluate(sp_h, pts), evaluate(sp_n, pts)
+        assert a.herniated is not None and b.herniated is not None and not b.herniated.any()
+        assert a.herniated.any(), (idx, t_h.hernia(lv))
+        assert np.isin(a.tissue[a.herniated], DISC + (Tissue.FLUID,)).all()
+        # everything the herniation added is marked (a central one makes the existing
+        # midline bulge focal: it adds nothing there, and that bulge is the herniation)
+        added = np.isin(a.tissue, DISC) & ~np.isin(b.tissue, DISC)
+        assert (a.herniated | ~added).all()
+        # and nothing inside the vertebral outline but the herniation's 1 mm base
+        i = sp_h.segment_index(lv)
+        hd, hw = sp_h.segments[i + 1].half_depth, sp_h.segments[i + 1].half_width
+        outline = hd * max(1.0 - (abs(w0) / hw) ** 2.4, 0.0) ** (1 / 2.4)
+        assert vs[a.herniated].min() >= outline - 1.0 - 0.2, (idx, t_h.hernia(lv))
+    generate_dataset(tmp_path / "h", 1, PhantomConfig(matrix=64, herniation=_many().herniation), seed=6)
+    generate_dataset(tmp_path / "n", 1, PhantomConfig(matrix=64, herniation=_none().herniation), seed=6)
+    for root, expect in ((tmp_path / "h", True), (tmp_path / "n", False)):
+        files = sorted((root / "masks").glob("*/*.npz"))
+        assert len(files) == 2
+        vols = [rsna.read_masks(f) for f in files]
+        assert all(v.herniated is not None and v.herniated.shape == v.labels.shape for v in vols)
+        assert any(bool(v.herniated.any()) for v in vols) is expect  # type: ignore[union-attr]

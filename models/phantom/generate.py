@@ -189,8 +189,11 @@ def generate_study(out: Path | str, seed: int, index: int, config: PhantomConfig
         if write_masks and key != "sag_T1":
             vol = np.stack([upsample_labels(mask_of(sp, lab), stack.rows, stack.cols)
                             for lab in labels])
+            hern = np.stack([upsample_labels(lab.herniated, stack.rows, stack.cols)
+                             if lab.herniated is not None else np.zeros((stack.rows, stack.cols), bool)
+                             for lab in labels])
             rsna.write_masks(out / "masks" / str(study_id) / f"{series_id}.npz", vol,
-                             list(range(1, len(stack) + 1)))
+                             list(range(1, len(stack) + 1)), hern)
     coords = _coordinates(sp, study_id, config.region, series)
     labels_row = rsna.StudyLabels(study_id, truth.grades())
     dt = time.perf_counter() - t0

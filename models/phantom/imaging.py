@@ -258,7 +258,10 @@ def evaluate_slice(sp: Spine, stack: SliceStack, i: int, n: int, stride: int = 3
     coarse = evaluate(sp, _plane_points(stack, i, n, rr.ravel(), cc.ravel()))
     ct = coarse.tissue.reshape(rr.shape)
     cs = coarse.segment.reshape(rr.shape)
-    key = ct.astype(np.int32) * 1000 + np.where(_PER_SEGMENT[ct], cs, 0)
+    assert coarse.herniated is not None
+    ch = coarse.herniated.reshape(rr.shape)
+    # herniated material is a key of its own: a block it crosses is refined (its truth mask)
+    key = ct.astype(np.int32) * 1000 + np.where(_PER_SEGMENT[ct], cs, 0) + ch * 100_000
     same = ((key[:-1, :-1] == key[1:, :-1]) & (key[:-1, :-1] == key[:-1, 1:])
             & (key[:-1, :-1] == key[1:, 1:]))
     thin = _THIN[ct]
@@ -279,13 +282,15 @@ def evaluate_slice(sp: Spine, stack: SliceStack, i: int, n: int, stride: int = 3
     bi = np.minimum(np.searchsorted(nodes, np.arange(n), side="right") - 1, len(nodes) - 2)
     tissue = ct[:-1, :-1][bi[:, None], bi[None, :]].copy()
     segment = cs[:-1, :-1][bi[:, None], bi[None, :]].copy()
+    herniated = ch[:-1, :-1][bi[:, None], bi[None, :]].copy()
     todo = grow[bi[:, None], bi[None, :]]
     pr, pc = np.nonzero(todo)
     if pr.size:
         fine = evaluate(sp, _plane_points(stack, i, n, pr, pc))
         tissue[pr, pc] = fine.tissue
         segment[pr, pc] = fine.segment
-    return Labels(tissue, segment)
+        herniated[pr, pc] = fine.herniated
+    return Labels(tissue, segment, herniated)
 
 
 def label_stack(sp: Spine, stack: SliceStack) -> list[Labels]:

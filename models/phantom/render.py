@@ -58,10 +58,14 @@ KIND_VERTEBRA, KIND_DISC, KIND_SACRUM = 0, 1, 2
 
 @dataclass(frozen=True)
 class Labels:
-    """Per-point result: ``tissue`` (uint8 :class:`Tissue`) and ``segment`` (int16, -1 none)."""
+    """Per-point result: ``tissue`` (uint8 :class:`Tissue`), ``segment`` (int16, -1 none) and
+    ``herniated`` (bool, or None where not evaluated): the point is disc material of a
+    protrusion or extrusion displaced behind the vertebral outline (:func:`_herniated`, the
+    foraminal blob), the ground truth of the SEG's herniated-material segment."""
 
     tissue: np.ndarray
     segment: np.ndarray
+    herniated: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -240,20 +244,23 @@ def evaluate(sp: Spine, points: np.ndarray) -> Labels:
     vt = y - (0.4 * curve_y + 0.6 * (slope * z + icept)).astype(np.float32)
     tissue = np.zeros(len(pc), np.uint8)
     segment = np.full(len(pc), -1, np.int16)
+    herniated = np.zeros(len(pc), bool)
     _torso(sp, x, vy, vt, z, tissue)
     # Everything of the spine lies within this box around the centre line (transverse
     # processes reach about 55 mm laterally, spinous processes about 80 mm back).
     crop = (np.abs(x) < 66) & (vy > -38) & (vy < 105) & (z > cz[0] - 5) & (z < cz[-1])
     idx = np.nonzero(crop)[0]
     if idx.size:
-        t_sub, s_sub = _spine(sp, pc[idx], tissue[idx])
+        t_sub, s_sub, h_sub = _spine(sp, pc[idx], tissue[idx])
         tissue[idx] = t_sub
         segment[idx] = s_sub
-    return Labels(tissue, segment)
+        herniated[idx] = h_sub
+    return Labels(tissue, segment, herniated)
 
 
-def _spine(sp: Spine, pc: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _spine(sp: Spine, pc: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tb = _tables(sp)
+    herniated_pts = np.zeros(len(pc), bool)
     lumbar = sp.region == "lumbar"
     k = sp.pedicle_w / (4.5 if lumbar else 2.8)
     n_seg = len(sp.segments)
@@ -365,6 +372,7 @@ def _spine(sp: Spine, pc: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, n
         sel = near[herniated]
         tissue[sel] = Tissue.ANNULUS
         tissue[near[herniated & (core | (tb.hern[ds_] == 3))]] = Tissue.NUCLEUS
+        herniated_pts[sel] = True
     # The HIZ lies inside the annulus with dark annulus all round it (Aprill & Bogduk's
     # definition), so its centre is HIZ_DEPTH_MM inside the posterior disc margin: the
     # 1 mm half depth leaves a rim of HIZ_DEPTH_MM - 1 mm between it and the canal.
@@ -503,7 +511,10 @@ def _spine(sp: Spine, pc: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, n
     herniated = tb.blob_for[ds_] & (w[near] * tb.blob[ds_, 0] > 0) & ring[near] & (
         vd[near] < v0[near]) & ~_BONE[tissue[near]] & ~exit_root[near]
     tissue[near[herniated]] = Tissue.NUCLEUS
-    return tissue, seg.astype(np.int16)
+    herniated_pts[near[herniated]] = True
+    # what later paint took (facets, recess fat) is no longer disc material
+    herniated_pts &= np.isin(tissue, (Tissue.ANNULUS, Tissue.NUCLEUS, Tissue.FLUID))
+    return tissue, seg.astype(np.int16), herniated_pts
 
 
 def _herniated(p: np.ndarray, w: np.ndarray, h: np.ndarray, v: np.ndarray,
