@@ -31,10 +31,12 @@ class Target(StrEnum):
     DETECTOR = "detector"
     GRADER = "grader"
     HERNIATION = "herniation"
+    HERNIATED_MATERIAL = "herniated-material"
 
 
 def train(
-    target: Annotated[Target, typer.Argument(help="what to train: detector, grader or herniation")],
+    target: Annotated[Target, typer.Argument(help="what to train: detector, grader, herniation or "
+                                                           "herniated-material")],
     data: Annotated[list[Path], typer.Option("--data", help="RSNA-layout dataset root (repeat for several)",
                                              exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", help="run directory (weights, metrics, plots)")],
@@ -54,8 +56,9 @@ def train(
         help="herniation: a dataset made with enriched frequencies (--grade-config); trained on, but the "
              "calibration follows the label frequencies of the --data sets (repeat for several)")] = None,
 ) -> None:
-    """Train the detector (YOLO-seg), the grader (2.5D residual CNN) from RSNA-layout data, or the
-    herniation model (type, position, HIZ) from phantoms made with ``--herniation realistic``."""
+    """Train the detector (YOLO-seg), the grader (2.5D residual CNN) from RSNA-layout data, or, from
+    phantoms made with ``--herniation realistic``, the herniation model (type, position, HIZ) or
+    the herniated-material segmenter (the SEG's herniated-material segments)."""
     from models.analyzer import resolve_device
     from models.train import TrainConfig, train_detector, train_grader
 
@@ -67,6 +70,10 @@ def train(
         from models.train_herniation import train_herniation
 
         report = train_herniation(cfg)
+    elif target is Target.HERNIATED_MATERIAL:
+        from models.train_herniated_material import train_herniated_material
+
+        report = train_herniated_material(cfg)
     else:
         report = train_detector(cfg) if target is Target.DETECTOR else train_grader(cfg)
     summary = {k: v for k, v in report.items() if k not in ("history", "val_uncalibrated")}
@@ -158,6 +165,13 @@ def _render(report: dict) -> None:  # type: ignore[type-arg]
         ht.add_row("HIZ present", f"{hz['n']} ({hz['positives']} true)", "", "",
                    f"{hz['f1']:.3f}{_interval(hz.get('f1_ci95'))}")
         con.print(ht)
+    if report.get("herniated_material"):
+        hs = report["herniated_material"]
+        prec = f"{hs['precision']:.3f}" if hs.get("precision") is not None else "-"
+        rec = f"{hs['recall']:.3f}" if hs.get("recall") is not None else "-"
+        con.print(f"herniated material (SEG segments against the phantom's mask, sagittal pixels pooled over "
+                  f"{hs['studies']} studies, {hs['studies_with_truth']} with herniated material): Dice "
+                  f"{hs['dice']:.3f}{_interval(hs.get('dice_ci95'))}, precision {prec}, recall {rec}")
     for name, m in report.get("measurements_mm2", {}).items():
         con.print(f"{name} (mm², axial slice through the disc, against the phantom's canal label): n {m['n']}, "
                   f"median |error| {m['median_abs_error']:.1f} ({m['median_abs_error_percent']:.1f} %), "

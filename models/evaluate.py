@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from models import rsna
-from models.evaluate_herniation import herniation_metrics
+from models.evaluate_herniation import herniated_material_metrics, herniation_metrics
 from models.measure import KINDS as MEASUREMENT_KINDS
 from models.measure import CANAL_AP_DIAMETER, LinearMeasurement, MeasurementError, compare_to_truth, measure_levels
 from models.sac_area import DURAL_SAC_AREA, canal_seed, measure_sac_area
@@ -63,6 +63,9 @@ class StudyOutcome:
     result: AnalysisResult
     #: predicted linear measurements beside the same measurement on the phantom's masks
     measurement_errors: tuple[MeasurementError, ...] = ()
+    #: herniated-material pixels (true positive, false positive, false negative) on the
+    #: sagittal series against the phantom's mask; None where not measured
+    herniated_overlap: tuple[int, int, int] | None = None
 
 
 def transitional_flags(outcomes: Sequence[StudyOutcome], truth: Mapping[int, str]) -> dict[str, dict[str, int]]:
@@ -181,6 +184,9 @@ def score_outcomes(ds: rsna.RsnaDataset, outcomes: Sequence[StudyOutcome],
         hm = herniation_metrics(hern, [(o.study_id, o.result) for o in outcomes], counts)
         if hm is not None:
             out["herniation"] = hm
+    hmm = herniated_material_metrics([o.herniated_overlap for o in outcomes], counts)
+    if hmm is not None:
+        out["herniated_material"] = hmm
     errors = [e for o in outcomes for e in o.measurement_errors]
     if errors:
         out["measurements_mm"] = {kind: absolute_error_summary([e.error_mm for e in errors if e.kind == kind])
@@ -242,7 +248,8 @@ def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batc
                 inputs.append((str(sid), series, ds.region))
                 truths.append(_truth_centers(ds, sid))
             for sid, truth, res in zip(chunk, truths, analyzer.analyze_many(inputs)):
-                outcomes.append(StudyOutcome(sid, truth, res, tuple(_measurement_errors(ds, sid, res))))
+                outcomes.append(StudyOutcome(sid, truth, res, tuple(_measurement_errors(ds, sid, res)),
+                                             _herniated_overlap(ds, sid, res) if variant is None else None))
             if prog is not None and task is not None:
                 prog.advance(task, len(chunk))
     report = score_outcomes(ds, outcomes)
@@ -282,6 +289,36 @@ def _measurement_errors(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> 
         out += compare_to_truth([lv], predicted, {lv.name: labels == value}, labels == rsna.MASK_SPINAL_CANAL,
                                 vol.pixel_spacing)
     return out + _area_errors(ds, sid, vol, levels, predicted)
+
+
+def _herniated_overlap(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> tuple[int, int, int] | None:
+    """Herniated-material pixels of the SEG segments against the phantom's ``herniated`` mask on
+    the sagittal series (both on the images as sent); None without the truth (older
+    phantoms, real data), without the segmenter or when the analyzer read another series."""
+    series = primary_series(ds, sid)
+    if series is None or series.series_description != rsna.SAGITTAL_T2_STIR or not res.masks \
+            or not ds.masks_path(sid, series.series_id).exists() or "+hms-" not in res.findings.model.version:
+        return None
+    truth = rsna.read_masks(ds.masks_path(sid, series.series_id))
+    masks = res.masks[0]
+    if truth.herniated is None:
+        return None
+    vol = load_volume(ds.series_dir(sid, series.series_id))
+    if masks.series_uid != vol.series_uid:
+        return None
+    number = dict(zip(vol.sop_instance_uids, vol.instance_numbers))
+    values = [v for v, title in masks.segments.items() if title.startswith("herniated material ")]
+    tp = fp = fn = 0
+    for i, uid in enumerate(masks.sop_instance_uids):
+        n = number.get(uid)
+        if n is None or n not in truth.instance_numbers:
+            continue
+        t = truth.herniated[truth.instance_numbers.index(n)]
+        p = np.isin(masks.labels[i], values)
+        if p.shape != t.shape:
+            return None
+        tp, fp, fn = tp + int((p & t).sum()), fp + int((p & ~t).sum()), fn + int((~p & t).sum())
+    return tp, fp, fn
 
 
 def _area_errors(ds: rsna.RsnaDataset, sid: int, sag: Volume, levels: Sequence[Level],

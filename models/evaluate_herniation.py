@@ -10,6 +10,11 @@
 * **HIZ**: precision, recall and F1 of "present", with a bootstrap interval of F1,
   expected calibration error.
 
+* **herniated material** (the SEG segments of :mod:`models.herniated_material`) against the
+  phantom's ``herniated`` mask on the sagittal T2 series: pixel Dice, precision and recall
+  pooled over the studies, with a study-level bootstrap interval of the Dice
+  (:func:`herniated_material_metrics`).
+
 A level the analyzer did not report (not found, no sagittal T2) is counted in
 ``missing`` and left out of the metrics; the level metrics of ``evaluate`` already count
 missed levels.
@@ -140,4 +145,36 @@ def herniation_metrics(truth: Mapping[tuple[int, str], rsna.HerniationLabel],
         "ece": expected_calibration_error(t, np.asarray(hz_pr)),
     }
     out["missing"] = missing
+    return out
+
+
+def herniated_material_metrics(overlaps: Sequence[tuple[int, int, int] | None],
+                               counts: np.ndarray | None) -> dict[str, Any] | None:
+    """Pooled pixel Dice, precision and recall of the herniated-material segments.
+
+    ``overlaps[i]`` is study ``i``'s (true positive, false positive, false negative) pixel
+    counts on its sagittal series (None: not measured); ``counts`` the bootstrap's
+    (resamples, studies) multiplicities.
+    """
+    rows = [(i, o) for i, o in enumerate(overlaps) if o is not None]
+    if not rows:
+        return None
+    idx = np.array([i for i, _ in rows])
+    m = np.array([o for _, o in rows], dtype=float)  # (studies, 3)
+
+    def dice(tp: float, fp: float, fn: float) -> float:
+        return 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn > 0 else float("nan")
+
+    tp, fp, fn = m.sum(axis=0)
+    out: dict[str, Any] = {
+        "studies": len(rows), "studies_with_truth": int((m[:, 0] + m[:, 2] > 0).sum()),
+        "studies_with_prediction": int((m[:, 0] + m[:, 1] > 0).sum()),
+        "pixels_true": int(tp + fn), "pixels_predicted": int(tp + fp),
+        "dice": dice(tp, fp, fn), "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+    }
+    if counts is not None:
+        sums = counts[:, idx].astype(float) @ m  # (resamples, 3)
+        values = [v for v in (dice(*r) for r in sums) if not np.isnan(v)]
+        out["dice_ci95"] = list(percentile_interval(values)) if values else None
     return out

@@ -3,7 +3,8 @@
 Per disc level, on the sagittal slice the level was found on:
 
 - **disc height**: the disc mask's thickness along its short principal axis, measured
-  through the disc's centroid;
+  through the disc's centroid (the disc mask is the disc segment together with that
+  level's herniated-material segment, which the SEG shows on its own);
 - **canal AP diameter at the disc**: the spinal canal mask's extent along the disc's
   long (anteroposterior) axis, on the line through the disc centroid, behind the disc.
   With the image, each end then moves to the sac's edge in the image: the half-maximum
@@ -230,7 +231,8 @@ def measure_levels(levels: Sequence[Level], masks: SeriesMasks, spacing: tuple[f
         k = index.get((lv.sop_instance_uid, lv.frame_number if masks.frame_numbers else None))
         if n is None or k is None:
             continue
-        disc = masks.labels[k] == n
+        # the herniated material the SEG shows as its own segment is still this disc's
+        disc = np.isin(masks.labels[k], [n, by_label.get(f"herniated material {lv.name}", -1)])
         canal = masks.labels[k] == canal_n if canal_n is not None else None
         image = images.get((lv.sop_instance_uid, lv.frame_number)) if images is not None else None
         if image is not None and image.shape != disc.shape:
