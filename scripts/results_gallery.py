@@ -144,13 +144,16 @@ measurement panel (10 measurements for 5 levels):
 
 A dural sac area, clicked in the panel: its outline on the axial T2 slice it was
 measured on. OHIF draws the area and perimeter it computes from the outline (here
-161 mm2); in the panel it adds "Max: NaN" or "Max: -Infinity" (OHIF's own statistics,
+204 mm2); in the panel it adds "Max: NaN" or "Max: -Infinity" (OHIF's own statistics,
 which it does not compute for an imported outline; the SR carries only the area):
 
 ![OHIF: dural sac area](img/ohif_sac_area.jpg)
 
-The SEG opened over the sagittal T2 (middle slice), in the node's colours (the tracked
-measurements stay):
+The SEG opened over the sagittal T2, in the node's colours (the tracked measurements
+stay), on the slice with most of the herniated material: this phantom has an L4/L5
+extrusion migrated cranially, which the herniation model calls a protrusion; its
+herniated material is the magenta segment `herniated material L4-L5` behind the lower
+L4 body, taken out of the disc and the canal it overlaps:
 
 ![OHIF: SEG](img/ohif_seg.jpg)
 
@@ -168,7 +171,7 @@ its overlays the corners, so the caveat is burned in below the image, centred:
 A level the herniation model calls a protrusion or extrusion gets a segment of its own,
 `herniated material L4-L5` (the level as in `disc L4-L5`): the disc material the model sees
 beyond the disc space at that level. Each pixel belongs to one segment, so the disc
-segment is then the disc inside its space. Its codes: category Morphologically Abnormal
+segment is then the disc inside its space (and the canal segment the canal without it). Its codes: category Morphologically Abnormal
 Structure (SCT 49755003), type Disc herniation (`DISC_HERNIATION` in the private scheme
 `99SPINENODE`, as in the SR: PS3.16 holds no herniation concept; the SEG declares the
 scheme in its Coding Scheme Identification Sequence), anatomic region the level's disc

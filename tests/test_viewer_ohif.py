@@ -5,7 +5,9 @@ node's SR, SEG and key image for a phantom lumbar study analysed with the shippe
 What a radiologist gets: the SR's text boxes start with the level and the AI caveat;
 "Track measurements? Yes" imports one Length per level, labelled with its level, and one
 PlanarFreehandROI per dural sac area, shown on its axial slice; the SEG opens with every
-structure listed; no page errors. Screenshots land in tmp_path, or in
+structure listed (the phantom has an extruded L4/L5 disc: the herniated material is a
+segment of its own, and the SEG screenshot shows the slice with most of it); no page
+errors. Screenshots land in tmp_path, or in
 ``$SPINENODE_SCREENSHOTS_DIR`` (docs/img for docs/results.md).
 """
 
@@ -16,14 +18,16 @@ import os
 import shutil
 import subprocess
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 
 from models.analyzer import SpineAnalyzer, read_study_dir
 from models.measure import CANAL_AP_DIAMETER
-from models.phantom.config import PhantomConfig
+from models.phantom.config import HerniationFrequencies, PhantomConfig
 from models.phantom.generate import generate_dataset
 from models.sac_area import sac_areas
 from models.series import classify_series, header_from_datasets, select_series
@@ -34,6 +38,14 @@ from workers.results.identity import ResultIdentity, ResultKind, inputs_digest
 from workers.results.keyimages import build_key_image
 from workers.results.seg import build_seg
 from workers.results.sr import build_findings_sr, measurements_from_masks
+
+#: Every level without herniation but an L4/L5 extrusion (seed 5155: called a protrusion); the
+#: rest of the study is drawn exactly as without herniation (docs/phantom.md).
+L45_EXTRUSION: dict[str, object] = {
+    "types": {lv: ([0.0, 0.0, 0.0, 1.0] if lv == "L4/L5" else [1.0, 0.0, 0.0, 0.0])
+              for lv in ("L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")},
+    "hiz": {lv: 0.0 for lv in ("L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")},
+}
 
 #: OHIF's own stack viewport, replaced when the SEG is opened over it, logs this once.
 KNOWN_PAGE_ERRORS = ("The stack viewport has been destroyed",)
@@ -53,13 +65,19 @@ def test_ohif_shows_sr_seg_and_key_image(tmp_path: Path) -> None:
     node = node_binary()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        generate_dataset(tmp_path / "phantom", 1, PhantomConfig.for_region("lumbar", "MR", matrix=256), seed=5151)
+        config = PhantomConfig.for_region("lumbar", "MR", matrix=256)
+        config = replace(config, herniation=HerniationFrequencies.realistic("lumbar").with_overrides(L45_EXTRUSION))
+        generate_dataset(tmp_path / "phantom", 1, config, seed=5155)
     study_dir = next((tmp_path / "phantom" / "train_images").iterdir())
     files = sorted(study_dir.rglob("*.dcm"))
     headers = [dcmread(p, stop_before_pixels=True) for p in files]
     result = SpineAnalyzer.from_registry(None, device="cpu").analyze(study_dir.name, read_study_dir(study_dir), "lumbar")
     findings = result.findings
     assert len(findings.levels) >= 4 and result.masks
+    masks = result.masks[0]
+    herniated = [v for v, t in masks.segments.items() if t.startswith("herniated material ")]
+    assert [masks.segments[v] for v in herniated] == ["herniated material L4-L5"], masks.segments
+    seg_sop = masks.sop_instance_uids[int(np.argmax(np.isin(masks.labels, herniated).sum(axis=(1, 2))))]
 
     # the objects, built by the functions the encode stage calls
     study_uid = str(headers[0].StudyInstanceUID)
@@ -95,7 +113,8 @@ def test_ohif_shows_sr_seg_and_key_image(tmp_path: Path) -> None:
         for p in [*files, out / "sr.dcm", out / "seg.dcm", out / "ki.dcm"]:
             orthanc.upload(p)
         with ViewerServer(orthanc.http_port) as web:
-            proc = subprocess.run([node, str(VIEWER_DIR / "ohif_shots.mjs"), web.url, study_uid, str(tmp_path / "shots")],
+            proc = subprocess.run([node, str(VIEWER_DIR / "ohif_shots.mjs"), web.url, study_uid, str(tmp_path / "shots"),
+                                   seg_sop],
                                   cwd=VIEWER_DIR, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -140,6 +159,7 @@ def test_ohif_shows_sr_seg_and_key_image(tmp_path: Path) -> None:
     assert seen["segPrompt"] is True
     (seg,) = seen["segmentation"]
     assert sorted(seg["segments"]) == sorted(result.masks[0].segments.values())
+    assert seen["segSlice"] and "middle" not in seen["segSlice"], seen["segSlice"]  # the image asked for
     assert len(seen["shots"]) == 6
     if shots != tmp_path / "shots":
         shots.mkdir(parents=True, exist_ok=True)

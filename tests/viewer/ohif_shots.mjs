@@ -4,12 +4,13 @@
 //   {displaySets: [{modality, description}], sr: {measurements: [{labels}]},
 //    segmentation: {segments: [label...]}, shots: [...], errors: [...]}
 //
-// usage: node ohif_shots.mjs BASE_URL STUDY_UID OUT_DIR
+// usage: node ohif_shots.mjs BASE_URL STUDY_UID OUT_DIR [SEG_SOP_UID]
+// SEG_SOP_UID: the image the SEG screenshot shows (default: the middle sagittal slice)
 import fs from 'node:fs';
 import path from 'node:path';
 import puppeteer from 'puppeteer-core';
 
-const [base, studyUid, outDir] = process.argv.slice(2);
+const [base, studyUid, outDir, segSop] = process.argv.slice(2);
 fs.mkdirSync(outDir, { recursive: true });
 const errors = [];
 const result = { displaySets: [], sr: null, segmentation: null, shots: [], errors };
@@ -130,13 +131,16 @@ try {
   await until(page, () => window.services.segmentationService.getSegmentations().length > 0, null, 'SEG hydrated', 90000)
     .catch(e => errors.push(e.message));
   await sleep(4000);
-  result.segSlice = await page.evaluate(() => {  // the middle sagittal slice, where every structure lies
+  result.segSlice = await page.evaluate(sop => {  // the image asked for, else the middle sagittal slice
     const { viewportGridService, cornerstoneViewportService } = window.services;
     const vp = cornerstoneViewportService.getCornerstoneViewport(viewportGridService.getActiveViewportId());
-    const n = vp.getImageIds().length;
-    vp.setImageIdIndex(Math.floor(n / 2));
-    return `${Math.floor(n / 2) + 1}/${n}`;
-  }).catch(e => { errors.push(`slice: ${e.message}`); return null; });
+    const ids = vp.getImageIds();
+    const n = ids.length;
+    const asked = sop ? ids.findIndex(id => id.includes(`/instances/${sop}/`)) : -1;
+    const k = asked >= 0 ? asked : Math.floor(n / 2);
+    vp.setImageIdIndex(k);
+    return `${k + 1}/${n}${asked >= 0 ? '' : ' (middle)'}`;
+  }, segSop || '').catch(e => { errors.push(`slice: ${e.message}`); return null; });
   await sleep(3000);
   result.segmentation = await page.evaluate(() => {
     const segs = window.services.segmentationService.getSegmentations();
