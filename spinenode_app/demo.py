@@ -151,8 +151,9 @@ def _print_findings(findings: dict[str, Any], truth: dict[tuple[str, str], str])
         spec = GRADES.get(grade)
         return spec.abbr if spec is not None else grade
 
-    table = Table(title=f"{findings['model']['name']} {findings['model']['version']}: PRELIMINARY, NOT A "
-                        "DIAGNOSIS\n(grade and probability; \\[truth] where the phantom's answer differs)")
+    # the caveat on a line of its own: a longer model version must not wrap it apart
+    table = Table(title=f"PRELIMINARY, NOT A DIAGNOSIS\n{findings['model']['name']} {findings['model']['version']}"
+                        "\n(grade and probability; \\[truth] where the phantom's answer differs)")
     table.add_column("level")
     for spec in CONDITIONS.values():
         table.add_column(spec.short)
