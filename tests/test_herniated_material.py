@@ -6,7 +6,6 @@ background, discs and canal) and ``spinenode evaluate``'s Dice against the phant
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from dataclasses import replace
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from models_cli import invoke_models_cli
 
 from models import rsna
 from models.herniated_material import (
@@ -88,19 +87,8 @@ def test_crop_and_paste_are_inverse(herniated: Path) -> None:
 
 
 def test_training_runs_end_to_end(herniated: Path, tmp_path: Path) -> None:
-    import typer
-
-    from models.cli import register
-
-    app = typer.Typer()
-    register(app)
-    lg = logging.getLogger("models")
-    handlers = list(lg.handlers)
-    res = CliRunner().invoke(app, ["train", "herniated-material", "--data", str(herniated), "--out", str(tmp_path),
-                                   "--epochs", "1", "--device", "cpu", "--copies", "1", "--batch", "8"])
-    for h in lg.handlers[:]:  # the CLI's progress log writes to CliRunner's stderr, closed now
-        if h not in handlers:
-            lg.removeHandler(h)
+    res = invoke_models_cli(["train", "herniated-material", "--data", str(herniated), "--out", str(tmp_path),
+                             "--epochs", "1", "--device", "cpu", "--copies", "1", "--batch", "8"])
     assert res.exit_code == 0, res.output
     entry, path = Registry(tmp_path / "weights").resolve("spinenode-herniated-material")
     assert entry.kind == "herniated_material" and 50_000 < path.stat().st_size < 2_000_000

@@ -4,7 +4,6 @@ findings beside unchanged old ones, and the evaluation metrics."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from dataclasses import replace
@@ -13,13 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from models_cli import invoke_models_cli
 
 from models import rsna
-from models.herniation import HERNIATION_POSITIONS, MIRROR_POSITION, HerniationCheckpoint, HerniationModel
+from models.herniation import (
+    HERNIATION_POSITIONS,
+    MIRROR_POSITION,
+    HerniationCheckpoint,
+    HerniationModel,
+)
 from models.registry import PACKAGE_WEIGHTS_DIR, Registry
 from models.types import (
-    HERNIATION_CONDITIONS, AnalysisResult, Condition, Findings, Grade, Level, LevelFindings, ModelId, Region,
+    HERNIATION_CONDITIONS,
+    AnalysisResult,
+    Condition,
+    Findings,
+    Grade,
+    Level,
+    LevelFindings,
+    ModelId,
+    Region,
 )
 
 torch.set_num_threads(1)
@@ -47,20 +59,9 @@ def herniated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(herniated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``spinenode train herniation`` for one epoch on the two studies, through the CLI."""
-    import typer
-
-    from models.cli import register
-
-    app = typer.Typer()
-    register(app)
     out = tmp_path_factory.mktemp("run")
-    lg = logging.getLogger("models")
-    handlers = list(lg.handlers)
-    res = CliRunner().invoke(app, ["train", "herniation", "--data", str(herniated), "--out", str(out),
-                                   "--epochs", "1", "--device", "cpu", "--copies", "1", "--batch", "8"])
-    for h in lg.handlers[:]:  # the CLI's progress log writes to CliRunner's stderr, closed now
-        if h not in handlers:
-            lg.removeHandler(h)
+    res = invoke_models_cli(["train", "herniation", "--data", str(herniated), "--out", str(out),
+                             "--epochs", "1", "--device", "cpu", "--copies", "1", "--batch", "8"])
     assert res.exit_code == 0, res.output
     return out
 
