@@ -55,8 +55,8 @@ from models.measure import mean_thickness_mm
 from models.registry import Registry, UnknownWeightsError
 from models.series import SeriesSelection, classify_series, header_from_datasets, select_series
 from models.types import (
-    AnalysisResult, Condition, Findings, Grade, Level, LevelFindings, ModelId, ModelsError,
-    Region, SeriesMasks, levels_of,
+    BODIES_SEGMENT, CANAL_SEGMENT, DISC_SEGMENT, HERNIATED_SEGMENT, AnalysisResult, Condition, Findings, Grade, Level,
+    LevelFindings, ModelId, ModelsError, Region, SeriesMasks, levels_of,
 )
 from models.volume import (
     Volume, VolumeError, canonical_volume, nearest_in_stacks, sample_crop, volume_from_datasets, volumes_from_datasets,
@@ -488,14 +488,14 @@ class SpineAnalyzer:
         # painted over background, discs and the canal (the detector's canal mask takes in
         # bright herniated material: 329 of 376 missed pixels of a migrated fragment were
         # canal); the vertebral bodies keep theirs
-        free = np.isin(labels, [0, *(v for v, t in segments.items() if t.startswith("disc ") or t == "spinal canal")])
-        for li in called:
-            lv = levels[li]
-            crops = level_crops(p.primary, p.primary_pixels, np.asarray(lv.center_patient), axes.get(lv.name))
-            found = self.herniated_material.segment(p.primary, crops, self.batch_size) & free
+        free = np.isin(labels, [0, *(v for v, t in segments.items() if t.startswith(DISC_SEGMENT) or t == CANAL_SEGMENT)])
+        crops = [level_crops(p.primary, p.primary_pixels, np.asarray(levels[li].center_patient),
+                             axes.get(levels[li].name)) for li in called]
+        for li, mask in zip(called, self.herniated_material.segment(p.primary, crops, self.batch_size)):
+            found = mask & free
             if found.any():
                 value = len(segments) + 1
-                segments[value] = f"herniated material {lv.name}"
+                segments[value] = HERNIATED_SEGMENT + levels[li].name
                 labels[found] = value
                 free &= ~found
         return replace(masks, labels=labels, segments=segments)
@@ -587,9 +587,9 @@ class SpineAnalyzer:
             m = discs[n.key].mask
             if m is not None and m.shape == labels.shape[1:]:
                 value = len(segments) + 1
-                segments[value] = f"disc {n.name}"
+                segments[value] = DISC_SEGMENT + n.name
                 labels[k][m & (labels[k] == 0)] = value
-        for cls_name, title in ((VERTEBRAL_BODY, "vertebral bodies"), (SPINAL_CANAL, "spinal canal")):
+        for cls_name, title in ((VERTEBRAL_BODY, BODIES_SEGMENT), (SPINAL_CANAL, CANAL_SEGMENT)):
             parts = [d.mask for d in dets
                      if d.class_name == cls_name and d.mask is not None and d.confidence >= MASK_CONF]
             if parts:

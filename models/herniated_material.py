@@ -203,10 +203,16 @@ class HerniatedMaterialModel:
             out += list(torch.sigmoid(self.net(x.to(self.device))).cpu().numpy() * band())
         return out
 
-    def segment(self, volume: Volume, crops: Sequence[SliceCrop], batch_size: int = 64) -> np.ndarray:
-        """A bool mask ``volume.shape`` of the herniated material the crops show."""
-        mask = np.zeros(volume.shape, bool)
-        for crop, prob in zip(crops, self.probabilities(crops, batch_size)):
-            if float(prob.max()) >= self.threshold:
-                mask[crop.k] |= paste(volume, crop, prob) >= self.threshold
-        return mask
+    def segment(self, volume: Volume, levels: Sequence[Sequence[SliceCrop]], batch_size: int = 64) -> list[np.ndarray]:
+        """Per level (its crops), a bool mask ``volume.shape`` of the herniated material they
+        show; the crops of every level go through the network together."""
+        flat = [c for crops in levels for c in crops]
+        probs = iter(self.probabilities(flat, batch_size))
+        out = []
+        for crops in levels:
+            mask = np.zeros(volume.shape, bool)
+            for crop, prob in zip(crops, probs):
+                if float(prob.max()) >= self.threshold:
+                    mask[crop.k] |= paste(volume, crop, prob) >= self.threshold
+            out.append(mask)
+        return out

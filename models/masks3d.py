@@ -18,7 +18,7 @@ from typing import Final
 import numpy as np
 
 from models.detector import SPINAL_CANAL, VERTEBRAL_BODY, SegDetection, detector_image
-from models.types import Box
+from models.types import BODIES_SEGMENT, CANAL_SEGMENT, DISC_SEGMENT, Box
 
 #: At most this far from the middle slice (mm): beyond the lumbar and cervical discs.
 MAX_LATERAL_MM: Final = 30.0
@@ -52,10 +52,10 @@ def _slice_structures(dets: Sequence[SegDetection], level_boxes: Mapping[str, Bo
             if iou >= MIN_IOU and d.confidence > best.get(name, (-1.0, d.mask))[0]:
                 best[name] = (d.confidence, d.mask)
         elif d.class_name in (VERTEBRAL_BODY, SPINAL_CANAL):
-            title = "vertebral bodies" if d.class_name == VERTEBRAL_BODY else "spinal canal"
+            title = BODIES_SEGMENT if d.class_name == VERTEBRAL_BODY else CANAL_SEGMENT
             out[title] = out[title] | d.mask if title in out else d.mask.copy()
     for name, (_, mask) in best.items():
-        out[f"disc {name}"] = mask
+        out[DISC_SEGMENT + name] = mask
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Final
 
 import numpy as np
 
-from models.types import Level, SeriesMasks
+from models.types import CANAL_SEGMENT, DISC_SEGMENT, HERNIATED_SEGMENT, Level, SeriesMasks
 
 CANAL_AP_DIAMETER: Final = "canal_ap_diameter"
 DISC_HEIGHT: Final = "disc_height"
@@ -222,17 +222,17 @@ def measure_levels(levels: Sequence[Level], masks: SeriesMasks, spacing: tuple[f
     the masks alone. A level whose disc segment is missing from ``masks`` gets no entry.
     """
     by_label = {label: n for n, label in masks.segments.items()}
-    canal_n = by_label.get("spinal canal")
+    canal_n = by_label.get(CANAL_SEGMENT)
     frames: Sequence[int | None] = masks.frame_numbers or (None,) * len(masks.sop_instance_uids)
     index = {(uid, f): i for i, (uid, f) in enumerate(zip(masks.sop_instance_uids, frames))}
     out: dict[str, list[LinearMeasurement]] = {}
     for lv in levels:
-        n = by_label.get(f"disc {lv.name}")
+        n = by_label.get(DISC_SEGMENT + lv.name)
         k = index.get((lv.sop_instance_uid, lv.frame_number if masks.frame_numbers else None))
         if n is None or k is None:
             continue
         # the herniated material the SEG shows as its own segment is still this disc's
-        disc = np.isin(masks.labels[k], [n, by_label.get(f"herniated material {lv.name}", -1)])
+        disc = np.isin(masks.labels[k], [n, by_label.get(HERNIATED_SEGMENT + lv.name, -1)])
         canal = masks.labels[k] == canal_n if canal_n is not None else None
         image = images.get((lv.sop_instance_uid, lv.frame_number)) if images is not None else None
         if image is not None and image.shape != disc.shape:

@@ -313,6 +313,14 @@ class Findings:
                         self.missing, self.flags)
 
 
+#: Segment titles of :class:`SeriesMasks`: a disc is ``DISC_SEGMENT + level`` ("disc L4-L5"),
+#: its herniated material ``HERNIATED_SEGMENT + level`` (models.herniated_material).
+DISC_SEGMENT = "disc "
+HERNIATED_SEGMENT = "herniated material "
+BODIES_SEGMENT = "vertebral bodies"
+CANAL_SEGMENT = "spinal canal"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class SeriesMasks:
     """Label masks on one series, slice by slice, for the SEG object.

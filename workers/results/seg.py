@@ -25,7 +25,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
 from models.conditions import PRIVATE_SCHEME
-from models.types import ModelId, SeriesMasks
+from models.types import BODIES_SEGMENT, CANAL_SEGMENT, DISC_SEGMENT, HERNIATED_SEGMENT, ModelId, SeriesMasks
 from workers.results import codes
 from workers.results.builder import EncodeInputs
 from workers.results.identity import MANUFACTURER, ResultIdentity
@@ -39,10 +39,10 @@ BODY_COLOUR: Final = (222, 205, 160)
 CANAL_COLOUR: Final = (40, 220, 220)
 HERNIATION_COLOUR: Final = (255, 0, 255)
 
-#: Segment labels: a disc is ``DISC_PREFIX + level``, its herniated material
+#: Segment labels (models.types): a disc is ``DISC_PREFIX + level``, its herniated material
 #: ``HERNIATED_PREFIX + level`` (the level as in ``codes.DISCS``: 'L4-L5').
-DISC_PREFIX: Final = "disc "
-HERNIATED_PREFIX: Final = "herniated material "
+DISC_PREFIX: Final = DISC_SEGMENT
+HERNIATED_PREFIX: Final = HERNIATED_SEGMENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +73,9 @@ def segment_codes(label: str) -> SegmentCodes:
     if label.startswith(HERNIATED_PREFIX):
         disc = _disc(label.removeprefix(HERNIATED_PREFIX), label)
         return SegmentCodes(codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.DISC_HERNIATION, (disc,))
-    if label == "vertebral bodies":
+    if label == BODIES_SEGMENT:
         return SegmentCodes(codes.ANATOMICAL_STRUCTURE, codes.VERTEBRA)
-    if label == "spinal canal":
+    if label == CANAL_SEGMENT:
         return SegmentCodes(codes.ANATOMICAL_STRUCTURE, codes.SPINAL_CANAL_STRUCTURE)
     raise ValueError(f"no code for segment {label!r}")
 
@@ -88,7 +88,7 @@ def display_rgb(label: str) -> tuple[int, int, int]:
         return DISC_COLOURS[order.index(name) % len(DISC_COLOURS)] if name in order else DISC_COLOURS[0]
     if label.startswith(HERNIATED_PREFIX):
         return HERNIATION_COLOUR
-    return BODY_COLOUR if label == "vertebral bodies" else CANAL_COLOUR
+    return BODY_COLOUR if label == BODIES_SEGMENT else CANAL_COLOUR
 
 
 def build_seg(
