@@ -38,7 +38,7 @@ from models.metrics import (
     macro_f1, percentile_interval, rsna_score, rsna_score_resampled, study_resample_counts,
 )
 from models.train_data import disc_centers, primary_series, to_level_name
-from models.types import AnalysisResult, Condition, Level, Region
+from models.types import HERNIATED_SEGMENT, AnalysisResult, Condition, Level, Region, SeriesMasks
 from models.volume import Volume, load_volume, read_series_dir, volumes_from_datasets
 
 logger = logging.getLogger(__name__)
@@ -248,8 +248,9 @@ def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batc
                 inputs.append((str(sid), series, ds.region))
                 truths.append(_truth_centers(ds, sid))
             for sid, truth, res in zip(chunk, truths, analyzer.analyze_many(inputs)):
-                outcomes.append(StudyOutcome(sid, truth, res, tuple(_measurement_errors(ds, sid, res)),
-                                             _herniated_overlap(ds, sid, res) if variant is None else None))
+                prim = _primary(ds, sid, res)
+                outcomes.append(StudyOutcome(sid, truth, res, tuple(_measurement_errors(ds, sid, res, prim)),
+                                             _herniated_overlap(res, prim) if variant is None else None))
             if prog is not None and task is not None:
                 prog.advance(task, len(chunk))
     report = score_outcomes(ds, outcomes)
@@ -263,17 +264,36 @@ def evaluate(data: Path, weights: Path | None = None, device: str = "auto", batc
     return report
 
 
-def _measurement_errors(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> list[MeasurementError]:
-    """Disc height and canal AP diameter from the predicted masks against the same
-    measurements on the phantom's label masks (``masks/`` side files; none on real RSNA data)."""
+@dataclass(frozen=True)
+class _Primary:
+    """The sagittal series the analyzer read, with the phantom's masks of it (read once per study)."""
+
+    series: rsna.SeriesInfo
+    volume: Volume
+    truth: rsna.MaskVolume
+    masks: SeriesMasks
+
+
+def _primary(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> _Primary | None:
+    """None on real RSNA data (no ``masks/`` side files) or when the analyzer drew no masks
+    on the series the dataset names primary."""
     series = primary_series(ds, sid)
     if series is None or not res.masks or not ds.masks_path(sid, series.series_id).exists():
-        return []
+        return None
     masks = next((m for m in res.masks if m.series_uid), None)
     vol = load_volume(ds.series_dir(sid, series.series_id))
     if masks is None or masks.series_uid != vol.series_uid:
+        return None
+    return _Primary(series, vol, rsna.read_masks(ds.masks_path(sid, series.series_id)), masks)
+
+
+def _measurement_errors(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult,
+                        prim: _Primary | None) -> list[MeasurementError]:
+    """Disc height and canal AP diameter from the predicted masks against the same
+    measurements on the phantom's label masks (``masks/`` side files; none on real RSNA data)."""
+    if prim is None:
         return []
-    truth = rsna.read_masks(ds.masks_path(sid, series.series_id))
+    vol, truth, masks = prim.volume, prim.truth, prim.masks
     slice_of = {uid: truth.instance_numbers.index(n)
                 for uid, n in zip(vol.sop_instance_uids, vol.instance_numbers) if n in truth.instance_numbers}
     levels = [lf.level for lf in res.findings.levels]
@@ -291,23 +311,17 @@ def _measurement_errors(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> 
     return out + _area_errors(ds, sid, vol, levels, predicted)
 
 
-def _herniated_overlap(ds: rsna.RsnaDataset, sid: int, res: AnalysisResult) -> tuple[int, int, int] | None:
+def _herniated_overlap(res: AnalysisResult, prim: _Primary | None) -> tuple[int, int, int] | None:
     """Herniated-material pixels of the SEG segments against the phantom's ``herniated`` mask on
     the sagittal series (both on the images as sent); None without the truth (older
     phantoms, real data), without the segmenter or when the analyzer read another series."""
-    series = primary_series(ds, sid)
-    if series is None or series.series_description != rsna.SAGITTAL_T2_STIR or not res.masks \
-            or not ds.masks_path(sid, series.series_id).exists() or "+hms-" not in res.findings.model.version:
+    if prim is None or prim.series.series_description != rsna.SAGITTAL_T2_STIR or prim.truth.herniated is None \
+            or "+hms-" not in res.findings.model.version:
         return None
-    truth = rsna.read_masks(ds.masks_path(sid, series.series_id))
-    masks = res.masks[0]
-    if truth.herniated is None:
-        return None
-    vol = load_volume(ds.series_dir(sid, series.series_id))
-    if masks.series_uid != vol.series_uid:
-        return None
-    number = dict(zip(vol.sop_instance_uids, vol.instance_numbers))
-    values = [v for v, title in masks.segments.items() if title.startswith("herniated material ")]
+    truth, masks = prim.truth, prim.masks
+    assert truth.herniated is not None
+    number = dict(zip(prim.volume.sop_instance_uids, prim.volume.instance_numbers))
+    values = [v for v, title in masks.segments.items() if title.startswith(HERNIATED_SEGMENT)]
     tp = fp = fn = 0
     for i, uid in enumerate(masks.sop_instance_uids):
         n = number.get(uid)
